@@ -1,0 +1,48 @@
+"""Command-line plumbing shared by the entry points.
+
+Bad input (an unknown flag or config field, an invalid value, a missing file) is reported as
+one line on stderr, `error: <what is wrong>`, with exit code 2, before anything is compiled
+or written. Entry points raise `UsageError` for such problems and start with `cli.run(main)`.
+"""
+import sys
+
+from absl import app
+from absl import flags
+
+
+class UsageError(Exception):
+  """Bad input from the user: names the flag, config field or file, and what was expected."""
+
+
+def fail(message: str) -> None:
+  """Prints `error: message` on one line and exits with status 2."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, ValueError, KeyError, AttributeError, TypeError, OSError) as e:
+    # Config files are loaded during flag parsing; their errors arrive here too.
+    fail(_describe(e))
+
+
+def _describe(e: BaseException) -> str:
+  text = str(e).strip().strip('"')
+  cause = e.__cause__ or e.__context__
+  if cause is not None and str(cause) and str(cause) not in text:
+    text = f"{text}: {cause}"
+  return text
+
+
+def run(main) -> None:
+  """`absl.app.run(main)` with one-line errors for flags and for `UsageError` raised by main."""
+
+  def guarded_main(argv):
+    try:
+      return main(argv)
+    except UsageError as e:
+      fail(str(e))
+
+  app.run(guarded_main, flags_parser=_parse_flags)
