@@ -4,10 +4,16 @@ Bad input (an unknown flag or config field, an invalid value, a missing file) is
 one line on stderr, `error: <what is wrong>`, with exit code 2, before anything is compiled
 or written. Entry points raise `UsageError` for such problems and start with `cli.run(main)`.
 """
+import logging as std_logging
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
+
+# Libraries whose INFO lines (per-save orbax chatter, backend probing) drown the run's own log;
+# their warnings and errors still show, and --verbosity=1 shows everything.
+_QUIET_LIBRARIES = ("/orbax/", "/grain/", "/jax/_src/", "/etils/")
 
 
 class UsageError(Exception):
@@ -36,10 +42,19 @@ def _describe(e: BaseException) -> str:
   return text
 
 
+class _QuietLibraries(std_logging.Filter):
+
+  def filter(self, record):
+    if record.levelno > std_logging.INFO or logging.get_verbosity() > logging.INFO:
+      return True
+    return not any(lib in record.pathname for lib in _QUIET_LIBRARIES)
+
+
 def run(main) -> None:
   """`absl.app.run(main)` with one-line errors for flags and for `UsageError` raised by main."""
 
   def guarded_main(argv):
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     try:
       return main(argv)
     except UsageError as e:

@@ -1,0 +1,133 @@
+"""Language-modelling data: byte-level tokens from a text corpus, as grain pipelines.
+
+The default corpus is the Python standard library's own source (found with `sysconfig`,
+test folders excluded), which every machine with Python has. A local text file or folder can
+be used instead. Tokens are bytes (vocabulary 256); documents are separated by byte 0.
+
+The train/validation split is deterministic and by file: a file goes to validation when
+crc32(its path relative to the corpus root) % 100 < validation_percent. A single file is
+split by position instead (its last validation_percent of bytes).
+"""
+import dataclasses
+import functools
+import os
+import sysconfig
+import zlib
+from pathlib import Path
+
+import grain
+import numpy as np
+
+from experiments.cli import UsageError
+
+VOCAB_SIZE = 256
+SEPARATOR = 0
+_SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  train: np.ndarray  # uint8 tokens
+  validation: np.ndarray
+  description: str
+
+
+def stdlib_root() -> Path:
+  return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _stdlib_files(root: Path) -> list[Path]:
+  return sorted(p for p in root.rglob("*.py")
+                if not _SKIPPED_DIRS.intersection(p.relative_to(root).parts[:-1]))
+
+
+def _is_text(data: bytes) -> bool:
+  if b"\0" in data[:8192]:
+    return False
+  try:
+    data[:65536].decode("utf-8")
+  except UnicodeDecodeError as e:
+    return e.start > 65536 - 4  # a multi-byte character cut at the probe's end
+  return True
+
+
+def _join(documents: list[bytes]) -> np.ndarray:
+  out = bytearray()
+  for doc in documents:
+    out += doc
+    out.append(SEPARATOR)
+  return np.frombuffer(bytes(out), dtype=np.uint8)
+
+
+@functools.lru_cache(maxsize=4)
+def load_corpus(source: str, validation_percent: int, field: str = "config.data") -> Corpus:
+  """Reads the corpus named by `source` ('stdlib' or a path) and splits it (cached)."""
+  if not isinstance(validation_percent, int) or not 0 < validation_percent < 100:
+    raise UsageError(f"{field}.validation_percent must be an integer in 1..99, "
+                     f"got {validation_percent!r}")
+  if source == "stdlib":
+    root = stdlib_root()
+    files = _stdlib_files(root)
+  else:
+    path = Path(os.path.expanduser(str(source)))
+    if not path.exists():
+      raise UsageError(f"{field}.source: {str(path)!r} does not exist "
+                       "(give 'stdlib' or a text file or folder)")
+    if path.is_file():
+      data = path.read_bytes()
+      if not data.strip():
+        raise UsageError(f"{field}.source: file {str(path)!r} is empty")
+      if not _is_text(data):
+        raise UsageError(f"{field}.source: file {str(path)!r} is not UTF-8 text")
+      cut = len(data) * (100 - validation_percent) // 100
+      return Corpus(_join([data[:cut]]), _join([data[cut:]]), f"file {path}")
+    root = path
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+  train, validation, skipped = [], [], 0
+  for f in files:
+    data = f.read_bytes()
+    if not data.strip() or not _is_text(data):
+      skipped += not _is_text(data)
+      continue
+    key = zlib.crc32(f.relative_to(root).as_posix().encode()) % 100
+    (validation if key < validation_percent else train).append(data)
+  where = "the standard library" if source == "stdlib" else f"folder {str(root)!r}"
+  if not train and not validation:
+    raise UsageError(f"{field}.source: {where} holds no non-empty text files "
+                     f"({len(files)} files, {skipped} binary)")
+  if not train or not validation:
+    # Too few files to split by file: split the concatenation by position instead.
+    tokens = _join(train + validation)
+    cut = len(tokens) * (100 - validation_percent) // 100
+    return Corpus(tokens[:cut], tokens[cut:], f"{where} (split by position)")
+  desc = f"{where}: {len(train)} train / {len(validation)} validation files"
+  return Corpus(_join(train), _join(validation), desc)
+
+
+def num_windows(tokens: np.ndarray, seq_len: int) -> int:
+  """How many non-overlapping windows of seq_len + 1 tokens (inputs and shifted targets)."""
+  return max(0, (len(tokens) - 1) // seq_len)
+
+
+def lm_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int,
+               shuffle: bool, repeat: bool, process_index: int = 0,
+               process_count: int = 1) -> grain.IterDataset:
+  """Batches of `batch_size // process_count` windows [local_batch, seq_len + 1] (uint8 -> int32).
+
+  Window i covers tokens[i * seq_len : i * seq_len + seq_len + 1]. With `shuffle`, each epoch
+  is a fresh permutation from `seed`; each process reads every process_count-th window.
+  The iterator's position is grain state, so it checkpoints and resumes exactly.
+  """
+  windows = num_windows(tokens, seq_len)
+  if windows < batch_size:
+    raise UsageError(f"the data has {windows} windows of seq_len {seq_len}, fewer than one batch "
+                     f"of batch_size {batch_size}; use more data or smaller sizes")
+  ds = grain.MapDataset.range(windows)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if repeat:
+    ds = ds.repeat(None)
+  ds = ds[process_index::process_count]
+  ds = ds.map(lambda i: tokens[i * seq_len:(i + 1) * seq_len + 1].astype(np.int32))
+  read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
+  return ds.to_iter_dataset(read).batch(batch_size // process_count, drop_remainder=True)

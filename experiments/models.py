@@ -1,0 +1,29 @@
+"""The zoo's model builders by name: `config.model.name` selects one, its other fields are
+the builder's keyword arguments."""
+import inspect
+
+from flax import nnx
+
+from experiments.cli import UsageError
+from hope.transformer import transformer
+
+BUILDERS = {
+    "transformer": transformer,
+}
+
+
+def build(model_config: dict, seed: int = 0):
+  """Builds the model named by model_config['name'] (call under nnx.eval_shape for shapes)."""
+  kwargs = dict(model_config)
+  name = kwargs.pop("name", None)
+  if name not in BUILDERS:
+    raise UsageError(f"config.model.name: unknown model {name!r}; choose from {sorted(BUILDERS)}")
+  builder = BUILDERS[name]
+  accepted = set(inspect.signature(builder).parameters) - {"rngs"}
+  unknown = sorted(set(kwargs) - accepted)
+  if unknown:
+    raise UsageError(f"config.model: {name} has no field(s) {unknown}; it takes {sorted(accepted)}")
+  try:
+    return builder(**kwargs, rngs=nnx.Rngs(seed))
+  except (ValueError, TypeError) as e:
+    raise UsageError(f"config.model ({name}): {e}") from e

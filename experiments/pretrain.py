@@ -1,0 +1,31 @@
+"""Pretrains a language model of the zoo on a device mesh.
+
+  python -m experiments.pretrain --config=experiments/configs/transformer.py:tiny --workdir=DIR
+
+Override any config field with --config.FIELD=VALUE. Rerunning the same command resumes from
+the workdir's latest checkpoint. Multi-host: add --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I on every host.
+"""
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import cli, distributed, training
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (FILE.py:SIZE).",
+                                         lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UsageError(f"unexpected arguments {argv[1:]}")
+  if CONFIG.value is None:
+    raise cli.UsageError("--config is required, e.g. --config=experiments/configs/transformer.py:tiny")
+  if not WORKDIR.value:
+    raise cli.UsageError("--workdir is required")
+  distributed.initialize()
+  training.train(CONFIG.value, WORKDIR.value)
+
+
+if __name__ == "__main__":
+  cli.run(main)
