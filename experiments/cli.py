@@ -35,10 +35,14 @@ def _parse_flags(argv):
 
 
 def _describe(e: BaseException) -> str:
-  text = str(e).strip().strip('"')
-  cause = e.__cause__ or e.__context__
-  if cause is not None and str(cause) and str(cause) not in text:
-    text = f"{text}: {cause}"
+  """The message of a flag-parsing error, without any traceback text embedded in it."""
+  text = str(e).strip()
+  if "Traceback (most recent call last)" in text:
+    # ml_collections embeds the config file's traceback: keep what precedes it and the
+    # exception's own last line.
+    head = text.split("Traceback (most recent call last)")[0].rstrip(": \n")
+    last = [line for line in text.splitlines() if line.strip()][-1].strip()
+    text = f"{head}: {last}"
   return text
 
 

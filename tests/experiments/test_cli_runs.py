@@ -1,0 +1,146 @@
+"""The CLIs as a user runs them: kill and resume, multi-process, one-line errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import portpicker
+import pytest
+
+from tests.helpers import ROOT, TINY_FLAGS, run_cli
+
+
+def _final_params(workdir, step):
+  params = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "params")
+  return jax.tree.map(np.asarray, params)
+
+
+def test_sigkill_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
+  flags = (*TINY_FLAGS, "--config.steps=120", "--config.checkpoint_every=10",
+           "--config.log_every=10")
+  reference = tmp_path / "reference"
+  assert run_cli("experiments.pretrain", *flags, f"--workdir={reference}").returncode == 0
+
+  killed = tmp_path / "killed"
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.pretrain", *flags,
+                           f"--workdir={killed}"], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 180
+  while not (killed / "checkpoints" / "20").exists() and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (killed / "checkpoints" / "120").exists(), "the run ended before it was killed"
+
+  rerun = run_cli("experiments.pretrain", *flags, f"--workdir={killed}")
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert "resumed from" in rerun.stderr
+  np.testing.assert_equal(_final_params(killed, 120), _final_params(reference, 120))
+  # metrics.jsonl holds each logged step once, as in the uninterrupted run.
+  steps = lambda d: [json.loads(l)["step"] for l in (d / "metrics.jsonl").read_text().splitlines()]
+  assert steps(killed) == steps(reference)
+
+
+def test_two_processes_train_together(tmp_path):
+  port = portpicker.pick_unused_port()
+  workdir = tmp_path / "multi"
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "experiments.pretrain", *TINY_FLAGS, "--config.steps=6",
+       "--config.checkpoint_every=3", "--config.log_every=3", "--config.mesh.tensor=2",
+       f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=240)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  assert "'data': 4, 'fsdp': 1, 'tensor': 2" in outputs[0]  # one mesh over both processes
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [3, 6]
+  assert (workdir / "checkpoints" / "6" / "params").is_dir()
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("small_run")
+  result = run_cli("experiments.pretrain", *TINY_FLAGS, "--config.steps=4", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  return workdir
+
+
+def _snapshot(path):
+  return sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*")
+                if p.is_file()) if path.exists() else None
+
+
+BAD_PRETRAIN = {
+    "unknown config field": (["--config.not_a_field=3"], "not_a_field"),
+    "unknown config size": (["--config=experiments/configs/transformer.py:huge"], "huge"),
+    "mesh does not divide": (["--config.mesh.data=3"], "does not divide"),
+    "mesh too large": (["--config.mesh.data=16"], "asks for 16 devices"),
+    "missing data path": (["--config.data.source=/nonexistent/corpus"], "does not exist"),
+    "non-positive batch": (["--config.batch_size=0"], "config.batch_size must be a positive"),
+    "negative seq_len": (["--config.seq_len=-5"], "config.seq_len must be a positive"),
+    "non-positive model width": (["--config.model.dim=0"], "dim must be a positive"),
+    "heads do not divide": (["--config.model.num_heads=5"], "num_heads (5) must divide"),
+    "batch vs mesh": (["--config.batch_size=6", "--config.mesh.data=4"], "divisible by"),
+    "unknown rule axis": (["--config.axis_rules.mlp=model"], "unknown mesh axis 'model'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PRETRAIN))
+def test_bad_input_is_one_line_error(case, tmp_path):
+  extra, expected = BAD_PRETRAIN[case]
+  workdir = tmp_path / "w"
+  result = run_cli("experiments.pretrain", *TINY_FLAGS, *extra, f"--workdir={workdir}")
+  _assert_clean_error(result, expected)
+  assert not (workdir / "checkpoints").exists()
+
+
+def test_empty_data_folder_and_file(tmp_path):
+  (tmp_path / "empty_dir").mkdir()
+  (tmp_path / "empty.txt").write_text("")
+  for source in ("empty_dir", "empty.txt"):
+    result = run_cli("experiments.pretrain", *TINY_FLAGS, f"--config.data.source={tmp_path / source}",
+                     f"--workdir={tmp_path / 'w'}")
+    _assert_clean_error(result, "empty" if source.endswith(".txt") else "no non-empty text files")
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  result = run_cli("experiments.pretrain", *TINY_FLAGS, f"--workdir={blocker / 'run'}")
+  _assert_clean_error(result, "not writable")
+
+
+def test_checkpoint_of_another_model_is_refused_and_kept(small_run):
+  before = _snapshot(small_run)
+  result = run_cli("experiments.pretrain", *TINY_FLAGS, "--config.model.dim=64",
+                   f"--workdir={small_run}")
+  _assert_clean_error(result, "different model (model.dim: 32 saved, 64 requested)")
+  assert _snapshot(small_run) == before
+
+
+def test_evaluate_bad_input(small_run, tmp_path):
+  _assert_clean_error(run_cli("experiments.evaluate", f"--workdir={tmp_path}"), "no checkpoints")
+  _assert_clean_error(run_cli("experiments.evaluate", f"--workdir={small_run}", "--step=7"),
+                      "no such checkpoint")
+  _assert_clean_error(run_cli("experiments.evaluate", f"--workdir={small_run}", "--mesh=data:3"),
+                      "does not divide")
+
+
+def _assert_clean_error(result, expected):
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
