@@ -18,6 +18,8 @@ LAYOUTS = {
     "slot_rows_sharing_batch_axis": ((2, 4, 1), (("slots", "fsdp"), ("value", None)), 4),
     "slot_rows_off_batch_axes": ((2, 1, 4), (("slots", "tensor"), ("value", None)), 4),
     "rows_and_columns": ((1, 2, 4), (("slots", "fsdp"), ("value", "tensor")), 8),
+    # fsdp shards the batch too (tokens exchanged), tensor does not (partial sums reduced).
+    "rows_over_two_axes": ((2, 2, 2), (("slots", ("tensor", "fsdp")), ("value", None)), 4),
 }
 
 
