@@ -31,11 +31,19 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except (flags.Error, ValueError, KeyError, AttributeError, TypeError, OSError) as e:
     # Config files are loaded during flag parsing; their errors arrive here too.
-    fail(_describe(e))
+    fail(_describe(e, argv))
 
 
-def _describe(e: BaseException) -> str:
+def _describe(e: BaseException, argv) -> str:
   """The message of a flag-parsing error, without any traceback text embedded in it."""
+  missing = e if isinstance(e, KeyError) else e.__context__
+  if isinstance(e, (KeyError, AttributeError)) and isinstance(missing, KeyError):
+    # ml_collections: a --config.A.B=V override names a field the config does not have.
+    name = str(missing.args[0]).strip("'\"")
+    flag = next((a.split("=")[0] for a in argv
+                 if a.startswith("--config.") and a.split("=")[0].endswith(f".{name}")),
+                f"--config...{name}")
+    return f"{flag}: the config has no field {name!r}"
   text = str(e).strip()
   if "Traceback (most recent call last)" in text:
     # ml_collections embeds the config file's traceback: keep what precedes it and the

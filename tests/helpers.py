@@ -36,5 +36,6 @@ def run_cli(module: str, *args: str, devices: int = 8, timeout: float = 240,
 
 TINY_FLAGS = ("--config=experiments/configs/transformer.py:tiny", "--config.steps=12",
               "--config.seq_len=32", "--config.model.dim=32", "--config.model.mlp_dim=64",
+              "--config.model.num_layers=2", "--config.batch_size=8",
               "--config.log_every=4", "--config.checkpoint_every=4", "--config.warmup_steps=2",
               "--config.eval_batches=2")

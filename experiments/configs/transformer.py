@@ -8,8 +8,8 @@ from experiments.configs import common
 
 SIZES = {
     # name: (model fields, training overrides)
-    "tiny": (dict(dim=64, num_layers=2, num_heads=4, mlp_dim=256),
-             dict(steps=200, batch_size=8, seq_len=128)),
+    "tiny": (dict(dim=128, num_layers=4, num_heads=4, mlp_dim=384),
+             dict(steps=600, batch_size=16, seq_len=128, log_every=50, checkpoint_every=200)),
     "small": (dict(dim=256, num_layers=6, num_heads=8, mlp_dim=1024),
               dict(steps=2000, batch_size=16, seq_len=512, learning_rate=1e-3,
                    checkpoint_every=500, log_every=50)),

@@ -84,7 +84,8 @@ def _snapshot(path):
 
 
 BAD_PRETRAIN = {
-    "unknown config field": (["--config.not_a_field=3"], "not_a_field"),
+    "unknown config field": (["--config.not_a_field=3"], "--config.not_a_field: the config has no field"),
+    "unknown model field": (["--config.model.heads=3"], "--config.model.heads: the config has no field"),
     "unknown config size": (["--config=experiments/configs/transformer.py:huge"], "huge"),
     "mesh does not divide": (["--config.mesh.data=3"], "does not divide"),
     "mesh too large": (["--config.mesh.data=16"], "asks for 16 devices"),
