@@ -39,6 +39,7 @@ def parse_mesh(text: str) -> dict:
 
 
 def evaluate(workdir: str, step: int | None = None, mesh_sizes: dict | None = None) -> dict:
+  workdir = str(Path(workdir).expanduser().absolute())  # orbax needs absolute paths
   checkpoints = Path(workdir) / "checkpoints"
   if not checkpoints.is_dir():
     raise cli.UsageError(f"--workdir {workdir!r} holds no checkpoints (no {checkpoints})")

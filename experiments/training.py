@@ -131,7 +131,7 @@ def make_train_step(run: Run, tx):
 
 def check_workdir(workdir: str) -> Path:
   """Creates the workdir if needed and proves it writable, or raises UsageError."""
-  path = Path(os.path.expanduser(workdir))
+  path = Path(os.path.expanduser(workdir)).absolute()  # orbax needs absolute paths
   if path.exists() and not path.is_dir():
     raise UsageError(f"--workdir {str(path)!r} is a file, not a directory")
   try:

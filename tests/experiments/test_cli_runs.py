@@ -73,8 +73,12 @@ def test_two_processes_train_together(tmp_path):
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("small_run")
-  result = run_cli("experiments.pretrain", *TINY_FLAGS, "--config.steps=4", f"--workdir={workdir}")
+  relative = os.path.relpath(workdir, ROOT)  # as the README's command gives it
+  result = run_cli("experiments.pretrain", *TINY_FLAGS, "--config.steps=4", f"--workdir={relative}")
   assert result.returncode == 0, result.stderr[-2000:]
+  evaluation = run_cli("experiments.evaluate", f"--workdir={relative}")
+  assert evaluation.returncode == 0, evaluation.stderr[-2000:]
+  assert (workdir / "eval" / "step_4.json").exists()
   return workdir
 
 
