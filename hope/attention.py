@@ -36,6 +36,18 @@ class CausalSelfAttention(nnx.Module):
     y = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window)
     return self.out(y)
 
+  def attend(self, x_q: jax.Array, x_kv: jax.Array, q_positions: jax.Array,
+             kv_positions: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attention of queries x_q [b, t, d] over x_kv [b, s, d] under a boolean mask [t, s].
+
+    For layouts the causal fast path does not cover: a persistent-memory prefix visible to
+    every query, Titans MAC's [persistent | retrieved | segment] context.
+    """
+    q = apply_rotary(self.query(x_q), q_positions, self.rope_base)
+    k = apply_rotary(self.key(x_kv), kv_positions, self.rope_base)
+    y = jax.nn.dot_product_attention(q, k, self.value(x_kv), mask=mask[None, None])
+    return self.out(y)
+
   def flops_per_token(self, seq_len: int) -> float:
     """Forward matmul FLOPs per token: projections plus causal scores and values."""
     heads, head_dim = self.query.kernel.shape[1:]

@@ -5,14 +5,32 @@ x <- x + mixer(norm(x)); x <- x + mlp(norm(x)), where the mixer is the sequence 
 (softmax attention, a Titans memory, a self-modifying HOPE memory) and the mlp is the
 per-token memory (a SwiGLU MLP, a Continuum Memory System, a product-key memory layer).
 A Transformer is this scaffold with attention mixers and SwiGLU MLPs.
-"""
-from typing import Sequence
 
+Stateful parts (memories that learn in context) have `init_state(batch_size)` and
+`__call__(x, state=None, mask=None) -> (y, state)`; stateless parts have `__call__(x) -> y`.
+`DecoderLM.__call__` starts every sequence from the learned initial states (training);
+`DecoderLM.stream` carries the states across calls, so a long document can be read piece by
+piece, and `init_state` resets them between documents.
+"""
+from typing import Any, Sequence
+
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from hope.layers import Dense, Embed, RMSNorm
+
+
+def is_stateful(module) -> bool:
+  return hasattr(module, "init_state")
+
+
+def apply(module, x: jax.Array, state=None, mask=None) -> tuple[jax.Array, Any]:
+  """Calls a stateful or stateless part alike: returns (output, new state or None)."""
+  if is_stateful(module):
+    return module(x, state, mask)
+  return module(x), None
 
 
 class Block(nnx.Module):
@@ -26,10 +44,18 @@ class Block(nnx.Module):
     self.mlp = mlp
     self.dropout_rate = dropout_rate
 
-  def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+  def init_state(self, batch_size: int) -> tuple:
+    return tuple(m.init_state(batch_size) if is_stateful(m) else None
+                 for m in (self.mixer, self.mlp))
+
+  def __call__(self, x: jax.Array, rng: jax.Array | None = None, state: tuple | None = None,
+               mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+    mixer_state, mlp_state = state if state is not None else (None, None)
     keys = jax.random.split(rng) if rng is not None else (None, None)
-    x = x + self._dropout(self.mixer(self.mixer_norm(x)), keys[0])
-    return x + self._dropout(self.mlp(self.mlp_norm(x)), keys[1])
+    y, mixer_state = apply(self.mixer, self.mixer_norm(x), mixer_state, mask)
+    x = x + self._dropout(y, keys[0])
+    y, mlp_state = apply(self.mlp, self.mlp_norm(x), mlp_state, mask)
+    return x + self._dropout(y, keys[1]), (mixer_state, mlp_state)
 
   def _dropout(self, y: jax.Array, key: jax.Array | None) -> jax.Array:
     if key is None or not self.dropout_rate:
@@ -52,12 +78,28 @@ class DecoderLM(nnx.Module):
     self.unembed = Dense((dim,), (vocab_size,), ("embed",), ("vocab",), rngs=rngs, dtype=dtype)
 
   def __call__(self, tokens: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-    """`rng` (a PRNG key) switches on dropout in blocks that have it; None is deterministic."""
+    """Logits, every memory starting from its learned initial state. `rng` switches on dropout."""
+    return self._run(tokens, rng, None, None)[0]
+
+  def init_state(self, batch_size: int) -> tuple:
+    """The in-context state of every block at the start of a document."""
+    return tuple(block.init_state(batch_size) for block in self.blocks)
+
+  def stream(self, tokens: jax.Array, state: tuple,
+             mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+    """Logits for the next piece of a document and the carried state; `mask` marks padding (0)."""
+    return self._run(tokens, None, state, mask)
+
+  def _run(self, tokens, rng, state, mask):
+    chex.assert_rank(tokens, 2)
     x = self.embed(tokens)
     keys = jax.random.split(rng, len(self.blocks)) if rng is not None else [None] * len(self.blocks)
-    for block, key in zip(self.blocks, keys):
-      x = block(x, key)
-    return self.unembed(self.final_norm(x)).astype(jnp.float32)
+    states = state if state is not None else [None] * len(self.blocks)
+    new_states = []
+    for block, key, block_state in zip(self.blocks, keys, states):
+      x, block_state = block(x, key, block_state, mask)
+      new_states.append(block_state)
+    return self.unembed(self.final_norm(x)).astype(jnp.float32), tuple(new_states)
 
   def flops_per_token(self, seq_len: int) -> float:
     """Forward-pass model FLOPs per token (matmuls and attention; x3 for a training step)."""

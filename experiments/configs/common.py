@@ -41,3 +41,40 @@ def select(sizes: dict, arg: str | None) -> dict:
   if name not in sizes:
     raise ValueError(f"unknown config size {name!r}; choose from {sorted(sizes)}")
   return sizes[name]
+
+
+# Training settings per size, shared by every architecture so that they compare at equal
+# token budgets. The paper-scale sizes follow the shapes of the Titans / Nested Learning
+# papers (24 layers; widths 1024, 1536, 2048) for users with accelerators.
+TRAINING = {
+    "tiny": dict(steps=600, batch_size=16, seq_len=128, log_every=50, checkpoint_every=200),
+    "small": dict(steps=2000, batch_size=16, seq_len=512, learning_rate=1e-3,
+                  checkpoint_every=500, log_every=50),
+    "340m": dict(steps=30_000, batch_size=256, seq_len=2048, learning_rate=4e-4,
+                 warmup_steps=2000, checkpoint_every=1000, log_every=100),
+    "760m": dict(steps=60_000, batch_size=256, seq_len=2048, learning_rate=4e-4,
+                 warmup_steps=2000, checkpoint_every=1000, log_every=100),
+    "1.3b": dict(steps=200_000, batch_size=256, seq_len=2048, learning_rate=4e-4,
+                 warmup_steps=2000, checkpoint_every=1000, log_every=100),
+}
+SHAPES = {
+    "tiny": dict(dim=128, num_layers=4, num_heads=4, mlp_dim=384),
+    "small": dict(dim=256, num_layers=6, num_heads=8, mlp_dim=1024),
+    "340m": dict(dim=1024, num_layers=24, num_heads=16, mlp_dim=2816, dtype="bfloat16"),
+    "760m": dict(dim=1536, num_layers=24, num_heads=24, mlp_dim=4096, dtype="bfloat16"),
+    "1.3b": dict(dim=2048, num_layers=24, num_heads=32, mlp_dim=5632, dtype="bfloat16"),
+}
+
+
+def lm_config(arg: str | None, model: dict, sizes: dict | None = None) -> ml_collections.ConfigDict:
+  """A pretraining config: the base fields, the size's training settings and shape, then
+  `model` (the architecture's own fields) and any per-size `sizes[arg]` model overrides."""
+  name = arg or "tiny"
+  select(TRAINING, name)
+  config = base_config()
+  config.update(TRAINING[name])
+  config.model = ml_collections.ConfigDict(dict(vocab_size=256, dropout_rate=0.0, dtype="float32"))
+  config.model.update(SHAPES[name])
+  config.model.update(model)
+  config.model.update((sizes or {}).get(name, {}))
+  return config
