@@ -32,6 +32,11 @@ from memory_layers.sharding_rules import Rules, logical_to_mesh_spec, spec_axes
 def read_values(table: jax.Array, indices: jax.Array, weights: jax.Array) -> jax.Array:
   """sum over heads and selected slots of weights * table[indices].
 
+  A scan over the heads * k reads, each a [batch, seq, value] gather accumulated into the
+  output, with the gather recomputed in the backward pass: no [batch, seq, heads * k,
+  value] intermediate is ever built (it is 128x the output at 4 heads x top-32), and the
+  table's gradient is accumulated in place, one scatter-add per read.
+
   Args:
     table: [N, value] value rows.
     indices: [batch, seq, heads, k] integer slot ids in [0, N).
@@ -43,9 +48,21 @@ def read_values(table: jax.Array, indices: jax.Array, weights: jax.Array) -> jax
   chex.assert_rank([indices, weights], 4)
   chex.assert_equal_shape([indices, weights])
   batch, seq, heads, k = indices.shape
-  rows = jnp.take(table, indices.reshape(batch, seq, heads * k), axis=0)
-  return jnp.einsum("bsj,bsjd->bsd", weights.reshape(batch, seq, heads * k).astype(table.dtype),
-                    rows)
+  slots, slot_weights = (jnp.moveaxis(a.reshape(batch, seq, heads * k), -1, 0)
+                         for a in (indices, weights))
+
+  def weighted_row(slot, weight):
+    return weight[..., None].astype(table.dtype) * jnp.take(table, slot, axis=0)
+
+  @jax.checkpoint
+  def add_read(total, read):
+    return total + weighted_row(*read), None
+
+  # The first read starts the sum (rather than zeros), so the carry has the inputs' type,
+  # also inside shard_map where values carry the mesh axes they vary over.
+  out, _ = jax.lax.scan(add_read, weighted_row(slots[0], slot_weights[0]),
+                        (slots[1:], slot_weights[1:]))
+  return out
 
 
 def read_values_sharded(table: jax.Array, indices: jax.Array, weights: jax.Array,
@@ -74,8 +91,14 @@ def read_values_sharded(table: jax.Array, indices: jax.Array, weights: jax.Array
                      "sharded value read needs the value axes to leave the batch unsharded")
   exchange_axes = tuple(a for a in batch_axes if a in slot_axes)
   reduce_axes = tuple(a for a in slot_axes if a not in batch_axes)
+  # Batch axes that do not shard the table: its gradient is summed over them (data
+  # parallelism). Marking the block as varying over them up front makes that one psum of
+  # the finished gradient, instead of one per read inside read_values' backward scan.
+  replica_axes = tuple(a for a in batch_axes if a not in slot_axes + value_axes)
 
   def local_read(table_block, indices, weights):
+    if replica_axes:
+      table_block = jax.lax.pcast(table_block, replica_axes, to="varying")
     if exchange_axes:
       indices = jax.lax.all_gather(indices, exchange_axes, axis=0, tiled=True)
       weights = jax.lax.all_gather(weights, exchange_axes, axis=0, tiled=True)
