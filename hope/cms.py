@@ -1,0 +1,230 @@
+"""Continuum Memory System (Nested Learning, NeurIPS eqs. 30-31 / arXiv eqs. 70-71).
+
+A chain of K residual MLP levels, y = MLP^(K)(... MLP^(1)(x)) (eq. 70), level l being
+
+    h <- h + W_out^(l) silu(W_in^(l) RMSNorm(h)).
+
+Level l has a chunk size C_l. Its weights change only at chunk boundaries, i.e. after the
+stream has consumed a multiple of C_l tokens, by the inner gradient summed over the chunk's
+C_l tokens and applied once (eq. 71):
+
+    theta <- theta - lr_l * sum_{t in chunk} grad_theta l(theta; h_t),
+
+where every token of a chunk sees the chunk-start weights, so a chunk is computed in
+parallel and chunks follow each other in a `lax.scan`. A level with chunk size None (or 0)
+never changes in context: it is an ordinary MLP that only the outer optimizer trains (the
+lowest-frequency level; a Transformer's MLP is the K = 1 case). The initial weights of every
+level are outer parameters, so the outer loop meta-learns them through the in-context
+updates.
+
+Inner objective. Eq. 71 leaves the "error component" open. Here it is the L2 associative
+objective of Titans (eq. 12) with the level's normalised input as the key and a learned
+linear projection of it as the value:
+
+    l(theta; h_t) = 1/2 || MLP_theta(n_t) - n_t W_tgt ||^2,     n_t = RMSNorm(h_t),
+
+with W_tgt (per level) an outer parameter. It is local (the gradient needs only the level's
+own activations: three matmuls the size of the MLP's and one dim x dim projection, no second
+pass through the network), causal (token t enters the weights only at the boundary after
+it, so outputs depend on earlier tokens only), and needs no labels, so the levels keep
+adapting at inference and on unlabeled streams. The next-token loss's "teach signal" (dL/dh)
+was the other candidate: it needs a forward and a backward pass of the whole model over a
+chunk before any level can update (so levels of different depths are coupled through the
+chunk schedule) and it needs the next token as a label; its cost and coupling are not worth
+it here.
+
+Streaming is exact for pieces of any length: the state holds each level's weights in force,
+the gradient summed over the unfinished chunk and the position in it; masked tokens are
+skipped as if absent (see `hope.stream_chunks`). Outputs at masked positions are zero.
+
+The inner learning rates multiply a sum over C_l tokens: choose lr_l ~ base / C_l.
+"""
+from typing import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from hope.layers import RMSNorm, param
+from hope.stream_chunks import chunk_grid, compact, compaction, from_chunks, to_chunks, uncompact
+
+
+@struct.dataclass
+class CMSLevelState:
+  """In-context state of one adaptive level, each array with a leading batch axis.
+
+  w_in [dim, hidden], w_out [hidden, dim]: the weights in force (set at the last boundary);
+  grad_in, grad_out: the inner gradient summed over the tokens of the unfinished chunk;
+  position (int32): how many tokens of that chunk the stream has consumed.
+  """
+  w_in: jax.Array
+  w_out: jax.Array
+  grad_in: jax.Array
+  grad_out: jax.Array
+  position: jax.Array
+
+
+@struct.dataclass
+class CMSState:
+  """One `CMSLevelState` per level, None for levels that never change in context."""
+  levels: tuple
+
+
+class CMSLevel(nnx.Module):
+  """One level: RMSNorm, the MLP's initial weights and, when adaptive, the value projection."""
+
+  def __init__(self, dim: int, hidden: int, adaptive: bool, *, rngs: nnx.Rngs):
+    fan_in = lambda n: (lambda key, shape, dt: n ** -0.5 * jax.random.truncated_normal(
+        key, -2.0, 2.0, shape, dt))
+    self.norm = RMSNorm(dim, rngs=rngs)
+    self.w_in = param(rngs, fan_in(dim), (dim, hidden), ("embed", "mlp"))
+    self.w_out = param(rngs, fan_in(hidden), (hidden, dim), ("mlp", "embed"))
+    self.target = param(rngs, fan_in(dim), (dim, dim), ("embed", None)) if adaptive else None
+
+
+def _matmul(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+  return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _rms_norm(h: jax.Array, scale: jax.Array) -> jax.Array:
+  h = h.astype(jnp.float32)
+  return h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + 1e-6) * scale
+
+
+def _silu_grad(z: jax.Array) -> jax.Array:
+  s = jax.nn.sigmoid(z)
+  return s * (1 + z * (1 - s))
+
+
+def _branch(w_in, w_out, scale, h, dtype):
+  """n = RMSNorm(h), z = n W_in, a = silu(z), m = a W_out (the level adds m to h)."""
+  n = _rms_norm(h, scale)
+  z = _matmul(n, w_in, dtype)
+  a = jax.nn.silu(z)
+  return n, z, a, _matmul(a, w_out, dtype)
+
+
+def _adaptive_level(level: dict, lr: float, chunk: int, h: jax.Array, count: jax.Array,
+                    state: CMSLevelState, dtype) -> tuple[jax.Array, CMSLevelState]:
+  """One sequence through an adaptive level: a scan over its chunks (eq. 71)."""
+  grid = chunk_grid(count, state.position, chunk, h.shape[0])
+
+  def step(carry, xs):
+    w_in, w_out, g_in, g_out = carry
+    u, valid, complete = xs
+    n, z, a, m = _branch(w_in, w_out, level["scale"], u, dtype)
+    err = (m - _matmul(n, level["target"], dtype)) * valid[:, None]   # d l / d m per token
+    g_out = g_out + _matmul(a.T, err, dtype)
+    g_in = g_in + _matmul(n.T, _matmul(err, w_out.T, dtype) * _silu_grad(z), dtype)
+    w_in = jnp.where(complete, w_in - lr * g_in, w_in)
+    w_out = jnp.where(complete, w_out - lr * g_out, w_out)
+    g_in, g_out = jnp.where(complete, 0.0, g_in), jnp.where(complete, 0.0, g_out)
+    return (w_in, w_out, g_in, g_out), u + m
+
+  carry = (state.w_in, state.w_out, state.grad_in, state.grad_out)
+  carry, y = jax.lax.scan(jax.checkpoint(step), carry,
+                          (to_chunks(h, grid), grid.valid, grid.complete))
+  return from_chunks(y, grid), CMSLevelState(*carry, position=grid.next_position)
+
+
+class ContinuumMemory(nnx.Module):
+  """Maps x [batch, seq, dim] to [batch, seq, dim] through the CMS levels.
+
+  Args:
+    dim: width of the input and output.
+    hidden: hidden width of every level's MLP.
+    chunk_sizes: one entry per level, applied in order: a positive chunk size C_l (the
+      level's weights change every C_l tokens) or None / 0 (never changes in context).
+    inner_lr: the inner learning rate, one float for all levels or one per level.
+    dtype: matmul operand dtype; in-context weights and gradients stay float32.
+  """
+
+  def __init__(self, dim: int, *, hidden: int, chunk_sizes: Sequence[int | None],
+               inner_lr: float | Sequence[float] = 1e-2, rngs: nnx.Rngs, dtype=jnp.float32):
+    for name, value in (("dim", dim), ("hidden", hidden)):
+      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"ContinuumMemory {name} must be a positive integer, got {value!r}")
+    if isinstance(chunk_sizes, (str, bytes)) or not isinstance(chunk_sizes, Sequence) \
+        or not chunk_sizes:
+      raise ValueError("ContinuumMemory chunk_sizes must be a non-empty sequence of chunk "
+                       f"sizes (positive integers, or None/0 for a frozen level), got "
+                       f"{chunk_sizes!r}")
+    for c in chunk_sizes:
+      if c is not None and (isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0):
+        raise ValueError("ContinuumMemory chunk_sizes entries must be positive integers or "
+                         f"None/0 (a level that never changes in context), got {c!r} in "
+                         f"{list(chunk_sizes)}")
+    lrs = (inner_lr,) * len(chunk_sizes) if np.isscalar(inner_lr) else tuple(inner_lr)
+    if len(lrs) != len(chunk_sizes) or not all(np.isfinite(lr) and lr >= 0 for lr in lrs):
+      raise ValueError("ContinuumMemory inner_lr must be a finite float >= 0 or one per level "
+                       f"({len(chunk_sizes)}), got {inner_lr!r}")
+    self.dim, self.hidden, self.dtype = dim, hidden, dtype
+    self.chunk_sizes = tuple(int(c) if c else None for c in chunk_sizes)
+    self.inner_lrs = tuple(float(lr) for lr in lrs)
+    self.levels = nnx.List([CMSLevel(dim, hidden, c is not None, rngs=rngs)
+                            for c in self.chunk_sizes])
+
+  def init_state(self, batch_size: int) -> CMSState:
+    """Every adaptive level at its learned initial weights, no pending gradient, position 0."""
+    def level_state(level, chunk):
+      if chunk is None:
+        return None
+      tile = lambda w: jnp.broadcast_to(w[...], (batch_size,) + w.shape)
+      return CMSLevelState(w_in=tile(level.w_in), w_out=tile(level.w_out),
+                           grad_in=jnp.zeros((batch_size,) + level.w_in.shape, jnp.float32),
+                           grad_out=jnp.zeros((batch_size,) + level.w_out.shape, jnp.float32),
+                           position=jnp.zeros((batch_size,), jnp.int32))
+    return CMSState(tuple(level_state(l, c) for l, c in zip(self.levels, self.chunk_sizes)))
+
+  def __call__(self, x: jax.Array, state: CMSState | None = None,
+               mask: jax.Array | None = None) -> tuple[jax.Array, CMSState]:
+    """x [batch, seq, dim] -> (y [batch, seq, dim], the state after the call).
+
+    `mask` [batch, seq] (nonzero = real token): masked tokens are skipped as if absent
+    (they neither update a level nor advance its chunk clock) and get zero output.
+    """
+    chex.assert_rank(x, 3)
+    batch, seq, _ = x.shape
+    state = self.init_state(batch) if state is None else state
+    mask = jnp.ones((batch, seq), bool) if mask is None else mask
+    chex.assert_shape(mask, (batch, seq))
+    levels = [dict(scale=l.norm.scale[...], w_in=l.w_in[...], w_out=l.w_out[...],
+                   target=None if l.target is None else l.target[...]) for l in self.levels]
+
+    def one_sequence(x, mask, level_states):
+      comp = compaction(mask)
+      h = compact(x, comp)
+      new_states = []
+      for level, chunk, lr, s in zip(levels, self.chunk_sizes, self.inner_lrs, level_states):
+        if chunk is None:
+          h = h + _branch(level["w_in"], level["w_out"], level["scale"], h, self.dtype)[3]
+        else:
+          h, s = _adaptive_level(level, lr, chunk, h, comp.count, s, self.dtype)
+        new_states.append(s)
+      return uncompact(h, comp), tuple(new_states)
+
+    y, new_levels = jax.vmap(one_sequence)(x, mask, state.levels)
+    return y.astype(self.dtype), CMSState(new_levels)
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Forward matmul FLOPs per token: every level's MLP (2 matmuls); adaptive levels add the
+    value projection and the inner gradient (3 matmuls the MLP's size). Weight updates at
+    boundaries (elementwise, 1/C_l per token) are not counted."""
+    del seq_len
+    mlp = 2 * 2 * self.dim * self.hidden
+    inner = 2 * self.dim * self.dim + 3 * 2 * self.dim * self.hidden
+    return sum(mlp + (inner if c is not None else 0) for c in self.chunk_sizes)
+
+
+def check_finite(state: CMSState) -> None:
+  """Raises FloatingPointError naming the first level whose in-context state (weights or
+  pending gradient) holds a NaN or an infinity. Call it on a returned state outside jit,
+  e.g. every few steps of a training loop (inside jit, use `jax.config.jax_debug_nans`)."""
+  for i, level in enumerate(state.levels):
+    if level is None:
+      continue
+    for name in ("w_in", "w_out", "grad_in", "grad_out"):
+      if not bool(jnp.all(jnp.isfinite(getattr(level, name)))):
+        raise FloatingPointError(f"CMS level {i}: non-finite values in its in-context {name}")
