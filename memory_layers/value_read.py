@@ -32,11 +32,6 @@ from memory_layers.sharding_rules import Rules, logical_to_mesh_spec, spec_axes
 def read_values(table: jax.Array, indices: jax.Array, weights: jax.Array) -> jax.Array:
   """sum over heads and selected slots of weights * table[indices].
 
-  A scan over the heads * k reads, each a [batch, seq, value] gather accumulated into the
-  output, with the gather recomputed in the backward pass: no [batch, seq, heads * k,
-  value] intermediate is ever built (it is 128x the output at 4 heads x top-32), and the
-  table's gradient is accumulated in place, one scatter-add per read.
-
   Args:
     table: [N, value] value rows.
     indices: [batch, seq, heads, k] integer slot ids in [0, N).
@@ -47,22 +42,30 @@ def read_values(table: jax.Array, indices: jax.Array, weights: jax.Array) -> jax
   chex.assert_rank(table, 2)
   chex.assert_rank([indices, weights], 4)
   chex.assert_equal_shape([indices, weights])
-  batch, seq, heads, k = indices.shape
-  slots, slot_weights = (jnp.moveaxis(a.reshape(batch, seq, heads * k), -1, 0)
-                         for a in (indices, weights))
+  return _add_reads(jnp.zeros((*indices.shape[:2], table.shape[1]), table.dtype), table,
+                    indices, weights)
 
-  def weighted_row(slot, weight):
-    return weight[..., None].astype(table.dtype) * jnp.take(table, slot, axis=0)
+
+def _add_reads(total: jax.Array, table: jax.Array, indices: jax.Array,
+               weights: jax.Array) -> jax.Array:
+  """total + the weighted reads, as a scan over the heads * k reads of every token.
+
+  Each step gathers one [batch, seq, value] row per token and adds it; the backward pass
+  recomputes that gather (jax.checkpoint). So no [batch, seq, heads * k, value]
+  intermediate is ever built (128x the output at 4 heads x top-32), and the table's
+  gradient is one zero-initialised buffer that every read scatter-adds into in place.
+  """
+  batch, seq, heads, k = indices.shape
+  reads = tuple(jnp.moveaxis(a.reshape(batch, seq, heads * k), -1, 0)
+                for a in (indices, weights))
 
   @jax.checkpoint
   def add_read(total, read):
-    return total + weighted_row(*read), None
+    slot, weight = read
+    return total + weight[..., None].astype(table.dtype) * jnp.take(table, slot, axis=0), None
 
-  # The first read starts the sum (rather than zeros), so the carry has the inputs' type,
-  # also inside shard_map where values carry the mesh axes they vary over.
-  out, _ = jax.lax.scan(add_read, weighted_row(slots[0], slot_weights[0]),
-                        (slots[1:], slot_weights[1:]))
-  return out
+  total, _ = jax.lax.scan(add_read, total, reads)
+  return total
 
 
 def read_values_sharded(table: jax.Array, indices: jax.Array, weights: jax.Array,
@@ -93,8 +96,9 @@ def read_values_sharded(table: jax.Array, indices: jax.Array, weights: jax.Array
   reduce_axes = tuple(a for a in slot_axes if a not in batch_axes)
   # Batch axes that do not shard the table: its gradient is summed over them (data
   # parallelism). Marking the block as varying over them up front makes that one psum of
-  # the finished gradient, instead of one per read inside read_values' backward scan.
+  # the finished gradient, instead of one per read inside the backward scan of _add_reads.
   replica_axes = tuple(a for a in batch_axes if a not in slot_axes + value_axes)
+  varying_axes = batch_axes + tuple(a for a in slot_axes + value_axes if a not in batch_axes)
 
   def local_read(table_block, indices, weights):
     if replica_axes:
@@ -106,8 +110,12 @@ def read_values_sharded(table: jax.Array, indices: jax.Array, weights: jax.Array
     first = jax.lax.axis_index(slot_axes) * rows if slot_axes else 0
     local = indices - first
     held = (local >= 0) & (local < rows)
-    partial = read_values(table_block, jnp.where(held, local, 0),
-                          jnp.where(held, weights, jnp.zeros_like(weights)))
+    # shard_map types values by the mesh axes they vary over, and a scan's carry must keep
+    # its type: the sum starts from zeros that vary like the reads added to it.
+    zeros = jax.lax.pcast(jnp.zeros((*indices.shape[:2], table_block.shape[1]),
+                                    table_block.dtype), varying_axes, to="varying")
+    partial = _add_reads(zeros, table_block, jnp.where(held, local, 0),
+                         jnp.where(held, weights, jnp.zeros_like(weights)))
     if exchange_axes:
       partial = jax.lax.psum_scatter(partial, exchange_axes, scatter_dimension=0, tiled=True)
     if reduce_axes:
