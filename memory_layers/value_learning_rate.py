@@ -1,10 +1,10 @@
 """A higher learning rate for value tables, as an optax rule on plain parameter pytrees.
 
 Value rows are read sparsely (a few of N per token), so memory layers train them with a
-larger step than the rest: PKM uses a separate Adam at lr 1e-3 for the values (Lample et
-al. 2019, sec. 4), Memory+ a value lr of 1e-3 against 1e-4 for the model, both scheduled
-(Berges et al. 2024). Two ways to get that with optax, both keyed on the `ValueTable`
-parameter type:
+larger step than the rest: the PKM reference code gives the values their own Adam at lr
+1e-3 (Lample et al. 2019), the Memory+ configs a value lr of 1e-3 against 1e-4 for the
+model, under the same schedule (Berges et al. 2024). Two ways to get that with optax, both
+keyed on the `ValueTable` parameter type:
 
 - a multiplier on the values' updates, after any base optimizer:
       optax.chain(optax.adamw(schedule), scale_value_updates(state, 10.0))

@@ -2,8 +2,9 @@
 
     m(x) = sum_h sum_{i in I_h} w_{h,i} V[i]            (Lample et al. 2019, eq. 3; heads summed)
 
-`read_values` is the plain gather. `read_values_sharded` computes the same numbers with the
-table split over a device mesh so that no device ever holds all of it, forward or backward:
+`read_values` reads from a table on one device (or as GSPMD places it).
+`read_values_sharded` computes the same numbers with the table split over a device mesh so
+that no device ever holds all of it, forward or backward:
 
 - `value` sharding (columns, as Memory+'s column-parallel EmbeddingBag, Berges et al. 2024):
   the tokens are replicated over the value axes and every device computes its slice of
