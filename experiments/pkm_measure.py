@@ -7,9 +7,10 @@
    table (rows over fsdp=8, columns over tensor=8, rows x columns over fsdp=2 x tensor=4),
    from abstract shapes only (nothing is allocated), and prints the table's shard bytes
    and the compiled executable's per-device argument / output / temporary bytes.
-2. Time: on the default device, the median over --repeats runs (after --warmup runs) of
-   the jitted forward pass, forward+backward with respect to all parameters, and
-   forward+backward with the value table frozen, per token, for each of --sizes.
+2. Time: on the default device, per token, the jitted forward pass, forward+backward with
+   respect to all parameters, and forward+backward with the value table frozen, for each
+   of --sizes: the median over --repeats rounds (after --warmup runs), each round timing
+   every size once, so that load from other processes falls on all sizes alike.
 
 The last column isolates what the dense [N, value_dim] gradient of the table costs: the
 gather's transpose is a scatter-add into a zero table of N rows, so it grows with N while
@@ -95,19 +96,8 @@ def table_memory(num_slots: int, mesh_shape, table_rules) -> dict:
       temporaries=stats.temp_size_in_bytes)
 
 
-def median_seconds(fn, *args) -> float:
-  for _ in range(WARMUP.value):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def time_per_token(num_slots: int) -> dict:
-  """Microseconds per token of the forward, forward+backward, and backward without values."""
+def step_functions(num_slots: int) -> tuple[dict, tuple]:
+  """The jitted forward, forward+backward, and forward+backward with the table frozen."""
   graphdef, state = nnx.split(build(num_slots))
   params = nnx.to_pure_dict(state)
   keys = jax.random.split(jax.random.key(1))
@@ -125,9 +115,30 @@ def time_per_token(num_slots: int) -> dict:
       "forward+backward": jax.jit(jax.grad(loss)),
       "forward+backward, table frozen": jax.jit(grads_without_table),
   }
+  return variants, (params, x, target)
+
+
+def time_per_token(sizes) -> dict:
+  """{N: {variant: median microseconds per token}}.
+
+  Rounds interleave the sizes (each round times every variant at every N once), so load
+  from other processes on a shared machine affects all sizes alike.
+  """
+  steps = {n: step_functions(n) for n in sizes}
+  for variants, args in steps.values():
+    for fn in variants.values():
+      for _ in range(WARMUP.value):
+        jax.block_until_ready(fn(*args))
+  times = {n: {name: [] for name in variants} for n, (variants, _) in steps.items()}
+  for _ in range(REPEATS.value):
+    for n, (variants, args) in steps.items():
+      for name, fn in variants.items():
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times[n][name].append(time.perf_counter() - start)
   tokens = BATCH.value * SEQ_LEN.value
-  return {name: 1e6 * median_seconds(fn, params, x, target) / tokens
-          for name, fn in variants.items()}
+  return {n: {name: 1e6 * statistics.median(t) / tokens for name, t in row.items()}
+          for n, row in times.items()}
 
 
 def main(argv):
@@ -155,12 +166,11 @@ def main(argv):
   print(f"\nTime per token on {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"{tokens} tokens per step, embed {EMBED.value}, value {VALUE_DIM.value}, "
         f"{HEADS.value} heads x top-{TOP_K.value}, key_dim {KEY_DIM.value}, "
-        f"median of {REPEATS.value} after {WARMUP.value} warm-up runs (microseconds):")
-  rows = {}
-  for n in sizes:
-    rows[n] = time_per_token(n)
-    print(f"  N = {n:8d}  " + "  ".join(f"{k} {v:8.2f}" for k, v in rows[n].items()),
-          flush=True)
+        f"median of {REPEATS.value} interleaved rounds after {WARMUP.value} warm-up runs "
+        "(microseconds):")
+  rows = time_per_token(sizes)
+  for n, row in rows.items():
+    print(f"  N = {n:8d}  " + "  ".join(f"{k} {v:8.2f}" for k, v in row.items()))
   if len(sizes) > 1:
     small, large = min(sizes), max(sizes)
     for name in rows[small]:
