@@ -1,0 +1,45 @@
+"""Masked classification losses shared by the methods.
+
+Only the output units in an example's mask take part in its softmax (the scenario's layout,
+see `scenarios.py`); masked-out logits are replaced by a large negative number rather than
+-inf so that no 0 * inf appears in losses or gradients. Every loss is a mean over the
+valid examples of the batch (zero when none is valid, e.g. an empty replay buffer).
+"""
+import jax
+import jax.numpy as jnp
+
+MASKED_LOGIT = -1e30
+
+
+def masked_logits(logits, mask):
+  """Logits with inactive units pushed to MASKED_LOGIT (softmax weight exactly zero)."""
+  return jnp.where(mask, logits, MASKED_LOGIT)
+
+
+def valid_mean(values, valid):
+  """Mean of per-example values over the valid examples (0 when none is valid)."""
+  w = valid.astype(values.dtype)
+  return (values * w).sum() / jnp.maximum(w.sum(), 1.0)
+
+
+def cross_entropy(logits, y, mask, valid):
+  """Mean over valid examples of -log softmax(masked logits)[y]."""
+  logp = jax.nn.log_softmax(masked_logits(logits, mask))
+  nll = -jnp.take_along_axis(logp, y[:, None], axis=1)[:, 0]
+  return valid_mean(nll, valid)
+
+
+def distillation(logits, teacher_logits, mask, valid, temperature):
+  """Soft cross-entropy -sum_k p_teacher,k log p_student,k at temperature T over the active
+  units (Hinton et al. 2015; used by LwF, Li & Hoiem 2017, eq. 2 with its T), not scaled
+  by T^2."""
+  p_teacher = jax.nn.softmax(masked_logits(teacher_logits / temperature, mask))
+  logp = jax.nn.log_softmax(masked_logits(logits / temperature, mask))
+  per_example = -jnp.where(mask, p_teacher * logp, 0.0).sum(-1)
+  return valid_mean(per_example, valid)
+
+
+def accuracy_counts(scores, y, mask, valid):
+  """(number correct, number valid) of argmax over the active units."""
+  pred = jnp.argmax(masked_logits(scores, mask), axis=-1)
+  return ((pred == y) & valid).sum(), valid.sum()

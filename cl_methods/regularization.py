@@ -1,0 +1,221 @@
+"""Parameter regularization: EWC, online EWC, SI and MAS.
+
+Each keeps a per-parameter importance and an anchor, and adds a quadratic penalty that
+pulls important parameters back to their anchor:
+
+* EWC (Kirkpatrick et al. 2017, eq. 3): after context k, the diagonal Fisher information
+      F_k,i = E_x sum_y p(y|x) (d log p(y|x) / d theta_i)^2
+  (the *exact* Fisher: expectation over all labels weighted by the model's own predictive
+  probabilities, with only the context's active output units in the softmax, as in van de
+  Ven et al.'s code), and one penalty term per finished context:
+      L = CE + lambda/2 sum_k sum_i F_k,i (theta_i - theta*_k,i)^2.
+* Online EWC (Schwarz et al. 2018, "Progress & compress", eq. 8): one running Fisher
+  F <- gamma F + F_k and the latest anchor: L = CE + lambda/2 sum_i F_i (theta_i - theta*_i)^2.
+* SI (Zenke et al. 2017, eqs. 4-5): during a context accumulate the path integral
+  omega_i += -g_i * delta theta_i over every update (g: the gradient the optimizer was
+  given); at its end Omega_i += omega_i / ((theta_i - theta~_i)^2 + xi), where theta~ are
+  the parameters at the context's start; L = CE + c sum_i Omega_i (theta_i - theta~_i)^2.
+* MAS (Aljundi et al. 2018, "Memory aware synapses", eqs. 3-5): importance from the
+  sensitivity of the squared L2 norm of the (active) outputs,
+      Omega_i += 1/N sum_x | d ||f(x)||_2^2 / d theta_i |,
+  computed per example without labels; L = CE + lambda sum_i Omega_i (theta_i - theta*_i)^2.
+
+Importances are computed at context boundaries on up to N examples of the finished context
+(`end_context`), with per-example gradients vectorised over chunks of examples.
+"""
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from cl_methods import losses
+from cl_methods import method as method_lib
+from cl_methods import pytree_math
+
+BOUNDARY_REASON = "it consolidates importances at context boundaries"
+_CHUNK_FLOATS = 1 << 22   # per-example gradients held at once: chunk * outputs * params
+
+
+def _chunk_size(params, n_outputs: int) -> int:
+  n_params = sum(a.size for a in jax.tree.leaves(params))
+  return int(max(1, min(64, _CHUNK_FLOATS // max(1, n_params * n_outputs))))
+
+
+def per_example_mean(fn, params, data, chunk: int):
+  """Mean over the valid examples of fn(params, x_i, mask_i), a params-shaped pytree.
+
+  Examples are processed `chunk` at a time (vmap inside lax.scan) to bound memory.
+  """
+  n = data.x.shape[0]
+  pad = (-n) % chunk
+
+  def padded(a):
+    a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+    return a.reshape((-1, chunk) + a.shape[1:])
+
+  xs, masks, valid = padded(data.x), padded(data.mask), padded(data.valid)
+
+  def body(total, chunk_data):
+    x, mask, ok = chunk_data
+    values = jax.vmap(fn, in_axes=(None, 0, 0))(params, x, mask)
+    w = ok.astype(jnp.float32)
+    return jax.tree.map(lambda t, v: t + jnp.tensordot(w, v, axes=1), total, values), None
+
+  total, _ = jax.lax.scan(body, pytree_math.zeros_like(params), (xs, masks, valid))
+  count = jnp.maximum(data.valid.sum(), 1).astype(jnp.float32)
+  return jax.tree.map(lambda t: t / count, total)
+
+
+def diagonal_fisher(apply_fn, params, data):
+  """Exact diagonal Fisher information, averaged over the valid examples of `data`."""
+
+  def example(p, x, mask):
+    def log_probs(q):
+      return jax.nn.log_softmax(losses.masked_logits(apply_fn(q, x[None])[0], mask))
+    prob = jnp.exp(log_probs(p))
+    jac = jax.jacrev(log_probs)(p)               # leaves: (n_units, *param_shape)
+    return jax.tree.map(lambda j: jnp.tensordot(prob, j ** 2, axes=1), jac)
+
+  return per_example_mean(example, params, data, _chunk_size(params, data.mask.shape[-1]))
+
+
+def output_sensitivity(apply_fn, params, data):
+  """MAS importance: mean over valid examples of |d ||f(x)||^2 / d theta| (active units)."""
+
+  def example(p, x, mask):
+    def sq_norm(q):
+      return jnp.sum(jnp.where(mask, apply_fn(q, x[None])[0], 0.0) ** 2)
+    return jax.tree.map(jnp.abs, jax.grad(sq_norm)(p))
+
+  return per_example_mean(example, params, data, _chunk_size(params, 1))
+
+
+def _penalized_loss(apply_fn, penalty):
+  def loss(params, state, batch, key):
+    del key
+    logits = apply_fn(params, batch.x)
+    ce = losses.cross_entropy(logits, batch.y, batch.mask, batch.valid)
+    return ce + penalty(params, state), {"logits": logits}
+  return loss
+
+
+class EWCState(NamedTuple):
+  fisher: Any    # params-shaped; leaves stacked over contexts (T, ...) for offline EWC
+  anchor: Any
+
+
+def ewc(apply_fn, *, strength: float, n_contexts: int) -> method_lib.ContinualMethod:
+  """Offline EWC: one Fisher and anchor per finished context."""
+
+  def init_state(params, example):
+    del example
+    stacked = jax.tree.map(lambda a: jnp.zeros((n_contexts,) + a.shape, a.dtype), params)
+    return EWCState(fisher=stacked, anchor=stacked)
+
+  def penalty(params, state):
+    terms = jax.tree.map(lambda f, a, p: jnp.sum(f * (p[None] - a) ** 2),
+                         state.fisher, state.anchor, params)
+    return 0.5 * strength * sum(jax.tree.leaves(terms))
+
+  def end_context(params, state, data, context, key):
+    del key
+    fisher = diagonal_fisher(apply_fn, params, data)
+
+    def put(stack, value):
+      return stack.at[context].set(value)
+
+    return params, EWCState(fisher=jax.tree.map(put, state.fisher, fisher),
+                            anchor=jax.tree.map(put, state.anchor, params))
+
+  return method_lib.ContinualMethod(
+      name="ewc", family="parameter regularization",
+      loss=_penalized_loss(apply_fn, penalty), predict=method_lib.classifier_predict(apply_fn),
+      init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON)
+
+
+def online_ewc(apply_fn, *, strength: float, gamma: float) -> method_lib.ContinualMethod:
+  """Online EWC: a running, gamma-decayed Fisher and the latest anchor."""
+
+  def init_state(params, example):
+    del example
+    return EWCState(fisher=pytree_math.zeros_like(params), anchor=params)
+
+  def penalty(params, state):
+    return 0.5 * strength * pytree_math.weighted_sq_distance(state.fisher, params, state.anchor)
+
+  def end_context(params, state, data, context, key):
+    del context, key
+    fisher = diagonal_fisher(apply_fn, params, data)
+    return params, EWCState(
+        fisher=jax.tree.map(lambda old, new: gamma * old + new, state.fisher, fisher),
+        anchor=params)
+
+  return method_lib.ContinualMethod(
+      name="online_ewc", family="parameter regularization",
+      loss=_penalized_loss(apply_fn, penalty), predict=method_lib.classifier_predict(apply_fn),
+      init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON)
+
+
+class SIState(NamedTuple):
+  path_integral: Any   # omega: accumulated -g * delta theta in the current context
+  importance: Any      # Omega
+  anchor: Any          # parameters at the start of the current context
+
+
+def synaptic_intelligence(apply_fn, *, strength: float,
+                          damping: float) -> method_lib.ContinualMethod:
+  """SI with importance Omega, damping xi and strength c."""
+
+  def init_state(params, example):
+    del example
+    zeros = pytree_math.zeros_like(params)
+    return SIState(path_integral=zeros, importance=zeros, anchor=params)
+
+  def penalty(params, state):
+    return strength * pytree_math.weighted_sq_distance(state.importance, params, state.anchor)
+
+  def after_update(old_params, new_params, grads, state, batch, aux, info, key):
+    del batch, aux, info, key
+    omega = jax.tree.map(lambda w, g, new, old: w - g * (new - old),
+                         state.path_integral, grads, new_params, old_params)
+    return new_params, state._replace(path_integral=omega)
+
+  def end_context(params, state, data, context, key):
+    del data, context, key
+    importance = jax.tree.map(lambda big, w, p, a: big + w / ((p - a) ** 2 + damping),
+                              state.importance, state.path_integral, params, state.anchor)
+    return params, SIState(path_integral=pytree_math.zeros_like(params),
+                           importance=importance, anchor=params)
+
+  return method_lib.ContinualMethod(
+      name="si", family="parameter regularization",
+      loss=_penalized_loss(apply_fn, penalty), predict=method_lib.classifier_predict(apply_fn),
+      init_state=init_state, after_update=after_update, end_context=end_context,
+      needs_boundaries=BOUNDARY_REASON)
+
+
+class MASState(NamedTuple):
+  importance: Any
+  anchor: Any
+
+
+def memory_aware_synapses(apply_fn, *, strength: float) -> method_lib.ContinualMethod:
+  """MAS with accumulated output-sensitivity importances."""
+
+  def init_state(params, example):
+    del example
+    return MASState(importance=pytree_math.zeros_like(params), anchor=params)
+
+  def penalty(params, state):
+    return strength * pytree_math.weighted_sq_distance(state.importance, params, state.anchor)
+
+  def end_context(params, state, data, context, key):
+    del context, key
+    new = output_sensitivity(apply_fn, params, data)
+    return params, MASState(importance=jax.tree.map(jnp.add, state.importance, new),
+                            anchor=params)
+
+  return method_lib.ContinualMethod(
+      name="mas", family="parameter regularization",
+      loss=_penalized_loss(apply_fn, penalty), predict=method_lib.classifier_predict(apply_fn),
+      init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON)
