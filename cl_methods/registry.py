@@ -36,63 +36,110 @@ def _n_contexts(layout):
   return layout.train_mask.shape[0]
 
 
+# Builders: (model, layout, hparams, steps_per_context, seed) -> ContinualMethod.
+
+def _finetune(m, layout, hp, steps, seed):
+  return baselines.finetune(m.apply_fn)
+
+
+def _joint(m, layout, hp, steps, seed):
+  return baselines.joint(m.apply_fn)
+
+
+def _er(m, layout, hp, steps, seed):
+  return replay.experience_replay(m.apply_fn, buffer_size=hp["buffer_size"])
+
+
+def _derpp(m, layout, hp, steps, seed):
+  return replay.dark_experience_replay(m.apply_fn, buffer_size=hp["buffer_size"],
+                                       alpha=hp["alpha"], beta=hp["beta"])
+
+
+def _ewc(m, layout, hp, steps, seed):
+  return regularization.ewc(m.apply_fn, strength=hp["strength"],
+                            n_contexts=_n_contexts(layout))
+
+
+def _online_ewc(m, layout, hp, steps, seed):
+  return regularization.online_ewc(m.apply_fn, strength=hp["strength"], gamma=hp["gamma"])
+
+
+def _si(m, layout, hp, steps, seed):
+  return regularization.synaptic_intelligence(m.apply_fn, strength=hp["strength"],
+                                              damping=hp["damping"])
+
+
+def _mas(m, layout, hp, steps, seed):
+  return regularization.memory_aware_synapses(m.apply_fn, strength=hp["strength"])
+
+
+def _lwf(m, layout, hp, steps, seed):
+  return functional_regularization.learning_without_forgetting(
+      m.apply_fn, temperature=hp["temperature"], context_masks=layout.train_mask)
+
+
+def _agem(m, layout, hp, steps, seed):
+  return gradient_projection.agem(m.apply_fn, buffer_size=hp["buffer_size"], eps=hp["eps"])
+
+
+def _xdg(m, layout, hp, steps, seed):
+  return context_specific.context_gating(
+      m.apply_fn, gated_layers=m.gated_layers, n_contexts=_n_contexts(layout),
+      gate_fraction=hp["gate_fraction"], seed=seed)
+
+
+def _separate_heads(m, layout, hp, steps, seed):
+  return context_specific.separate_heads(m.apply_fn)
+
+
+def _packnet(m, layout, hp, steps, seed):
+  return context_specific.packnet(
+      m.apply_fn, n_contexts=_n_contexts(layout), prune_fraction=hp["prune_fraction"],
+      prune_step=max(1, round(steps * (1.0 - hp["retrain_fraction"]))))
+
+
+def _icarl(m, layout, hp, steps, seed):
+  return template_classifiers.icarl(m.apply_fn, m.features_fn,
+                                    exemplars_per_class=hp["exemplars_per_class"],
+                                    context_units=layout.context_units)
+
+
+def _generative_classifier(m, layout, hp, steps, seed):
+  return template_classifiers.generative_classifier(
+      hidden=hp["hidden"], latent=hp["latent"], importance_samples=hp["importance_samples"],
+      decoder_std=hp["decoder_std"])
+
+
+_TASK_IL_ONLY = context_specific.task_il_only
+_REG = "parameter regularization"
 _ENTRY_LIST = [
-    MethodEntry("finetune", "baseline", lambda m, lay, hp, s, seed: baselines.finetune(m.apply_fn)),
-    MethodEntry("joint", "baseline", lambda m, lay, hp, s, seed: baselines.joint(m.apply_fn),
-                interleaved=True),
-    MethodEntry("er", "replay", lambda m, lay, hp, s, seed: replay.experience_replay(
-        m.apply_fn, buffer_size=hp["buffer_size"]), hparams=("buffer_size",)),
-    MethodEntry("derpp", "replay", lambda m, lay, hp, s, seed: replay.dark_experience_replay(
-        m.apply_fn, buffer_size=hp["buffer_size"], alpha=hp["alpha"], beta=hp["beta"]),
-        hparams=("buffer_size", "alpha", "beta")),
-    MethodEntry("ewc", "parameter regularization",
-                lambda m, lay, hp, s, seed: regularization.ewc(
-                    m.apply_fn, strength=hp["strength"], n_contexts=_n_contexts(lay)),
-                hparams=("strength",), needs_boundaries=regularization.BOUNDARY_REASON),
-    MethodEntry("online_ewc", "parameter regularization",
-                lambda m, lay, hp, s, seed: regularization.online_ewc(
-                    m.apply_fn, strength=hp["strength"], gamma=hp["gamma"]),
-                hparams=("strength", "gamma"), needs_boundaries=regularization.BOUNDARY_REASON),
-    MethodEntry("si", "parameter regularization",
-                lambda m, lay, hp, s, seed: regularization.synaptic_intelligence(
-                    m.apply_fn, strength=hp["strength"], damping=hp["damping"]),
-                hparams=("strength", "damping"), needs_boundaries=regularization.BOUNDARY_REASON),
-    MethodEntry("mas", "parameter regularization",
-                lambda m, lay, hp, s, seed: regularization.memory_aware_synapses(
-                    m.apply_fn, strength=hp["strength"]),
-                hparams=("strength",), needs_boundaries=regularization.BOUNDARY_REASON),
-    MethodEntry("lwf", "functional regularization",
-                lambda m, lay, hp, s, seed: functional_regularization.learning_without_forgetting(
-                    m.apply_fn, temperature=hp["temperature"], context_masks=lay.train_mask),
-                hparams=("temperature",),
+    MethodEntry("finetune", "baseline", _finetune),
+    MethodEntry("joint", "baseline", _joint, interleaved=True),
+    MethodEntry("er", "replay", _er, hparams=("buffer_size",)),
+    MethodEntry("derpp", "replay", _derpp, hparams=("buffer_size", "alpha", "beta")),
+    MethodEntry("ewc", _REG, _ewc, hparams=("strength",),
+                needs_boundaries=regularization.BOUNDARY_REASON),
+    MethodEntry("online_ewc", _REG, _online_ewc, hparams=("strength", "gamma"),
+                needs_boundaries=regularization.BOUNDARY_REASON),
+    MethodEntry("si", _REG, _si, hparams=("strength", "damping"),
+                needs_boundaries=regularization.BOUNDARY_REASON),
+    MethodEntry("mas", _REG, _mas, hparams=("strength",),
+                needs_boundaries=regularization.BOUNDARY_REASON),
+    MethodEntry("lwf", "functional regularization", _lwf, hparams=("temperature",),
                 needs_boundaries=functional_regularization.BOUNDARY_REASON),
-    MethodEntry("agem", "optimization-based", lambda m, lay, hp, s, seed: gradient_projection.agem(
-        m.apply_fn, buffer_size=hp["buffer_size"], eps=hp["eps"]),
-        hparams=("buffer_size", "eps")),
-    MethodEntry("xdg", "context-specific", lambda m, lay, hp, s, seed: context_specific.context_gating(
-        m.apply_fn, gated_layers=m.gated_layers, n_contexts=_n_contexts(lay),
-        gate_fraction=hp["gate_fraction"], seed=seed),
-        hparams=("gate_fraction",), unsupported=context_specific.task_il_only(context_specific.GATES)),
-    MethodEntry("separate_heads", "context-specific",
-                lambda m, lay, hp, s, seed: context_specific.separate_heads(m.apply_fn),
-                unsupported=context_specific.task_il_only(context_specific.HEADS),
-                separate_heads=True),
-    MethodEntry("packnet", "context-specific", lambda m, lay, hp, s, seed: context_specific.packnet(
-        m.apply_fn, n_contexts=_n_contexts(lay), prune_fraction=hp["prune_fraction"],
-        prune_step=max(1, round(s * (1.0 - hp["retrain_fraction"])))),
-        hparams=("prune_fraction", "retrain_fraction"),
-        unsupported=context_specific.task_il_only(context_specific.WEIGHTS),
-        needs_boundaries=context_specific.PACKNET_BOUNDARY_REASON),
-    MethodEntry("icarl", "template-based", lambda m, lay, hp, s, seed: template_classifiers.icarl(
-        m.apply_fn, m.features_fn, exemplars_per_class=hp["exemplars_per_class"],
-        context_units=lay.context_units),
-        hparams=("exemplars_per_class",),
-        unsupported={"domain": template_classifiers.DOMAIN_REASON},
-        needs_boundaries=template_classifiers.ICARL_BOUNDARY_REASON),
-    MethodEntry("generative_classifier", "template-based",
-                lambda m, lay, hp, s, seed: template_classifiers.generative_classifier(
-                    hidden=hp["hidden"], latent=hp["latent"],
-                    importance_samples=hp["importance_samples"], decoder_std=hp["decoder_std"]),
+    MethodEntry("agem", "optimization-based", _agem, hparams=("buffer_size", "eps")),
+    MethodEntry("xdg", "context-specific", _xdg, hparams=("gate_fraction",),
+                unsupported=_TASK_IL_ONLY(context_specific.GATES)),
+    MethodEntry("separate_heads", "context-specific", _separate_heads,
+                unsupported=_TASK_IL_ONLY(context_specific.HEADS), separate_heads=True),
+    MethodEntry("packnet", "context-specific", _packnet,
+                hparams=("prune_fraction", "retrain_fraction"),
+                unsupported=_TASK_IL_ONLY(context_specific.WEIGHTS),
+                needs_boundaries=context_specific.PACKNET_BOUNDARY_REASON),
+    MethodEntry("icarl", "template-based", _icarl, hparams=("exemplars_per_class",),
+                unsupported={"domain": template_classifiers.DOMAIN_REASON},
+                needs_boundaries=template_classifiers.ICARL_BOUNDARY_REASON),
+    MethodEntry("generative_classifier", "template-based", _generative_classifier,
                 hparams=("hidden", "latent", "importance_samples", "decoder_std"),
                 unsupported={"domain": template_classifiers.DOMAIN_REASON}),
 ]

@@ -241,10 +241,13 @@ def load_contexts(config, kind, dataset):
   try:
     data = datasets.load(dataset, data_dir=config.data_dir, test_fraction=config.test_fraction,
                          seed=config.seed, mnist1d_examples=config.mnist1d_examples)
+  except (ValueError, KeyError, OSError) as e:
+    raise cli.UsageError(f"config.benchmark: {config.benchmark}: {e}") from e
+  try:
     return streams.build(kind, data, config.n_contexts, seed=config.seed,
                          shuffle_classes=config.shuffle_classes)
-  except (FileNotFoundError, ValueError, KeyError, OSError) as e:
-    raise cli.UsageError(f"config.benchmark: {config.benchmark}: {e}") from e
+  except ValueError as e:
+    raise cli.UsageError(f"config.n_contexts: {config.benchmark}: {e}") from e
 
 
 def settings_of(config) -> runner.RunSettings:

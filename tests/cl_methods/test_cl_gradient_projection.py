@@ -36,15 +36,16 @@ def test_agem_step_does_not_increase_memory_loss(tiny_mlp, make_batch):
   now = make_batch(x, [1, 0] * 4, 4, mask=[1, 1, 0, 0])   # same inputs, swapped labels
   memory = method.init_state(params, now)
   key = jax.random.PRNGKey(0)
-  _, memory = method.after_update(params, params, None, memory, past, {}, None, key)
+  _, memory = jax.jit(method.after_update)(params, params, None, memory, past, {}, None, key)
   # The reference batch A-GEM draws from its memory with this key.
-  items, valid = replay_buffer.sample(memory, 8, key)
+  items, valid = jax.jit(replay_buffer.sample, static_argnums=1)(memory, 8, key)
 
+  @jax.jit
   def memory_loss(p):
     return losses.cross_entropy(apply_fn(p, items["x"]), items["y"], items["mask"], valid)
 
-  g = jax.grad(lambda p: method.loss(p, memory, now, key)[0])(params)
-  g_ref = jax.grad(memory_loss)(params)
+  g = jax.jit(jax.grad(lambda p: method.loss(p, memory, now, key)[0]))(params)
+  g_ref = jax.jit(jax.grad(memory_loss))(params)
   assert pytree_math.tree_dot(g, g_ref) < 0
   proj = jax.jit(method.transform_grads)(g, params, memory, now, key)
   np.testing.assert_allclose(pytree_math.tree_dot(proj, g_ref), 0.0,

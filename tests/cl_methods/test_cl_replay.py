@@ -71,18 +71,24 @@ def test_er_adds_the_replayed_batch_loss(tiny_mlp, make_batch):
   rng = np.random.default_rng(0)
   old = make_batch(rng.normal(size=(5, 6)), [0, 1, 0, 1, 0], 4, mask=[1, 1, 0, 0])
   new = make_batch(rng.normal(size=(5, 6)), [2, 3, 2, 3, 2], 4, mask=[0, 0, 1, 1])
-  state = method.init_state(params, new)
   key = jax.random.PRNGKey(0)
-  loss_fn = jax.jit(method.loss)
-  # Empty buffer: just the cross-entropy.
-  loss, _ = loss_fn(params, state, new, key)
-  ce_new = losses.cross_entropy(apply_fn(params, new.x), new.y, new.mask, new.valid)
+
+  @jax.jit
+  def check(state):
+    """(ER loss, CE on the current batch, CE on the replayed batch, replayed labels)."""
+    items, valid = replay_buffer.sample(state, 5, key)
+    ce_old = losses.cross_entropy(apply_fn(params, items["x"]), items["y"], items["mask"],
+                                  valid)
+    ce_new = losses.cross_entropy(apply_fn(params, new.x), new.y, new.mask, new.valid)
+    return method.loss(params, state, new, key)[0], ce_new, ce_old, items["y"]
+
+  state = method.init_state(params, new)
+  loss, ce_new, ce_old, _ = check(state)                  # empty buffer: just the CE
   np.testing.assert_allclose(loss, ce_new, rtol=1e-6)
-  _, state = method.after_update(params, params, None, state, old, {}, None, key)
-  loss, _ = loss_fn(params, state, new, key)
-  items, valid = replay_buffer.sample(state, 5, key)
-  assert valid.all() and set(np.asarray(items["y"]).tolist()) <= {0, 1}
-  ce_old = losses.cross_entropy(apply_fn(params, items["x"]), items["y"], items["mask"], valid)
+  assert ce_old == 0
+  _, state = jax.jit(method.after_update)(params, params, None, state, old, {}, None, key)
+  loss, ce_new, ce_old, replayed = check(state)
+  assert set(np.asarray(replayed).tolist()) <= {0, 1}
   np.testing.assert_allclose(loss, ce_new + ce_old, rtol=1e-6)
   assert ce_old > 0
 
@@ -95,8 +101,9 @@ def test_derpp_matches_logits_stored_at_insertion(tiny_mlp, make_batch):
   with_logits = replay.dark_experience_replay(apply_fn, buffer_size=6, alpha=1.0, beta=0.0)
   no_logits = replay.dark_experience_replay(apply_fn, buffer_size=6, alpha=0.0, beta=0.0)
   state = with_logits.init_state(params, batch)
-  _, aux = with_logits.loss(params, state, batch, key)
-  _, state = with_logits.after_update(params, params, None, state, batch, aux, None, key)
+  _, aux = jax.jit(with_logits.loss)(params, state, batch, key)
+  _, state = jax.jit(with_logits.after_update)(params, params, None, state, batch, aux, None,
+                                                key)
   np.testing.assert_allclose(state.items["logits"], apply_fn(params, batch.x), rtol=1e-6)
 
   @jax.jit

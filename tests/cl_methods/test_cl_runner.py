@@ -61,14 +61,16 @@ def test_task_free_stream(digits):
     _run("ewc", contexts, "domain", settings)
 
 
-def test_every_method_runs_through_the_runner(digits):
-  """Task-IL (which every method serves) on two permuted contexts, a few steps each: every
-  method's hooks are traced, compiled and run once by the runner."""
+def test_every_other_method_runs_through_the_runner(digits):
+  """The methods not run above, in Task-IL (which every method serves) on two permuted
+  contexts, a few steps each: their hooks are traced, compiled and run by the runner."""
   contexts = streams.permuted_contexts(digits, 2, seed=0)
-  settings = runner.RunSettings(steps_per_context=4, batch_size=8, eval_every=2,
-                                curve_examples=8, consolidation_examples=16)
+  settings = runner.RunSettings(steps_per_context=2, batch_size=8, eval_every=2,
+                                curve_examples=32, consolidation_examples=16)
   for name in registry.METHOD_NAMES:
     assert registry.ENTRIES[name].serves("task")
+    if name in ("finetune", "joint", "er"):
+      continue
     result = _run(name, contexts, "task", settings, hidden=(8,))
     assert np.isfinite(result.accuracy_matrix).all(), name
     assert ((0 <= result.curve_accuracy) & (result.curve_accuracy <= 1)).all(), name

@@ -64,8 +64,9 @@ def test_icarl_stores_exemplars_and_classifies_by_their_means(make_batch):
   data = make_batch(x, y, 4)
   state = method.init_state(params, data)
   end = jax.jit(method.end_context)
+  begin = jax.jit(method.begin_context)
   for c in range(2):
-    state = method.begin_context(params, state, c)
+    state = begin(params, state, jnp.int32(c))
     ours = data._replace(valid=jnp.isin(data.y, jnp.asarray(context_units[c])))
     _, state = end(params, state, ours, jnp.int32(c), None)
     assert np.asarray(state.count).tolist() == [4, 4] + ([4, 4] if c else [0, 0])
@@ -76,11 +77,8 @@ def test_icarl_stores_exemplars_and_classifies_by_their_means(make_batch):
   feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
   mean0 = feats[:4].mean(0)
   np.testing.assert_allclose(state.means[0], mean0 / np.linalg.norm(mean0), rtol=1e-5)
-  pred = np.argmax(method.predict(params, state, data), 1)
+  pred = np.argmax(jax.jit(method.predict)(params, state, data), 1)
   assert (pred == y).mean() > 0.95
-  # Distillation targets: after context 0, old classes' targets come from the old network.
-  loss, _ = method.loss(params, state, data, jax.random.PRNGKey(0))
-  assert np.isfinite(float(loss))
 
 
 def test_generative_classifier_trains_one_model_per_class(make_batch):
@@ -97,7 +95,7 @@ def test_generative_classifier_trains_one_model_per_class(make_batch):
   opt_state = tx.init(params)
   info = method_lib.StepInfo(jnp.int32(0), jnp.int32(0), jnp.int32(0))
   first_two = batch._replace(valid=batch.y < 2)
-  for i in range(150):
+  for i in range(100):
     params, opt_state, state, _ = step_fn(params, opt_state, state, first_two, info,
                                           jax.random.PRNGKey(i))
   # The third class had no data: its model is untouched and it is never predicted.
