@@ -46,7 +46,7 @@ class ProductKeyMemory(nnx.Module):
     query_norm: per-head RMSNorm on the queries.
     sharding_rules: a rules table (see `memory_layers.sharding_rules`). When given and a
       mesh is set with `jax.set_mesh`, the value read runs sharded over that mesh
-      (`read_values_sharded`); otherwise it is a plain gather.
+      (`read_values_sharded`); otherwise it reads on one device (`read_values`).
     record_access: sow a `SlotAccess` record (counts and indices) on every call.
   """
 
@@ -104,6 +104,19 @@ class ProductKeyMemory(nnx.Module):
   @property
   def num_slots(self) -> int:
     return self.values.num_slots
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Forward matmul FLOPs per token: query projection, sub-key scores (2 sqrt(N) half-keys
+    per head), the heads * top_k weighted value rows and, when gated, W1 and W2. Top-k
+    selection is not counted (no multiply-adds)."""
+    del seq_len
+    heads, n = self.num_heads, math.isqrt(self.num_slots)
+    value_dim = self.values.value_dim
+    flops = 2 * self.embed_dim * heads * self.key_dim + 2 * heads * n * self.key_dim
+    flops += 2 * heads * self.top_k * value_dim
+    if self.gate_kernel is not None:
+      flops += 2 * 2 * self.embed_dim * value_dim
+    return float(flops)
 
   def queries(self, x: jax.Array) -> jax.Array:
     """[batch, seq, embed] -> [batch, seq, heads, key_dim]: q_h = norm(W_q,h x + b_h)."""

@@ -68,3 +68,12 @@ def test_outputs_and_gradients_equal_dense_reference(case):
   read = np.unique(layer.lookup(x).indices)
   touched = np.flatnonzero(np.abs(np.asarray(fast_grads["values"]["table"])).sum(axis=1))
   np.testing.assert_array_equal(touched, read)
+
+
+def test_flops_per_token_counts_the_matmuls(case):
+  name, layer, _, _ = case
+  value_dim = CONFIGS[name]["value_dim"]
+  queries, scores = 2 * EMBED * HEADS * KEY_DIM, 2 * HEADS * 16 * KEY_DIM
+  reads = 2 * HEADS * TOP_K * value_dim
+  gate = 4 * EMBED * value_dim if name == "memory_plus" else 0
+  assert layer.flops_per_token(8) == queries + scores + reads + gate
