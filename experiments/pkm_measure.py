@@ -12,9 +12,10 @@
    of --sizes: the median over --repeats rounds (after --warmup runs), each round timing
    every size once, so that load from other processes falls on all sizes alike.
 
-The last column isolates what the dense [N, value_dim] gradient of the table costs: the
-gather's transpose is a scatter-add into a zero table of N rows, so it grows with N while
-everything else grows with sqrt(N) (sub-key scores) or not at all.
+The last column isolates what the dense [N, value_dim] gradient of the table costs: a
+zero-initialised table of N rows that the reads scatter-add into, written in full every
+step, so it grows with N. The rest grows with sqrt(N) (sub-key scores and top-k) and with
+the cache misses of reading rows from a larger table; the flops of the read do not grow.
 """
 import os
 
