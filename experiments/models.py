@@ -5,10 +5,12 @@ import inspect
 from flax import nnx
 
 from experiments.cli import UsageError
+from hope.titans import titans
 from hope.transformer import transformer
 
 BUILDERS = {
     "transformer": transformer,
+    "titans": titans,
 }
 
 

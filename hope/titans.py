@@ -1,0 +1,195 @@
+"""Titans (Behrouz et al. 2025, sec. 4): the neural memory as a sequence model, with attention.
+
+- LMM: the memory alone as the block's sequence mixer.
+- MAG (memory as a gate, Fig. 4): sliding-window attention over [persistent | x] and the
+  memory over x run in parallel; o = W_o(norm(y_attn) * sigmoid(norm(y_mem))).
+- MAL (memory as a layer, Fig. 5): the memory, then sliding-window attention over
+  [persistent | M(x)].
+- MAC (memory as context, Fig. 2): the sequence is cut into segments S of `segment_len`
+  tokens. Per segment: retrieve h = M*_{s-1}(q(S)) without updating; attend over
+  [persistent | h | S] (causally: query t sees the persistent tokens, h_j and S_j for j <= t);
+  write the attention output y into the memory; gate o = y * sigmoid(M_s(y)), read token by
+  token as the memory learns, so every output depends only on earlier tokens.
+
+Persistent memory (sec. 3.3) is a learned prefix of `persistent_tokens` vectors that every
+query can attend to. The memory branch does not read it: the memory's learned initial
+weights already play that role, and leaving it out keeps streaming (carrying the memory
+state across pieces of a document) identical to one call over the whole document.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hope.attention import CausalSelfAttention
+from hope.layers import Dense, RMSNorm, param
+from hope.lm import Block, DecoderLM
+from hope.mlp import SwiGLU
+from hope.neural_memory import NeuralMemory
+
+VARIANTS = ("lmm", "mac", "mag", "mal")
+
+
+class PersistentMemory(nnx.Module):
+  """N_p learned tokens, input-independent, prepended as keys and values for attention."""
+
+  def __init__(self, num_tokens: int, dim: int, *, rngs: nnx.Rngs):
+    self.tokens = param(rngs, nnx.initializers.normal(0.02), (num_tokens, dim), (None, "embed"))
+
+  def prepend(self, x: jax.Array) -> jax.Array:
+    prefix = jnp.broadcast_to(self.tokens[...].astype(x.dtype), (x.shape[0],) + self.tokens.shape)
+    return jnp.concatenate([prefix, x], axis=1)
+
+
+def prefix_window_mask(num_prefix: int, seq_len: int, window: int) -> np.ndarray:
+  """[seq, prefix + seq]: every query sees the prefix, and tokens t - window < j <= t."""
+  t = np.arange(seq_len)[:, None]
+  j = np.arange(seq_len)[None, :]
+  local = (j <= t) & ((t - j < window) if window else True)
+  return np.concatenate([np.ones((seq_len, num_prefix), bool), local], axis=1)
+
+
+def mac_mask(num_prefix: int, segment_len: int) -> np.ndarray:
+  """[segment, prefix + 2 segment]: persistent tokens, then retrieved h_j, then S_j, j <= t."""
+  causal = np.tril(np.ones((segment_len, segment_len), bool))
+  return np.concatenate([np.ones((segment_len, num_prefix), bool), causal, causal], axis=1)
+
+
+class Gate(nnx.Module):
+  """o = W_o(norm_a(a) * sigmoid(norm_b(b))): the normalised non-linear gate of MAG/MAC."""
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.norm_a = RMSNorm(dim, rngs=rngs)
+    self.norm_b = RMSNorm(dim, rngs=rngs)
+    self.out = Dense((dim,), (dim,), ("embed",), ("embed",), rngs=rngs, dtype=dtype)
+
+  def __call__(self, a: jax.Array, b: jax.Array) -> jax.Array:
+    return self.out(self.norm_a(a) * jax.nn.sigmoid(self.norm_b(b)))
+
+  def flops_per_token(self) -> float:
+    return 2 * self.out.kernel.shape[0] * self.out.kernel.shape[1]
+
+
+class TitansMixer(nnx.Module):
+  """One Titans sequence mixer (`variant` in lmm, mac, mag, mal); stateful: the memory."""
+
+  def __init__(self, variant: str, dim: int, *, num_heads: int, head_dim: int, window: int,
+               segment_len: int, persistent_tokens: int, memory: dict, rngs: nnx.Rngs,
+               dtype=jnp.float32):
+    if variant not in VARIANTS:
+      raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    self.variant = variant
+    self.memory = NeuralMemory(dim, num_heads=num_heads, head_dim=head_dim, rngs=rngs,
+                               dtype=dtype, **memory)
+    if variant == "lmm":
+      return
+    if persistent_tokens < 0:
+      raise ValueError(f"persistent_tokens must be >= 0, got {persistent_tokens}")
+    self.attention = CausalSelfAttention(dim, num_heads, head_dim, rngs=rngs, dtype=dtype)
+    self.persistent = PersistentMemory(persistent_tokens, dim, rngs=rngs)
+    self.window = window
+    self.segment_len = segment_len
+    if variant == "mac":
+      chunk = self.memory.chunk_size
+      if segment_len <= 0 or segment_len % chunk:
+        raise ValueError(f"segment_len ({segment_len}) must be a positive multiple of the "
+                         f"memory chunk_size ({chunk})")
+    if variant in ("mac", "mag"):
+      self.gate = Gate(dim, rngs=rngs, dtype=dtype)
+
+  def init_state(self, batch_size: int):
+    return self.memory.init_state(batch_size)
+
+  def __call__(self, x: jax.Array, state=None, mask=None):
+    if self.variant == "lmm":
+      return self.memory(x, state, mask)
+    if self.variant == "mac":
+      return self._memory_as_context(x, state, mask)
+    positions = jnp.arange(x.shape[1])
+    num_prefix = self.persistent.tokens.shape[0]
+    kv_positions = jnp.concatenate([jnp.arange(num_prefix), num_prefix + positions])
+    attn_mask = prefix_window_mask(num_prefix, x.shape[1], self.window)
+    if self.variant == "mag":
+      y_attn = self.attention.attend(x, self.persistent.prepend(x), num_prefix + positions,
+                                     kv_positions, attn_mask)
+      y_mem, state = self.memory(x, state, mask)
+      return self.gate(y_attn, y_mem), state
+    y_mem, state = self.memory(x, state, mask)  # mal
+    return self.attention.attend(y_mem, self.persistent.prepend(y_mem), num_prefix + positions,
+                                 kv_positions, attn_mask), state
+
+  def _memory_as_context(self, x, state, mask):
+    batch, seq, dim = x.shape
+    size = self.segment_len
+    padded = -seq % size
+    if mask is None:
+      mask = jnp.ones((batch, seq), bool)
+    x = jnp.pad(x, ((0, 0), (0, padded), (0, 0)))
+    mask = jnp.pad(mask, ((0, 0), (0, padded)))
+    segments = x.reshape(batch, -1, size, dim).swapaxes(0, 1)
+    masks = mask.reshape(batch, -1, size).swapaxes(0, 1)
+    num_prefix = self.persistent.tokens.shape[0]
+    local = num_prefix + jnp.arange(size)
+    kv_positions = jnp.concatenate([jnp.arange(num_prefix), local, local])
+    attn_mask = mac_mask(num_prefix, size)
+
+    def segment_step(state, inputs):
+      segment, segment_mask = inputs
+      retrieved = self.memory.retrieve(segment, state)
+      context = jnp.concatenate([self.persistent.prepend(retrieved), segment], axis=1)
+      y = self.attention.attend(segment, context, local, kv_positions, attn_mask)
+      written, state = self.memory(y, state, segment_mask)
+      return state, self.gate(y, written)
+
+    if state is None:
+      state = self.memory.init_state(batch)
+    state, out = jax.lax.scan(segment_step, state, (segments, masks))
+    return out.swapaxes(0, 1).reshape(batch, -1, dim)[:, :seq], state
+
+  def flops_per_token(self, seq_len: int) -> float:
+    flops = self.memory.flops_per_token(seq_len)
+    if self.variant == "lmm":
+      return flops
+    heads, head_dim = self.attention.query.kernel.shape[1:]
+    num_prefix = self.persistent.tokens.shape[0]
+    projections = 2 * 4 * self.attention.query.kernel.shape[0] * heads * head_dim
+    if self.variant == "mac":
+      keys = num_prefix + (self.segment_len + 1)  # prefix + h_<=t + S_<=t, on average
+      flops += self.memory.flops_per_token(seq_len)  # retrieval: one more read-out
+    else:
+      window = self.window or seq_len
+      keys = num_prefix + min(window, (seq_len + 1) / 2)
+    flops += projections + 2 * 2 * keys * heads * head_dim
+    if self.variant in ("mac", "mag"):
+      flops += self.gate.flops_per_token()
+    return flops
+
+
+def titans(*, variant: str, vocab_size: int, dim: int, num_layers: int, num_heads: int,
+           mlp_dim: int, rngs: nnx.Rngs, head_dim: int = 0, window: int = 64,
+           segment_len: int = 64, persistent_tokens: int = 4, memory_depth: int = 2,
+           memory_expansion: int = 2, chunk_size: int = 16, momentum: bool = True,
+           decay: bool = True, max_lr: float = 0.1, dropout_rate: float = 0.0,
+           dtype: str = "float32") -> DecoderLM:
+  """A Titans LM: every block's mixer is a Titans `variant`, its MLP a SwiGLU."""
+  for name, value in dict(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
+                          num_heads=num_heads, mlp_dim=mlp_dim).items():
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  if not head_dim:
+    if dim % num_heads:
+      raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is 0")
+    head_dim = dim // num_heads
+  compute_dtype = jnp.dtype(dtype)
+  memory = dict(depth=memory_depth, expansion=memory_expansion, chunk_size=chunk_size,
+                momentum=momentum, decay=decay, max_lr=max_lr)
+  blocks = [
+      Block(dim,
+            TitansMixer(variant, dim, num_heads=num_heads, head_dim=head_dim, window=window,
+                        segment_len=segment_len, persistent_tokens=persistent_tokens,
+                        memory=memory, rngs=rngs, dtype=compute_dtype),
+            SwiGLU(dim, mlp_dim, rngs=rngs, dtype=compute_dtype),
+            rngs=rngs, dropout_rate=dropout_rate)
+      for _ in range(num_layers)
+  ]
+  return DecoderLM(vocab_size, dim, blocks, rngs=rngs, dtype=compute_dtype)

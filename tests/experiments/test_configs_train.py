@@ -1,0 +1,31 @@
+"""Every architecture's config trains on 8 fake devices (data x tensor) and its loss falls."""
+import importlib
+import json
+
+import pytest
+
+from experiments import training
+
+CONFIGS = ["transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal"]
+
+
+def shrunk(name):
+  """The config's tiny size, shrunk so that a few steps take seconds on CPU."""
+  config = importlib.import_module(f"experiments.configs.{name}").get_config("tiny")
+  config.update(dict(steps=16, batch_size=8, seq_len=32, log_every=8, checkpoint_every=16,
+                     warmup_steps=2, learning_rate=1e-2))
+  config.mesh.update(dict(data=4, tensor=2))
+  model = dict(dim=32, num_layers=1, num_heads=2, mlp_dim=64)
+  model.update({k: v for k, v in dict(window=8, segment_len=16, chunk_size=8).items()
+                if k in config.model})
+  config.model.update(model)
+  return config
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_trains_sharded_and_loss_falls(name, tmp_path):
+  config = shrunk(name)
+  training.train(config, str(tmp_path))
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["loss"] < rows[0]["loss"] - 0.3, rows
+  assert (tmp_path / "checkpoints" / "16" / "params").is_dir()
