@@ -7,24 +7,31 @@ from flax import nnx
 from experiments.cli import UsageError
 from hope.titans import titans
 from hope.transformer import transformer
+from memory_layers.memory_lm import memory_lm
 
 BUILDERS = {
     "transformer": transformer,
     "titans": titans,
+    "memory_lm": memory_lm,
 }
 
 
-def build(model_config: dict, seed: int = 0):
-  """Builds the model named by model_config['name'] (call under nnx.eval_shape for shapes)."""
+def build(model_config: dict, seed: int = 0, axis_rules: dict | None = None):
+  """Builds the model named by model_config['name'] (call under nnx.eval_shape for shapes).
+
+  Builders that take `sharding_rules` (layers that shard their own reads) get `axis_rules`.
+  """
   kwargs = dict(model_config)
   name = kwargs.pop("name", None)
   if name not in BUILDERS:
     raise UsageError(f"config.model.name: unknown model {name!r}; choose from {sorted(BUILDERS)}")
   builder = BUILDERS[name]
-  accepted = set(inspect.signature(builder).parameters) - {"rngs"}
+  accepted = set(inspect.signature(builder).parameters) - {"rngs", "sharding_rules"}
   unknown = sorted(set(kwargs) - accepted)
   if unknown:
     raise UsageError(f"config.model: {name} has no field(s) {unknown}; it takes {sorted(accepted)}")
+  if "sharding_rules" in inspect.signature(builder).parameters:
+    kwargs["sharding_rules"] = axis_rules
   try:
     return builder(**kwargs, rngs=nnx.Rngs(seed))
   except (ValueError, TypeError) as e:

@@ -7,6 +7,7 @@ user gives is validated before the first compile; a run in a workdir that alread
 checkpoints resumes from the latest one, data position included.
 """
 import dataclasses
+import json
 import os
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from experiments.performance import reference_flops
 class Run:
   """Everything derived from a config before any compile."""
   config: ml_collections.ConfigDict
+  rules: dict  # logical axis -> mesh axes
   mesh: jax.sharding.Mesh
   graphdef: nnx.GraphDef
   abstract_params: dict
@@ -40,7 +42,7 @@ class Run:
 
   @property
   def batch_sharding(self) -> NamedSharding:
-    return NamedSharding(self.mesh, mesh_lib.logical_to_mesh(P("batch"), self.config.axis_rules))
+    return NamedSharding(self.mesh, mesh_lib.logical_to_mesh(P("batch"), self.rules))
 
   def apply(self, params, tokens, rng=None):
     return nnx.merge(self.graphdef, params)(tokens, rng)
@@ -60,12 +62,12 @@ def prepare(config: ml_collections.ConfigDict, *, mesh_sizes: dict | None = None
   if config.model.get("vocab_size", data.VOCAB_SIZE) != data.VOCAB_SIZE:
     raise UsageError(f"config.model.vocab_size must be {data.VOCAB_SIZE} for byte-level data, "
                      f"got {config.model.vocab_size}")
-  model = nnx.eval_shape(lambda: models.build(config.model.to_dict(), config.seed))
+  model = nnx.eval_shape(lambda: models.build(config.model.to_dict(), config.seed, rules))
   graphdef, state = nnx.split(model)
   abstract_params = nnx.to_pure_dict(state)
   logical = nnx.to_pure_dict(nnx.get_partition_spec(state))
   shardings = mesh_lib.shardings(abstract_params, logical, rules, mesh)
-  return Run(config=config, mesh=mesh, graphdef=graphdef, abstract_params=abstract_params,
+  return Run(config=config, rules=rules, mesh=mesh, graphdef=graphdef, abstract_params=abstract_params,
              param_shardings=shardings, flops_per_token=model.flops_per_token(config.seq_len),
              num_params=sum(x.size for x in jax.tree.leaves(abstract_params)))
 
@@ -101,7 +103,7 @@ def abstract_state(run: Run, tx, shardings: dict) -> dict:
 
 
 def init_state(run: Run, tx) -> dict:
-  model = models.build(run.config.model.to_dict(), run.config.seed)
+  model = models.build(run.config.model.to_dict(), run.config.seed, run.rules)
   params = nnx.to_pure_dict(nnx.state(model))
   return dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
               rng=jax.random.PRNGKey(run.config.seed))
@@ -153,7 +155,7 @@ def check_resumable(checkpoints_dir: Path, run: Run) -> int | None:
   if step is None:
     return None
   saved_model = ckpt.config(step).get("model", {})
-  wanted = run.config.model.to_dict()
+  wanted = json.loads(json.dumps(run.config.model.to_dict()))  # as saved: tuples are lists
   diffs = [f"model.{k}: {saved_model.get(k)!r} saved, {wanted.get(k)!r} requested"
            for k in sorted(set(saved_model) | set(wanted)) if saved_model.get(k) != wanted.get(k)]
   shapes = ckpt.param_shapes(step)

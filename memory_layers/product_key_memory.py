@@ -28,7 +28,7 @@ from memory_layers.value_read import read_values, read_values_sharded
 
 
 def _param(value: jax.Array, axes: tuple) -> nnx.Param:
-  return nnx.Param(value, sharding_names=axes, eager_sharding=False)
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
 class ProductKeyMemory(nnx.Module):

@@ -31,7 +31,7 @@ class ValuePool(nnx.Module):
     std = value_dim ** -0.5
     self.table = ValueTable(
         std * jax.random.normal(rngs.params(), (num_slots, value_dim), param_dtype),
-        sharding_names=("slots", "value"), eager_sharding=False)
+        out_sharding=("slots", "value"), eager_sharding=False)
 
   @property
   def num_slots(self) -> int:

@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Logical parameter/activation axes -> mesh axes (a name, a tuple of names, or None).
   c.axis_rules = ml_collections.ConfigDict(dict(
       batch=("data", "fsdp"), embed="fsdp", vocab="tensor", heads="tensor", head_dim=None,
-      mlp="tensor"))
+      mlp="tensor", slots="fsdp", value="tensor"))
 
   # `stdlib`: the Python standard library's own source; or a path to a text file/folder.
   c.data = ml_collections.ConfigDict(dict(source="stdlib", validation_percent=5))

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from experiments import training
+from experiments import evaluate, training
 
-CONFIGS = ["transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal"]
+CONFIGS = ["transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "memory_lm"]
 
 
 def shrunk(name):
@@ -16,7 +16,8 @@ def shrunk(name):
                      warmup_steps=2, learning_rate=1e-2))
   config.mesh.update(dict(data=4, tensor=2))
   model = dict(dim=32, num_layers=1, num_heads=2, mlp_dim=64)
-  model.update({k: v for k, v in dict(window=8, segment_len=16, chunk_size=8).items()
+  model.update({k: v for k, v in dict(window=8, segment_len=16, chunk_size=8, num_slots=64,
+                                      memory_layers=(0,), key_dim=8, top_k=4).items()
                 if k in config.model})
   config.model.update(model)
   return config
@@ -29,3 +30,15 @@ def test_config_trains_sharded_and_loss_falls(name, tmp_path):
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["loss"] < rows[0]["loss"] - 0.3, rows
   assert (tmp_path / "checkpoints" / "16" / "params").is_dir()
+
+
+def test_memory_lm_resumes_and_evaluates(tmp_path):
+  config = shrunk("memory_lm")
+  config.steps = 8
+  training.train(config, str(tmp_path))
+  config.steps = 12  # the same command with more steps resumes from step 8
+  training.train(config, str(tmp_path))
+  steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [8, 12]
+  result = evaluate.evaluate(str(tmp_path), mesh_sizes=dict(data=2, fsdp=2, tensor=2))
+  assert result["step"] == 12 and 0 < result["loss"] < 6
