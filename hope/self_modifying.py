@@ -1,0 +1,334 @@
+"""Self-modifying Titans, HOPE's sequence mixer (Nested Learning, arXiv sec. 8, eqs. 83-93).
+
+Five in-context memories per head, each a 2-layer residual MLP (eqs. 89/91)
+
+    M(z) = z + W_1 silu(W_2 z),      W_2: [d, d] (input side), W_1: [d, d] (output side),
+
+whose weights are state. For token x_t (the block's input after a causal depthwise
+convolution of width 4, split into heads of d channels and L2-normalised per head):
+
+    k_t = l2norm(M_k(x_t)),  v_t = M_v(x_t)                                  (eqs. 83-84)
+    eta_t = sigmoid(mean(M_eta(x_t)) + b_eta),  alpha_t = sigmoid(mean(M_alpha(x_t)) + b_alpha)
+    q_t = l2norm(conv(x_t W_q))       the only non-adaptive projection
+    o_t = M_memory(q_t);  y_t = [o_t over heads] W_o                           (eq. 94)
+
+and every memory M_box, box in {k, v, eta, alpha, memory}, generates its own target and
+takes one Delta Gradient Descent step with decay (eq. 88) on
+
+    l_box = 1/2 || M_box(k_t) - v^_box,t ||^2,      v^_box,t = M_box(v_t)      (eqs. 85-87).
+
+Every memory input (x, k, q) has unit norm, and so, at the learned initial weights, have
+v and the targets. Without the normalisation of x, v and the targets are sqrt(d) times
+larger than the unit keys and the self-generated targets feed a runaway (with chunk size 1,
+d = 8 and random inputs the weights overflowed after 30 tokens).
+
+The target is held fixed in the inner gradient (it is not differentiated with respect to
+the weights being updated, the usual stop-gradient on a self-generated target); the outer
+loop does differentiate through it. eta_t and alpha_t are scalars per token and head: the
+mean over channels reads the memory's output, and the squashing keeps eta in (0, 1) and
+alpha in (0, 1), so with unit keys alpha I - eta k k^T has no eigenvalue outside [-1, 1].
+
+DGD on an MLP memory, per weight matrix. Eq. 88 is stated for a matrix memory with key k_t;
+here each matrix W of the MLP takes the DGD step with its own input x as the key, normalised
+(x^ = x / sqrt(|x|^2 + 1e-6), so ||x^|| <= 1):
+
+    W <- W (alpha_t I - eta_t x^ x^^T) - eta_t dl/dW,     dl/dW = u x^T,
+
+with (x, u) = (k_t, W_1^T e * silu'(W_2 k_t)) for W_2 and (silu(W_2 k_t), e) for W_1,
+e = M(k_t) - v^_t. Each matrix thus forgets along the direction of its current input, as a
+matrix memory does along its key.
+
+Chunk-wise training (sec. 8.2). Two chunk sizes: C_memory for M_memory and C_other shared by
+M_k, M_v, M_eta and M_alpha. Within a chunk every quantity a memory produces (k, v, eta,
+alpha, targets, gradients, the output) comes from its weights at the last chunk boundary
+before t; eq. 90 as printed indexes the chunk end, which is not causal. With chunk size 1
+this is the per-token recurrence o_t = M_memory,t-1(q_t). Since the gradients come from the
+boundary weights, the DGD recurrence over a chunk is linear in W,
+W_t = W_{t-1} (alpha_t I - eta_t x^_t x^_t^T) + b_t x^_t^T with b_t = -eta_t |x_t| u_t (a
+gated delta rule), and is applied in closed form (`dgd_chunk`): one C x C unit-triangular solve per chunk,
+head and matrix, no loop over tokens. `lax.scan` runs over chunks, the other memories first
+(they do not depend on M_memory), then M_memory on its own grid.
+
+Streaming is exact for pieces of any length: the state keeps each memory's boundary weights
+and running weights, the position in the current chunk of each grid and the convolutions'
+caches; masked tokens are skipped as if absent (`hope.stream_chunks`). Outputs at masked
+positions are zero. The memories run in float32 whatever `dtype` the projections use.
+`reference_self_modifying` (hope/self_modifying_reference.py) is the same computation token
+by token, with `jax.grad` and the matrix form of eq. 88.
+"""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from hope.layers import Dense, param
+from hope.short_conv import ShortConv
+from hope.stream_chunks import chunk_grid, compact, compaction, from_chunks, to_chunks, uncompact
+
+OTHER_MEMORIES = ("M_k", "M_v", "M_eta", "M_alpha")   # stacking order on the C_other grid
+NORM_EPS = 1e-6
+# Initial eta and alpha (through the biases b_eta, b_alpha): a retention of 0.999 per token
+# keeps the weights for about a thousand tokens; lower values decay the memories towards
+# zero, where the residual MLP's gradient vanishes, before they learn anything.
+ETA_INIT, ALPHA_INIT = 0.1, 0.999
+
+
+@struct.dataclass
+class SelfModifyingState:
+  """Per-sequence state, each array with a leading batch axis.
+
+  other_boundary, other_running: {"w1", "w2"} of [4, heads, d, d], M_k, M_v, M_eta, M_alpha
+    in that order: the weights at the last C_other boundary (used by every token of the
+    current chunk) and after the latest token (they become the boundary at the chunk end).
+  memory_boundary, memory_running: {"w1", "w2"} of [heads, d, d], M_memory on the C_memory grid.
+  other_position, memory_position (int32): tokens of each grid's unfinished chunk consumed.
+  conv_x [w-1, dim], conv_q [w-1, heads, d]: the short convolutions' caches.
+  """
+  other_boundary: dict
+  other_running: dict
+  memory_boundary: dict
+  memory_running: dict
+  other_position: jax.Array
+  memory_position: jax.Array
+  conv_x: jax.Array
+  conv_q: jax.Array
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """x / sqrt(|x|^2 + 1e-6) over the last axis."""
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + NORM_EPS)
+
+
+def memory_apply(w: dict, z: jax.Array) -> jax.Array:
+  """M(z) = z + W_1 silu(W_2 z) per head (eq. 89): w1, w2 [heads, d, d]; z [..., heads, d]."""
+  hidden = jax.nn.silu(jnp.einsum("hkd,...hd->...hk", w["w2"], z))
+  return z + jnp.einsum("hdk,...hk->...hd", w["w1"], hidden)
+
+
+def _silu_grad(z: jax.Array) -> jax.Array:
+  s = jax.nn.sigmoid(z)
+  return s * (1 + z * (1 - s))
+
+
+def gradient_factors(w: dict, key: jax.Array, target: jax.Array) -> dict:
+  """dl/dW = u x^T for l = 1/2 ||M(key) - target||^2 at weights w, as (u, x) per matrix:
+  W_1: (e, silu(W_2 key)), W_2: (W_1^T e * silu'(W_2 key), key), e = M(key) - target."""
+  pre = jnp.einsum("hkd,...hd->...hk", w["w2"], key)
+  hidden = jax.nn.silu(pre)
+  err = key + jnp.einsum("hdk,...hk->...hd", w["w1"], hidden) - target
+  delta = jnp.einsum("hdk,...hd->...hk", w["w1"], err) * _silu_grad(pre)
+  return {"w1": (err, hidden), "w2": (delta, key)}
+
+
+def dgd_chunk(weight: jax.Array, u: jax.Array, x: jax.Array, eta: jax.Array,
+              log_alpha: jax.Array) -> jax.Array:
+  """W_t = W_{t-1} (alpha_t I - eta_t x^_t x^_t^T) - eta_t u_t x_t^T over one chunk, closed form.
+
+  weight [r, c]; u [n, r]; x [n, c]; eta, log_alpha [n] (eta = 0, log_alpha = 0 make a
+  token an identity step). With x_t = s_t x^_t, b_t = -eta_t s_t u_t and
+  gamma_t = alpha_1 ... alpha_t, the end state is
+
+      W_n = gamma_n W_0 + sum_t (gamma_n / gamma_t) U_t x^_t^T,
+      U_t + eta_t sum_{i<t} (gamma_{t-1} / gamma_i) (x^_t . x^_i) U_i = b_t - eta_t gamma_{t-1} W_0 x^_t,
+
+  (the chunkwise gated delta rule: substitute W_t = gamma_t (W_0 + sum_{i<=t} U_i x^_i^T / gamma_i)
+  into the recurrence). Every decay ratio has exponent <= 0, so nothing overflows.
+  """
+  scale = jnp.sqrt(jnp.sum(x * x, axis=-1) + NORM_EPS)
+  keys = x / scale[:, None]
+  b = -(eta * scale)[:, None] * u
+  log_gamma = jnp.cumsum(log_alpha)
+  log_gamma_prev = log_gamma - log_alpha
+  n = x.shape[0]
+  earlier = jnp.arange(n)[:, None] > jnp.arange(n)[None, :]
+  ratio = jnp.where(earlier, jnp.exp(jnp.where(earlier, log_gamma_prev[:, None] - log_gamma, 0.0)),
+                    0.0)
+  system = jnp.eye(n) + eta[:, None] * ratio * (keys @ keys.T)
+  rhs = b - (eta * jnp.exp(log_gamma_prev))[:, None] * (keys @ weight.T)
+  corrections = jax.scipy.linalg.solve_triangular(system, rhs, lower=True, unit_diagonal=True)
+  tail = jnp.exp(log_gamma[-1] - log_gamma)
+  return jnp.exp(log_gamma[-1]) * weight + (corrections * tail[:, None]).T @ keys
+
+
+def _dgd_update(boundary: dict, running: dict, key, target, eta, log_alpha) -> dict:
+  """One memory's running weights after a chunk: gradients at the boundary weights (eq. 91),
+  the DGD recurrence (eq. 88) from the running weights. key, target [n, heads, d];
+  eta, log_alpha [n, heads]."""
+  factors = gradient_factors(boundary, key, target)
+  per_head = jax.vmap(dgd_chunk, in_axes=(0, 1, 1, 1, 1))
+  return {name: per_head(running[name], *factors[name], eta, log_alpha) for name in running}
+
+
+def _select(flag, new: dict, old: dict) -> dict:
+  return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
+
+
+class SelfModifyingMemory(nnx.Module):
+  """Maps x [batch, seq, dim] to [batch, seq, dim] with self-modifying Titans memories.
+
+  Args:
+    dim: width of the input and output; split into `num_heads` heads of `head_dim` channels
+      for the memories, so num_heads * head_dim must equal dim.
+    num_heads: heads, each with its own five memories.
+    head_dim: channels per head; 0 means dim // num_heads.
+    chunk_size_memory: chunk size of M_memory (its weights change every this many tokens).
+    chunk_size_other: chunk size shared by M_k, M_v, M_eta and M_alpha.
+    conv_width: width of the causal depthwise convolutions on x and on q.
+    dtype: dtype of the q and output projections; the memories run in float32.
+  """
+
+  def __init__(self, dim: int, *, num_heads: int, head_dim: int = 0,
+               chunk_size_memory: int = 16, chunk_size_other: int = 16, conv_width: int = 4,
+               rngs: nnx.Rngs, dtype=jnp.float32):
+    for name, value in (("dim", dim), ("num_heads", num_heads),
+                        ("chunk_size_memory", chunk_size_memory),
+                        ("chunk_size_other", chunk_size_other), ("conv_width", conv_width)):
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"SelfModifyingMemory {name} must be a positive integer, got {value!r}")
+    if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or head_dim < 0:
+      raise ValueError(f"SelfModifyingMemory head_dim must be >= 0 (0 = dim // num_heads), "
+                       f"got {head_dim!r}")
+    if not head_dim:
+      if dim % num_heads:
+        raise ValueError(f"SelfModifyingMemory num_heads ({num_heads}) must divide dim ({dim}) "
+                         "when head_dim is 0")
+      head_dim = dim // num_heads
+    if num_heads * head_dim != dim:
+      raise ValueError(f"SelfModifyingMemory num_heads * head_dim ({num_heads} * {head_dim}) "
+                       f"must equal dim ({dim}): the memories read x split into heads")
+    self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
+    self.chunk_size_memory, self.chunk_size_other = int(chunk_size_memory), int(chunk_size_other)
+    self.dtype = dtype
+    heads = (num_heads, head_dim)
+    self.query = Dense((dim,), heads, ("embed",), ("heads", "head_dim"), rngs=rngs, dtype=dtype)
+    self.out = Dense(heads, (dim,), ("heads", "head_dim"), ("embed",), rngs=rngs, dtype=dtype)
+    self.conv_x = ShortConv((dim,), conv_width, ("embed",), rngs=rngs)
+    self.conv_q = ShortConv(heads, conv_width, ("heads", "head_dim"), rngs=rngs)
+    init = lambda key, shape, dt: head_dim ** -0.5 * jax.random.truncated_normal(
+        key, -2.0, 2.0, shape, dt)
+    w1_axes, w2_axes = ("heads", "head_dim", None), ("heads", None, "head_dim")
+    others = (len(OTHER_MEMORIES),)
+    self.other_w1 = param(rngs, init, others + heads + (head_dim,), (None,) + w1_axes)
+    self.other_w2 = param(rngs, init, others + (num_heads, head_dim, head_dim), (None,) + w2_axes)
+    self.memory_w1 = param(rngs, init, heads + (head_dim,), w1_axes)
+    self.memory_w2 = param(rngs, init, heads + (head_dim,), w2_axes)
+    logit = lambda p: float(np.log(p / (1 - p)))
+    self.eta_bias = param(rngs, nnx.initializers.constant(logit(ETA_INIT)), (num_heads,),
+                          ("heads",))
+    self.alpha_bias = param(rngs, nnx.initializers.constant(logit(ALPHA_INIT)), (num_heads,),
+                            ("heads",))
+
+  def init_state(self, batch_size: int) -> SelfModifyingState:
+    """All memories at their learned initial weights, both clocks at 0, empty conv caches."""
+    tile = lambda w: jnp.broadcast_to(w[...], (batch_size,) + w.shape)
+    other = {"w1": tile(self.other_w1), "w2": tile(self.other_w2)}
+    memory = {"w1": tile(self.memory_w1), "w2": tile(self.memory_w2)}
+    zero = jnp.zeros((batch_size,), jnp.int32)
+    return SelfModifyingState(other_boundary=other, other_running=other, memory_boundary=memory,
+                              memory_running=memory, other_position=zero, memory_position=zero,
+                              conv_x=self.conv_x.empty_cache(batch_size),
+                              conv_q=self.conv_q.empty_cache(batch_size))
+
+  def __call__(self, x: jax.Array, state: SelfModifyingState | None = None,
+               mask: jax.Array | None = None) -> tuple[jax.Array, SelfModifyingState]:
+    """x [batch, seq, dim] -> (y [batch, seq, dim], the state after the call).
+
+    `mask` [batch, seq] (nonzero = real token): masked tokens are skipped as if absent and
+    get zero output.
+    """
+    chex.assert_rank(x, 3)
+    batch, seq, dim = x.shape
+    if dim != self.dim:
+      raise ValueError(f"SelfModifyingMemory expects inputs of width {self.dim}, got {dim}")
+    state = self.init_state(batch) if state is None else state
+    mask = jnp.ones((batch, seq), bool) if mask is None else mask.astype(bool)
+    chex.assert_shape(mask, (batch, seq))
+    comp = jax.vmap(compaction)(mask)
+    xc = jax.vmap(compact)(x, comp)
+    valid = jnp.arange(seq) < comp.count[:, None]
+    xm, conv_x = self.conv_x(xc, state.conv_x, valid)
+    q, conv_q = self.conv_q(self.query(xc), state.conv_q, valid)
+    heads = (self.num_heads, self.head_dim)
+    o, memories = jax.vmap(self._one_sequence)(
+        l2_normalize(xm.reshape((batch, seq) + heads)), l2_normalize(q), comp.count, state)
+    y = jax.vmap(uncompact)(self.out(o.astype(self.dtype)), comp)
+    return y, SelfModifyingState(**memories, conv_x=conv_x, conv_q=conv_q)
+
+  def _one_sequence(self, x, q, count, state):
+    """The memories over one compacted sequence: x, q [seq, heads, d] -> o [seq, heads, d]."""
+    seq = x.shape[0]
+    eta_bias, alpha_bias = self.eta_bias[...], self.alpha_bias[...]
+    apply_each = jax.vmap(memory_apply, in_axes=(0, None))
+    update_each = jax.vmap(_dgd_update, in_axes=(0, 0, None, 0, None, None))
+
+    def other_step(carry, chunk):
+      boundary, running = carry
+      xs, valid, complete = chunk
+      out = apply_each(boundary, xs)                                  # [4, n, heads, d]
+      k, v = l2_normalize(out[0]), out[1]
+      eta = jax.nn.sigmoid(jnp.mean(out[2], -1) + eta_bias) * valid[:, None]
+      log_alpha = jax.nn.log_sigmoid(jnp.mean(out[3], -1) + alpha_bias) * valid[:, None]
+      running = update_each(boundary, running, k, apply_each(boundary, v), eta, log_alpha)
+      return (_select(complete, running, boundary), running), (k, v, eta, log_alpha)
+
+    def memory_step(carry, chunk):
+      boundary, running = carry
+      q, k, v, eta, log_alpha, complete = chunk                       # zero at empty slots
+      running = _dgd_update(boundary, running, k, memory_apply(boundary, v), eta, log_alpha)
+      return (_select(complete, running, boundary), running), memory_apply(boundary, q)
+
+    grid = chunk_grid(count, state.other_position, self.chunk_size_other, seq)
+    (other_boundary, other_running), generated = jax.lax.scan(
+        jax.checkpoint(other_step), (state.other_boundary, state.other_running),
+        (to_chunks(x, grid), grid.valid, grid.complete))
+    k, v, eta, log_alpha = (from_chunks(a, grid) for a in generated)
+    memory_grid = chunk_grid(count, state.memory_position, self.chunk_size_memory, seq)
+    (memory_boundary, memory_running), o = jax.lax.scan(
+        jax.checkpoint(memory_step), (state.memory_boundary, state.memory_running),
+        tuple(to_chunks(a, memory_grid) for a in (q, k, v, eta, log_alpha))
+        + (memory_grid.complete,))
+    return from_chunks(o, memory_grid), dict(
+        other_boundary=other_boundary, other_running=other_running,
+        memory_boundary=memory_boundary, memory_running=memory_running,
+        other_position=grid.next_position, memory_position=memory_grid.next_position)
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Forward matmul FLOPs per token.
+
+    Per head, a memory forward is 4 d^2; each of the four other memories reads x, its
+    target M(v) and its gradient (forward on k plus W_1^T e: 6 d^2); M_memory reads q, its
+    target and its gradient. The closed-form DGD costs per matrix and token 4 d^2 (W x^ and
+    the rank-n update) plus 3 n d (Gram matrix and triangular solve), n = min(chunk, seq_len).
+    Plus the q and output projections and the two convolutions.
+    """
+    d, heads = self.head_dim, self.num_heads
+    n_other = min(self.chunk_size_other, seq_len)
+    n_memory = min(self.chunk_size_memory, seq_len)
+    dgd = lambda n: 2 * (4 * d * d + 3 * n * d)                        # two matrices
+    other = 4 * (4 * d * d + 4 * d * d + 6 * d * d + dgd(n_other))
+    memory = 4 * d * d + 4 * d * d + 6 * d * d + dgd(n_memory)
+    projections = 2 * 2 * self.dim * heads * d
+    convs = 2 * self.conv_x.width * (self.dim + heads * d)
+    return heads * (other + memory) + projections + convs
+
+
+def check_finite(state: SelfModifyingState) -> None:
+  """Raises FloatingPointError naming the first memory (M_k, M_v, M_eta, M_alpha, M_memory)
+  or conv cache whose in-context state holds a NaN or an infinity. Call it on a returned
+  state outside jit, e.g. every few steps of a training loop (inside jit, use
+  `jax.config.jax_debug_nans`)."""
+  finite = lambda tree: all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(tree))
+  for i, name in enumerate(OTHER_MEMORIES):
+    for kind in ("boundary", "running"):
+      if not finite(jax.tree.map(lambda a: a[:, i], getattr(state, f"other_{kind}"))):
+        raise FloatingPointError(f"SelfModifyingMemory {name}: non-finite values in its "
+                                 f"{kind} weights")
+  for kind in ("boundary", "running"):
+    if not finite(getattr(state, f"memory_{kind}")):
+      raise FloatingPointError(f"SelfModifyingMemory M_memory: non-finite values in its "
+                               f"{kind} weights")
+  for name in ("conv_x", "conv_q"):
+    if not finite(getattr(state, name)):
+      raise FloatingPointError(f"SelfModifyingMemory {name}: non-finite values in the "
+                               "convolution cache")

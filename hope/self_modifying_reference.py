@@ -1,0 +1,86 @@
+"""A slow, obviously correct self-modifying Titans memory: one token at a time.
+
+Per sequence and head, a `lax.scan` over tokens carries every memory's boundary weights and
+running weights as plain d x d matrices. At token t a chunk of a grid starts when t is a
+multiple of its chunk size, and then the boundary weights become the running weights; then
+
+    k, v, eta, alpha  from M_k, M_v, M_eta, M_alpha at their boundary weights (eqs. 83-84)
+    grad = jax.grad of 1/2 ||M(k) - M_boundary(v)||^2 at the boundary weights (eqs. 85-87, 91)
+    W <- W (alpha I - eta x^ x^^T) - eta grad   for each matrix W of each memory,
+         x^ the normalised input of that matrix at the boundary weights (eq. 88)
+    o_t = M_memory(q_t) at its boundary weights (eq. 94)
+
+With chunk sizes 1 this is the per-token recurrence of eq. 88. It shares with
+`SelfModifyingMemory` only the parameters, the projections and the convolutions (no
+gradient formula, no closed form, no chunk layout), so comparing the two tests the
+chunk-wise path, values and gradients. No masks, no carried state: for tests only.
+"""
+import jax
+import jax.numpy as jnp
+
+from hope.self_modifying import NORM_EPS, SelfModifyingMemory
+
+
+def _unit(x):
+  return x / jnp.sqrt(jnp.sum(x * x) + NORM_EPS)
+
+
+def _unit_rows(x):
+  return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + NORM_EPS)
+
+
+def _mlp(w, z):
+  """M(z) = z + W_1 silu(W_2 z) for one head: w1, w2 [d, d], z [d]."""
+  return z + w["w1"] @ jax.nn.silu(w["w2"] @ z)
+
+
+def _dgd_step(boundary, running, key, value, eta, alpha):
+  """The DGD step (eq. 88) of one memory on the token (key, its own target M(value))."""
+  target = _mlp(boundary, value)
+  grad = jax.grad(lambda w: 0.5 * jnp.sum((_mlp(w, key) - target) ** 2))(boundary)
+  inputs = {"w2": key, "w1": jax.nn.silu(boundary["w2"] @ key)}
+  eye = jnp.eye(key.shape[0])
+  return {name: running[name] @ (alpha * eye - eta * jnp.outer(_unit(inputs[name]),
+                                                               _unit(inputs[name])))
+          - eta * grad[name] for name in running}
+
+
+def _one_head(initial_other, initial_memory, eta_bias, alpha_bias, x, q, chunk_other,
+              chunk_memory):
+  """x, q [seq, d] of one head -> o [seq, d]."""
+  def token(carry, inputs):
+    other_b, other_r, memory_b, memory_r = carry
+    t, x_t, q_t = inputs
+    other_b = jax.tree.map(lambda b, r: jnp.where(t % chunk_other == 0, r, b), other_b, other_r)
+    memory_b = jax.tree.map(lambda b, r: jnp.where(t % chunk_memory == 0, r, b),
+                            memory_b, memory_r)
+    mk, mv, meta, malpha = (jax.tree.map(lambda a: a[i], other_b) for i in range(4))
+    k = _unit(_mlp(mk, x_t))
+    v = _mlp(mv, x_t)
+    eta = jax.nn.sigmoid(jnp.mean(_mlp(meta, x_t)) + eta_bias)
+    alpha = jax.nn.sigmoid(jnp.mean(_mlp(malpha, x_t)) + alpha_bias)
+    other_r = jax.vmap(_dgd_step, in_axes=(0, 0, None, None, None, None))(
+        other_b, other_r, k, v, eta, alpha)
+    memory_r = _dgd_step(memory_b, memory_r, k, v, eta, alpha)
+    return (other_b, other_r, memory_b, memory_r), _mlp(memory_b, q_t)
+
+  init = (initial_other, initial_other, initial_memory, initial_memory)
+  _, o = jax.lax.scan(token, init, (jnp.arange(x.shape[0]), x, q))
+  return o
+
+
+def reference_self_modifying(layer: SelfModifyingMemory, x: jax.Array) -> jax.Array:
+  """x [batch, seq, dim] from the learned initial state -> y [batch, seq, dim]."""
+  batch, seq, _ = x.shape
+  heads = (layer.num_heads, layer.head_dim)
+  mask = jnp.ones((batch, seq), bool)
+  xm, _ = layer.conv_x(x, layer.conv_x.empty_cache(batch), mask)
+  q, _ = layer.conv_q(layer.query(x), layer.conv_q.empty_cache(batch), mask)
+  other = {"w1": layer.other_w1[...], "w2": layer.other_w2[...]}        # [4, heads, d, d]
+  memory = {"w1": layer.memory_w1[...], "w2": layer.memory_w2[...]}     # [heads, d, d]
+  per_head = jax.vmap(_one_head, in_axes=(1, 0, 0, 0, 1, 1, None, None), out_axes=1)
+  per_sequence = jax.vmap(per_head, in_axes=(None, None, None, None, 0, 0, None, None))
+  o = per_sequence(other, memory, layer.eta_bias[...], layer.alpha_bias[...],
+                   _unit_rows(xm.reshape((batch, seq) + heads)), _unit_rows(q), layer.chunk_size_other,
+                   layer.chunk_size_memory)
+  return layer.out(o.astype(layer.dtype))

@@ -1,0 +1,138 @@
+"""Self-modifying Titans: chunk-wise path against the per-token reference, causality,
+streaming, padding and bad input."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hope.self_modifying import SelfModifyingMemory, check_finite
+from hope.self_modifying_reference import reference_self_modifying
+
+DIM, HEADS, BATCH, SEQ = 16, 2, 2, 32
+# XLA backend optimisation level 0: the same numbers, about half the compile time of
+# these tiny programs (compiles dominate the run time of this file).
+QUICK = dict(compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _layer(chunk_size_memory=8, chunk_size_other=3):
+  return SelfModifyingMemory(DIM, num_heads=HEADS, chunk_size_memory=chunk_size_memory,
+                             chunk_size_other=chunk_size_other, rngs=nnx.Rngs(0))
+
+
+def _jitted(layer):
+  """layer(x, state, mask) as one jitted function of the arrays (one compile per shape)."""
+  graphdef, params = nnx.split(layer)
+  run = jax.jit(lambda p, x, s, m: nnx.merge(graphdef, p)(x, s, m), **QUICK)
+  return lambda x, state, mask=None: run(params, x, state,
+                                         jnp.ones(x.shape[:2], bool) if mask is None else mask)
+
+
+@pytest.fixture(scope="module")
+def layer():
+  """Chunk sizes 8 (M_memory) and 3 (the others; 32 tokens are not a multiple of 3), shared
+  by the tests so that each shape compiles once."""
+  return _layer()
+
+
+@pytest.fixture(scope="module")
+def apply(layer):
+  return _jitted(layer)
+
+
+def _x(seq=SEQ, seed=1):
+  return jax.random.normal(jax.random.key(seed), (BATCH, seq, DIM))
+
+
+def test_chunked_path_matches_per_token_reference_values_and_gradients(layer):
+  graphdef, params = nnx.split(layer)
+  x = _x()
+  weights = jax.random.normal(jax.random.key(2), (BATCH, SEQ, DIM))
+
+  def loss(params, chunked):
+    layer = nnx.merge(graphdef, params)
+    y = layer(x)[0] if chunked else reference_self_modifying(layer, x)
+    return jnp.sum(y * weights), y
+
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1, **QUICK)
+  (_, y), grads = value_and_grad(params, True)
+  (_, y_ref), grads_ref = value_and_grad(params, False)
+  chex.assert_trees_all_close(y, y_ref, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(grads, grads_ref, rtol=1e-4, atol=1e-6)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert float(jnp.max(jnp.abs(g))) > 0, f"no outer gradient reaches {path}"
+
+
+def test_chunk_size_one_is_the_per_token_recurrence():
+  layer = _layer(1, 1)
+  x = _x()
+  y, _ = jax.jit(lambda x: layer(x), **QUICK)(x)
+  y_ref = jax.jit(lambda x: reference_self_modifying(layer, x), **QUICK)(x)
+  chex.assert_trees_all_close(y, y_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_outputs_are_causal(layer, apply):
+  x = _x()
+  y, _ = apply(x, layer.init_state(BATCH))
+  t = 13                          # inside M_memory's chunk 8..15 and the others' chunk 12..14
+  changed = x.at[:, t + 1:].set(jax.random.normal(jax.random.key(3), (BATCH, SEQ - t - 1, DIM)))
+  y_changed, _ = apply(changed, layer.init_state(BATCH))
+  chex.assert_trees_all_close(y_changed[:, :t + 1], y[:, :t + 1], atol=1e-6)
+  assert not np.allclose(y_changed[:, t + 1:], y[:, t + 1:])
+
+
+def test_streaming_in_padded_pieces_of_any_length_equals_one_call(layer, apply):
+  x = _x()
+  y_full, s_full = apply(x, layer.init_state(BATCH))
+  state = layer.init_state(BATCH)
+  for start, stop in ((0, 5), (5, 21), (21, SEQ)):         # 5, 16, 11 tokens, each padded to 16
+    piece = jnp.zeros((BATCH, 16, DIM)).at[:, :stop - start].set(x[:, start:stop])
+    y, state = apply(piece, state, jnp.arange(16)[None, :] < jnp.full((BATCH, 1), stop - start))
+    chex.assert_trees_all_close(y[:, :stop - start], y_full[:, start:stop], atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(state, s_full, atol=1e-5, rtol=1e-5)
+  assert not np.allclose(s_full.memory_running["w1"], layer.init_state(BATCH).memory_running["w1"])
+
+
+def test_masked_tokens_are_skipped_and_leave_the_state_unchanged(layer, apply):
+  x = _x()
+  mask = np.ones((BATCH, SEQ), bool)
+  mask[0, 16:] = False                                        # right padding
+  mask[1, [0, 3, 7, 8, 12, 20, 21, 22, 23, 24, 25, 26, 27, 29, 30, 31]] = False   # holes
+  garbage = jnp.where(mask[..., None], x, 1e3)
+  y, state = apply(garbage, layer.init_state(BATCH), jnp.asarray(mask))
+  assert np.all(np.asarray(y)[~mask] == 0)
+  valid = jnp.stack([x[b, mask[b]] for b in range(BATCH)])   # the valid tokens alone: 16 each
+  y_valid, s_valid = apply(valid, layer.init_state(BATCH))
+  chex.assert_trees_all_close(jnp.stack([y[b, mask[b]] for b in range(BATCH)]), y_valid,
+                              atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(state, s_valid, atol=1e-5, rtol=1e-5)
+
+
+def test_flops_per_token_grow_with_the_chunk():
+  small, large = _layer(2, 2), _layer(16, 16)
+  assert 0 < small.flops_per_token(SEQ) < large.flops_per_token(SEQ)
+  assert large.flops_per_token(8) == _layer(8, 8).flops_per_token(8)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_heads=3), "num_heads"),
+    (dict(num_heads=2, head_dim=4), "head_dim"),
+    (dict(num_heads=2, chunk_size_memory=0), "chunk_size_memory"),
+    (dict(num_heads=2, chunk_size_other=-4), "chunk_size_other"),
+    (dict(num_heads=2, conv_width=0), "conv_width"),
+])
+def test_bad_arguments_are_refused_by_name(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    SelfModifyingMemory(DIM, rngs=nnx.Rngs(0), **kwargs)
+
+
+def test_non_finite_inner_updates_are_reported_by_memory(layer):
+  state = layer.init_state(BATCH)
+  check_finite(state)
+  running = dict(state.other_running, w2=state.other_running["w2"].at[1, 2].set(jnp.inf))
+  with pytest.raises(FloatingPointError, match="M_eta.*running"):
+    check_finite(state.replace(other_running=running))
+  boundary = dict(state.memory_boundary, w1=state.memory_boundary["w1"].at[0].set(jnp.nan))
+  with pytest.raises(FloatingPointError, match="M_memory.*boundary"):
+    check_finite(state.replace(memory_boundary=boundary))
