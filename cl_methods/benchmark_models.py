@@ -13,6 +13,7 @@ obtained once with `nnx.split` + `nnx.to_pure_dict` and rebuilt inside jit with
 `gated_layers` lists the parameter paths of the hidden layers (whose last axis is their
 units), used by XdG.
 """
+import functools
 import math
 from typing import Callable, NamedTuple, Sequence
 
@@ -98,16 +99,28 @@ def functional(model: nnx.Module) -> FunctionalModel:
 MODEL_KINDS = ("mlp", "conv")
 
 
+def _module(kind, input_shape, n_outputs, hidden, conv_channels, seed):
+  rngs = nnx.Rngs(seed)
+  if kind == "mlp":
+    return MLP(math.prod(input_shape), hidden, n_outputs, rngs=rngs)
+  return ConvNet(input_shape, conv_channels, hidden, n_outputs, rngs=rngs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _initial_params(kind, input_shape, n_outputs, hidden, conv_channels, seed):
+  """Initial parameters, compiled once per architecture and seed (runs of a grid share it)."""
+  return nnx.to_pure_dict(nnx.split(_module(kind, input_shape, n_outputs, hidden,
+                                            conv_channels, seed))[1])
+
+
 def build(kind: str, input_shape: Sequence[int], n_outputs: int, *, hidden: Sequence[int],
           conv_channels: Sequence[int] = (), seed: int = 0) -> FunctionalModel:
   """Builds a benchmark network and returns its functional form."""
-  rngs = nnx.Rngs(seed)
-  if kind == "mlp":
-    model = MLP(math.prod(input_shape), hidden, n_outputs, rngs=rngs)
-  elif kind == "conv":
-    if len(input_shape) != 3:
-      raise ValueError(f"conv needs image inputs (height, width, channels), got {input_shape}")
-    model = ConvNet(input_shape, conv_channels, hidden, n_outputs, rngs=rngs)
-  else:
+  if kind not in MODEL_KINDS:
     raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(MODEL_KINDS)}")
-  return functional(model)
+  if kind == "conv" and len(input_shape) != 3:
+    raise ValueError(f"conv needs image inputs (height, width, channels), got {input_shape}")
+  args = (kind, tuple(input_shape), int(n_outputs), tuple(hidden), tuple(conv_channels),
+          int(seed))
+  abstract = functional(nnx.eval_shape(lambda: _module(*args)))
+  return abstract._replace(params=_initial_params(*args))

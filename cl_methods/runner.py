@@ -118,9 +118,9 @@ def run(method, contexts, layout, params, tx, settings: RunSettings = RunSetting
       y=jnp.zeros((1,), jnp.int32), mask=jnp.asarray(layout.train_mask[:1]),
       context=jnp.zeros((1,), jnp.int32), valid=jnp.ones((1,), bool))
   if method.init_params is not None:
-    params = method.init_params(params, probe, k_init)
-  state = method.init_state(params, probe)
-  opt_state = tx.init(params)
+    params = jax.jit(method.init_params)(params, probe, k_init)
+  state = jax.jit(method.init_state)(params, probe)
+  opt_state = jax.jit(tx.init)(params)
   step_fn = train_step_lib.make_train_step(method, tx)
 
   @jax.jit

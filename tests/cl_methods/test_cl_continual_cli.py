@@ -84,7 +84,8 @@ def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path):
 
 
 def test_cli_single_run_writes_results_and_plots(tmp_path):
-  out = _cli("--config.method=lwf", "--config.scenario=task", *TINY, workdir=tmp_path)
+  out = _cli("--config.method=lwf", "--config.scenario=task", "--config.compare_interleaved=false",
+             *TINY, workdir=tmp_path)
   assert out.returncode == 0, out.stderr[-2000:]
   with open(tmp_path / "results.json") as f:
     res = json.load(f)
@@ -92,7 +93,6 @@ def test_cli_single_run_writes_results_and_plots(tmp_path):
               "min_acc", "curves", "random_init_accuracy"):
     assert key in res
   assert len(res["accuracy_matrix"]) == 2 and len(res["curves"]["accuracy"]) == 5
-  assert len(res["curves"]["interleaved_accuracy"]) == 5
   for png in ("accuracy_matrix.png", "accuracy_curves.png"):
     with open(tmp_path / png, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -51,26 +51,23 @@ def test_finetune_forgets_and_joint_does_not(digits):
   assert 0.0 <= fine.random_init_accuracy.max() < 0.5
 
 
-def test_task_free_stream(digits):
-  contexts = streams.split_contexts(digits, 5, seed=0)
-  settings = runner.RunSettings(steps_per_context=20, batch_size=16, eval_every=10,
-                                stream="task_free", boundary_width=0.5, curve_examples=32)
-  result = _run("er", contexts, "domain", settings)
-  assert result.accuracy_matrix.shape == (5, 5)
-  with pytest.raises(ValueError, match="needs context boundaries"):
-    _run("ewc", contexts, "domain", settings)
-
-
 def test_every_other_method_runs_through_the_runner(digits):
   """The methods not run above, in Task-IL (which every method serves) on two permuted
-  contexts, a few steps each: their hooks are traced, compiled and run by the runner."""
+  contexts, a few steps each: their hooks are traced, compiled and run by the runner. Those
+  that need no boundaries run on a task-free stream; the others are refused there."""
   contexts = streams.permuted_contexts(digits, 2, seed=0)
-  settings = runner.RunSettings(steps_per_context=2, batch_size=8, eval_every=2,
-                                curve_examples=32, consolidation_examples=16)
   for name in registry.METHOD_NAMES:
-    assert registry.ENTRIES[name].serves("task")
-    if name in ("finetune", "joint", "er"):
+    entry = registry.ENTRIES[name]
+    assert entry.serves("task")
+    if name in ("finetune", "joint"):
       continue
+    stream = "task_based" if entry.needs_boundaries else "task_free"
+    settings = runner.RunSettings(steps_per_context=2, batch_size=8, eval_every=2,
+                                  curve_examples=32, consolidation_examples=16, stream=stream,
+                                  boundary_width=1.0)
+    if entry.needs_boundaries:
+      with pytest.raises(ValueError, match="needs context boundaries"):
+        runner.check_compatible(entry, "task_free")
     result = _run(name, contexts, "task", settings, hidden=(8,))
     assert np.isfinite(result.accuracy_matrix).all(), name
     assert ((0 <= result.curve_accuracy) & (result.curve_accuracy <= 1)).all(), name

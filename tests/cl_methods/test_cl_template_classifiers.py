@@ -82,8 +82,8 @@ def test_icarl_stores_exemplars_and_classifies_by_their_means(make_batch):
 
 
 def test_generative_classifier_trains_one_model_per_class(make_batch):
-  method = template_classifiers.generative_classifier(hidden=16, latent=2,
-                                                      importance_samples=8, decoder_std=0.3)
+  method = template_classifiers.generative_classifier(hidden=8, latent=2,
+                                                      importance_samples=4, decoder_std=0.3)
   rng = np.random.default_rng(0)
   y = np.repeat(np.arange(3), 32)
   x = np.eye(3, 4)[y] * 2.0 + 0.2 * rng.normal(size=(96, 4))
@@ -95,7 +95,7 @@ def test_generative_classifier_trains_one_model_per_class(make_batch):
   opt_state = tx.init(params)
   info = method_lib.StepInfo(jnp.int32(0), jnp.int32(0), jnp.int32(0))
   first_two = batch._replace(valid=batch.y < 2)
-  for i in range(100):
+  for i in range(60):
     params, opt_state, state, _ = step_fn(params, opt_state, state, first_two, info,
                                           jax.random.PRNGKey(i))
   # The third class had no data: its model is untouched and it is never predicted.
