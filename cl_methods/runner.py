@@ -111,7 +111,7 @@ def run(method, contexts, layout, params, tx, settings: RunSettings = RunSetting
   arrays = batch_lib.to_device(contexts, layout)
   kw = dict(input_shape=contexts.data.input_shape, transform=contexts.transforms_inputs)
   rng = np.random.default_rng(settings.seed)
-  key, k_init, k_hooks = jax.random.split(jax.random.PRNGKey(settings.seed), 3)
+  key, k_init, k_hooks = jax.random.split(jax.random.key(settings.seed), 3)
 
   probe = batch_lib.Batch(                      # shapes only, for the methods' init
       x=jnp.zeros((1,) + tuple(contexts.data.input_shape), jnp.float32),

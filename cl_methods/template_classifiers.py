@@ -223,7 +223,7 @@ def generative_classifier(*, hidden: int, latent: int, importance_samples: int,
     del example
     n_units = params["out_b"].shape[0]
     return GenerativeClassifierState(trained=jnp.zeros((n_units,), bool),
-                                     eval_key=jax.random.PRNGKey(0))
+                                     eval_key=jax.random.key(0))
 
   def flat(x):
     return x.reshape(x.shape[0], -1)

@@ -71,7 +71,7 @@ def test_packnet_freezes_disjoint_weight_sets(tiny_mlp, make_batch):
     def body(carry, i):
       p, o, s = carry
       info = method_lib.StepInfo(step=i, step_in_context=i, context=context)
-      p, o, s, _ = step_fn(p, o, s, batch, info, jax.random.PRNGKey(0))
+      p, o, s, _ = step_fn(p, o, s, batch, info, jax.random.key(0))
       return (p, o, s), None
     return jax.lax.scan(body, (params, opt_state, state), jnp.arange(steps))[0]
 

@@ -35,7 +35,7 @@ def test_agem_step_does_not_increase_memory_loss(tiny_mlp, make_batch):
   past = make_batch(x, [0, 1] * 4, 4, mask=[1, 1, 0, 0])
   now = make_batch(x, [1, 0] * 4, 4, mask=[1, 1, 0, 0])   # same inputs, swapped labels
   memory = method.init_state(params, now)
-  key = jax.random.PRNGKey(0)
+  key = jax.random.key(0)
   _, memory = jax.jit(method.after_update)(params, params, None, memory, past, {}, None, key)
   # The reference batch A-GEM draws from its memory with this key.
   items, valid = jax.jit(replay_buffer.sample, static_argnums=1)(memory, 8, key)

@@ -49,7 +49,7 @@ def test_ewc_penalty_weights_distance_by_fisher(tiny_mlp, data, make_batch):
   state = method.init_state(params, data)
   only_first_head = data._replace(mask=jnp.broadcast_to(data.mask[0], data.mask.shape))
   _, state = jax.jit(method.end_context)(params, state, only_first_head, jnp.int32(0),
-                                         jax.random.PRNGKey(0))
+                                         jax.random.key(0))
   fisher = jax.tree.map(lambda f: f[0], state.fisher)
   chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], state.anchor), params)
   # Units 2 and 3 never enter the softmax: their head weights have zero Fisher ...

@@ -26,7 +26,7 @@ def _offer_stream(capacity, n_items, batch, key):
 
 def test_reservoir_keeps_a_uniform_sample():
   capacity, n_items, trials = 10, 100, 4000
-  keys = jax.random.split(jax.random.PRNGKey(0), trials)
+  keys = jax.random.split(jax.random.key(0), trials)
   bufs = jax.jit(jax.vmap(lambda k: _offer_stream(capacity, n_items, 7, k)))(keys)
   ids = np.asarray(bufs.items["id"])                                # (trials, capacity)
   assert (np.asarray(bufs.seen) == n_items).all()
@@ -40,10 +40,10 @@ def test_reservoir_keeps_a_uniform_sample():
 
 def test_batch_offer_equals_one_by_one_offers():
   """Same random draws, applied sequentially by Algorithm R in Python."""
-  cap, key = 4, jax.random.PRNGKey(3)
+  cap, key = 4, jax.random.key(3)
   add = jax.jit(replay_buffer.add)
   buf = replay_buffer.init(cap, {"id": jnp.zeros((1,), jnp.int32)})
-  buf = add(buf, {"id": jnp.arange(6)}, jnp.ones(6, bool), jax.random.PRNGKey(1))
+  buf = add(buf, {"id": jnp.arange(6)}, jnp.ones(6, bool), jax.random.key(1))
   new = jnp.arange(100, 112)
   out = add(buf, {"id": new}, jnp.ones(12, bool), key)
   offers = 6 + np.arange(12)
@@ -60,7 +60,7 @@ def test_batch_offer_equals_one_by_one_offers():
 
 def test_sampling_an_empty_buffer_is_invalid():
   buf = replay_buffer.init(5, {"x": jnp.zeros((1, 3))})
-  items, valid = replay_buffer.sample(buf, 4, jax.random.PRNGKey(0))
+  items, valid = replay_buffer.sample(buf, 4, jax.random.key(0))
   chex.assert_shape(items["x"], (4, 3))
   assert not valid.any()
 
@@ -71,7 +71,7 @@ def test_er_adds_the_replayed_batch_loss(tiny_mlp, make_batch):
   rng = np.random.default_rng(0)
   old = make_batch(rng.normal(size=(5, 6)), [0, 1, 0, 1, 0], 4, mask=[1, 1, 0, 0])
   new = make_batch(rng.normal(size=(5, 6)), [2, 3, 2, 3, 2], 4, mask=[0, 0, 1, 1])
-  key = jax.random.PRNGKey(0)
+  key = jax.random.key(0)
 
   @jax.jit
   def check(state):
@@ -97,7 +97,7 @@ def test_derpp_matches_logits_stored_at_insertion(tiny_mlp, make_batch):
   apply_fn, params = tiny_mlp.apply_fn, tiny_mlp.params
   rng = np.random.default_rng(1)
   batch = make_batch(rng.normal(size=(6, 6)), [0, 1, 2, 3, 0, 1], 4)
-  key = jax.random.PRNGKey(0)
+  key = jax.random.key(0)
   with_logits = replay.dark_experience_replay(apply_fn, buffer_size=6, alpha=1.0, beta=0.0)
   no_logits = replay.dark_experience_replay(apply_fn, buffer_size=6, alpha=0.0, beta=0.0)
   state = with_logits.init_state(params, batch)

@@ -88,7 +88,7 @@ def test_generative_classifier_trains_one_model_per_class(make_batch):
   y = np.repeat(np.arange(3), 32)
   x = np.eye(3, 4)[y] * 2.0 + 0.2 * rng.normal(size=(96, 4))
   batch = make_batch(x, y, 3)
-  params = method.init_params(None, batch, jax.random.PRNGKey(0))
+  params = method.init_params(None, batch, jax.random.key(0))
   state = method.init_state(params, batch)
   tx = optax.adam(1e-2)
   step_fn = jax.jit(train_step.make_train_step(method, tx))
@@ -97,9 +97,9 @@ def test_generative_classifier_trains_one_model_per_class(make_batch):
   first_two = batch._replace(valid=batch.y < 2)
   for i in range(60):
     params, opt_state, state, _ = step_fn(params, opt_state, state, first_two, info,
-                                          jax.random.PRNGKey(i))
+                                          jax.random.key(i))
   # The third class had no data: its model is untouched and it is never predicted.
-  init = method.init_params(None, batch, jax.random.PRNGKey(0))
+  init = method.init_params(None, batch, jax.random.key(0))
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(init)):
     np.testing.assert_array_equal(np.asarray(a)[2], np.asarray(b)[2])
   assert np.asarray(state.trained).tolist() == [True, True, False]
