@@ -31,18 +31,12 @@ import numpy as np
 
 from cl_methods import losses
 from cl_methods import method as method_lib
-
-_TASK_ONLY = {
-    "domain": "it needs the context identity at test time to choose its {what}, and "
-              "Domain-IL does not give it",
-    "class": "it needs the context identity at test time to choose its {what}, and "
-             "Class-IL does not give it",
-}
-
+from cl_methods.scenarios import SCENARIO_NAMES
 
 def task_il_only(what: str) -> dict:
   """The `unsupported` entry of a method that picks its `what` by context identity."""
-  return {s: why.format(what=what) for s, why in _TASK_ONLY.items()}
+  return {s: f"it needs the context identity at test time to choose its {what}, and "
+             f"{SCENARIO_NAMES[s]} does not give it" for s in ("domain", "class")}
 
 
 HEADS, GATES, WEIGHTS = "head", "gate", "weights"

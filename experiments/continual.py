@@ -1,4 +1,4 @@
-r"""Runs continual-learning methods on a benchmark and writes the accuracy matrix, metrics and plots.
+r"""Runs continual-learning methods on a benchmark; writes the accuracy matrix, metrics, plots.
 
     python -m experiments.continual --config=experiments/configs/continual.py \
         --config.method=ewc --config.scenario=class --config.benchmark=split_digits \
@@ -70,6 +70,9 @@ HPARAM_PATHS = {
         "importance_samples": "generative_classifier.importance_samples",
         "decoder_std": "generative_classifier.decoder_std"},
 }
+
+# Fields that every method reads, and so may be swept for any of them.
+SWEEPABLE_TRAINING_FIELDS = ("learning_rate", "batch_size", "steps_per_context")
 
 # (type, low, high, low inclusive, high inclusive) for every numeric field of the config.
 _INT, _FLOAT = "an integer", "a number"
@@ -158,7 +161,12 @@ def parse_benchmark(benchmark: str):
 
 
 def validate(config):
-  """Checks every config value; returns the (method, scenario) pairs to run and the sweep."""
+  """Checks every config value before anything is loaded or compiled.
+
+  Returns:
+    (pairs, kind, dataset): the (method, scenario) pairs to run, and the benchmark's context
+    kind and dataset.
+  """
   for path, rule in NUMERIC_RULES.items():
     _check_number(path, _get(config, path), rule)
   _check_choice("stream", config.stream, runner.STREAMS)
@@ -220,6 +228,13 @@ def validate(config):
     current = _get(config, knob)
     if isinstance(current, bool) or not isinstance(current, (int, float)):
       raise cli.UsageError(f"config.sweep.knob: {knob} is not a numeric field")
+    name, scenario = pairs[0]
+    relevant = [p.format(scenario=SCENARIO_KEYS[scenario]) for p in HPARAM_PATHS[name].values()]
+    relevant += list(SWEEPABLE_TRAINING_FIELDS)
+    if knob not in relevant:
+      raise cli.UsageError(f"config.sweep.knob: {knob} does not affect {name} in "
+                           f"{scenarios.SCENARIO_NAMES[scenario]}; choose from "
+                           f"{', '.join(relevant)}")
     if not isinstance(values, (tuple, list)) or not values:
       raise cli.UsageError("config.sweep.points: give the values to try, e.g. '(1e3,1e6)'")
     for v in values:
@@ -243,11 +258,20 @@ def load_contexts(config, kind, dataset):
                          seed=config.seed, mnist1d_examples=config.mnist1d_examples)
   except (ValueError, KeyError, OSError) as e:
     raise cli.UsageError(f"config.benchmark: {config.benchmark}: {e}") from e
+  if kind == "split" and data.n_classes % config.n_contexts:
+    raise cli.UsageError(f"config.n_contexts: {data.n_classes} classes of {dataset} cannot be "
+                         f"split evenly into {config.n_contexts} contexts")
+  if kind == "rotated" and not data.is_image:
+    raise cli.UsageError(f"config.benchmark: {config.benchmark}: rotation needs images, and "
+                         f"{dataset} inputs have shape {data.input_shape}")
+  if config.model.kind == "conv" and not data.is_image:
+    raise cli.UsageError(f"config.model.kind: conv needs image inputs, and {dataset} inputs "
+                         f"have shape {data.input_shape}")
   try:
     return streams.build(kind, data, config.n_contexts, seed=config.seed,
                          shuffle_classes=config.shuffle_classes)
   except ValueError as e:
-    raise cli.UsageError(f"config.n_contexts: {config.benchmark}: {e}") from e
+    raise cli.UsageError(f"config.benchmark: {config.benchmark}: {e}") from e
 
 
 def settings_of(config) -> runner.RunSettings:

@@ -40,6 +40,10 @@ def _config(**overrides):
     ({"sweep__knob": "ewc.lam"}, "config.ewc.lam: no such field"),
     ({"method": "all", "sweep__knob": "replay.buffer_size", "sweep__points": (10, 20)},
      "a sweep needs one method and one scenario"),
+    ({"method": "ewc", "sweep__knob": "replay.buffer_size", "sweep__points": (10, 20)},
+     "replay.buffer_size does not affect ewc in Class-IL; choose from ewc.strength.class_il"),
+    ({"method": "er", "sweep__knob": "replay.buffer_size", "sweep__points": (10.5,)},
+     "config.replay.buffer_size: expected an integer"),
 ])
 def test_bad_config_is_rejected_before_anything_runs(overrides, message):
   with pytest.raises(cli.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -135,5 +139,6 @@ def test_sweep_writes_the_plasticity_stability_plot(tmp_path):
 def test_context_count_that_does_not_split_the_classes():
   config = _config(n_contexts=3)
   pairs, kind, dataset = continual.validate(config)
-  with pytest.raises(cli.UsageError, match="config.n_contexts: .*cannot be split evenly"):
+  with pytest.raises(cli.UsageError, match="config.n_contexts: 10 classes of digits cannot be "
+                                           "split evenly into 3 contexts"):
     continual.load_contexts(config, kind, dataset)

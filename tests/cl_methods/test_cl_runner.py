@@ -1,5 +1,4 @@
 """The runner end to end on split digits: bounds, streams, every registered method."""
-import jax
 import numpy as np
 import optax
 import pytest
