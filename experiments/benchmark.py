@@ -9,6 +9,7 @@ process (CPU) or the chip's peak (GPU/TPU), compile time, and the compiled execu
 peak memory. Results are printed as a table and written as JSON.
 """
 import datetime
+import importlib
 import json
 import platform
 import time
@@ -20,13 +21,16 @@ from absl import flags, logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import cli, training
-from experiments.configs import transformer
 from experiments.performance import reference_flops
 
-SUITES = {
-    "lm": [("transformer", transformer, "tiny"), ("transformer", transformer, "small")],
-}
+LM_CONFIGS = ("transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "hope",
+              "hope_attention", "memory_lm")
+SUITES = {"lm": [(name, size) for size in ("tiny", "small") for name in LM_CONFIGS]}
 SUITE = flags.DEFINE_enum("suite", "lm", sorted(SUITES), "Which benchmarks to run.")
+MODELS = flags.DEFINE_list("models", None, "Only these config:size entries, e.g. "
+                           "transformer:small,hope:small (default: the whole suite).")
+SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Override every config's seq_len.")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Override every config's batch_size.")
 OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
 RUNS = flags.DEFINE_integer("runs", 5, "Timed runs per benchmark (the median is reported).")
 STEPS_PER_RUN = flags.DEFINE_integer("steps_per_run", 5, "Train steps per timed run.")
@@ -82,8 +86,23 @@ def main(argv):
                  machine=f"{platform.processor() or platform.machine()}, "
                          f"{device.platform}: {device.device_kind}, {jax.device_count()} device(s)",
                  rows=[])
-  for name, module, size in SUITES[SUITE.value]:
-    config = module.get_config(size)
+  entries = SUITES[SUITE.value]
+  if MODELS.value:
+    entries = []
+    for entry in MODELS.value:
+      name, _, size = entry.partition(":")
+      if name not in LM_CONFIGS:
+        raise cli.UsageError(f"--models: unknown config {name!r}; choose from {list(LM_CONFIGS)}")
+      entries.append((name, size or "tiny"))
+  for name, size in entries:
+    try:
+      config = importlib.import_module(f"experiments.configs.{name}").get_config(size)
+    except ValueError as e:
+      raise cli.UsageError(f"--models {name}:{size}: {e}") from e
+    if SEQ_LEN.value:
+      config.seq_len = SEQ_LEN.value
+    if BATCH_SIZE.value:
+      config.batch_size = BATCH_SIZE.value
     row = time_train_step(config, RUNS.value, STEPS_PER_RUN.value)
     # The reference is timed right after the model, in the same process.
     ref, ref_desc = reference_flops(jnp.dtype(config.model.get("dtype", "float32")))

@@ -5,6 +5,7 @@ import inspect
 from flax import nnx
 
 from experiments.cli import UsageError
+from hope.hope_lm import hope_lm
 from hope.titans import titans
 from hope.transformer import transformer
 from memory_layers.memory_lm import memory_lm
@@ -13,6 +14,7 @@ BUILDERS = {
     "transformer": transformer,
     "titans": titans,
     "memory_lm": memory_lm,
+    "hope": hope_lm,
 }
 
 

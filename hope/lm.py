@@ -34,13 +34,17 @@ def apply(module, x: jax.Array, state=None, mask=None) -> tuple[jax.Array, Any]:
 
 
 class Block(nnx.Module):
-  """x + dropout(mixer(norm(x))), then x + dropout(mlp(norm(x)))."""
+  """x + dropout(mixer(norm(x))), then x + dropout(mlp(norm(x))).
+
+  With `mlp_owns_residual` the MLP maps the residual stream to itself (x <- mlp(x)): for a
+  Continuum Memory System, whose levels carry their own pre-norms and residuals.
+  """
 
   def __init__(self, dim: int, mixer: nnx.Module, mlp: nnx.Module, *, rngs: nnx.Rngs,
-               dropout_rate: float = 0.0):
+               dropout_rate: float = 0.0, mlp_owns_residual: bool = False):
     self.mixer_norm = RMSNorm(dim, rngs=rngs)
     self.mixer = mixer
-    self.mlp_norm = RMSNorm(dim, rngs=rngs)
+    self.mlp_norm = None if mlp_owns_residual else RMSNorm(dim, rngs=rngs)
     self.mlp = mlp
     self.dropout_rate = dropout_rate
 
@@ -54,6 +58,9 @@ class Block(nnx.Module):
     keys = jax.random.split(rng) if rng is not None else (None, None)
     y, mixer_state = apply(self.mixer, self.mixer_norm(x), mixer_state, mask)
     x = x + self._dropout(y, keys[0])
+    if self.mlp_norm is None:
+      x, mlp_state = apply(self.mlp, x, mlp_state, mask)
+      return x, (mixer_state, mlp_state)
     y, mlp_state = apply(self.mlp, self.mlp_norm(x), mlp_state, mask)
     return x + self._dropout(y, keys[1]), (mixer_state, mlp_state)
 

@@ -6,7 +6,8 @@ import pytest
 
 from experiments import evaluate, training
 
-CONFIGS = ["transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "memory_lm"]
+CONFIGS = ["transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "memory_lm",
+           "hope", "hope_attention"]
 
 
 def shrunk(name):
@@ -17,7 +18,9 @@ def shrunk(name):
   config.mesh.update(dict(data=4, tensor=2))
   model = dict(dim=32, num_layers=1, num_heads=2, mlp_dim=64)
   model.update({k: v for k, v in dict(window=8, segment_len=16, chunk_size=8, num_slots=64,
-                                      memory_layers=(0,), key_dim=8, top_k=4).items()
+                                      memory_layers=(0,), key_dim=8, top_k=4,
+                                      chunk_size_memory=8, chunk_size_other=8,
+                                      cms_chunk_sizes=(4, 16, None)).items()
                 if k in config.model})
   config.model.update(model)
   return config

@@ -1,0 +1,64 @@
+"""HOPE language models (Nested Learning, arXiv sec. 8.3, eqs. 94-97).
+
+Each block is a sequence mixer followed by a Continuum Memory System (CMS) on the residual
+stream:
+- HOPE: the self-modifying Titans memory (keys, values, learning rates and decays produced
+  by memories that learn in context with Delta Gradient Descent), then CMS;
+- HOPE-Attention: softmax attention in place of the self-modifying memory, isolating what the
+  CMS contributes.
+
+The CMS levels' inner learning rates are `cms_inner_lr / C_l` (the inner gradient is summed
+over a chunk of C_l tokens). `cms_hidden = 0` sizes each level so that all levels together
+hold about the parameters of the Transformer's SwiGLU MLP of width `mlp_dim`.
+"""
+from typing import Sequence
+
+import jax.numpy as jnp
+from flax import nnx
+
+from hope.attention import CausalSelfAttention
+from hope.cms import ContinuumMemory
+from hope.lm import Block, DecoderLM
+from hope.self_modifying import SelfModifyingMemory
+
+MIXERS = ("self_modifying", "attention")
+
+
+def hope_lm(*, vocab_size: int, dim: int, num_layers: int, num_heads: int, mlp_dim: int,
+            rngs: nnx.Rngs, mixer: str = "self_modifying", head_dim: int = 0,
+            chunk_size_memory: int = 16, chunk_size_other: int = 16,
+            cms_chunk_sizes: Sequence[int | None] = (16, 64, None), cms_hidden: int = 0,
+            cms_inner_lr: float = 1e-2, window: int = 0, rope_base: float = 10_000.0,
+            dtype: str = "float32", dropout_rate: float = 0.0) -> DecoderLM:
+  """Builds HOPE (`mixer='self_modifying'`) or HOPE-Attention (`mixer='attention'`)."""
+  for name, value in dict(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
+                          num_heads=num_heads, mlp_dim=mlp_dim).items():
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  if mixer not in MIXERS:
+    raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
+  if not head_dim:
+    if dim % num_heads:
+      raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is 0")
+    head_dim = dim // num_heads
+  chunks = tuple(cms_chunk_sizes)
+  hidden = cms_hidden or max(1, 3 * mlp_dim // (2 * max(1, len(chunks))))
+  lrs = tuple(cms_inner_lr / c if c else 0.0 for c in chunks)
+  compute_dtype = jnp.dtype(dtype)
+
+  def sequence_mixer():
+    if mixer == "attention":
+      return CausalSelfAttention(dim, num_heads, head_dim, rngs=rngs, window=window,
+                                 rope_base=rope_base, dtype=compute_dtype)
+    return SelfModifyingMemory(dim, num_heads=num_heads, head_dim=head_dim,
+                               chunk_size_memory=chunk_size_memory,
+                               chunk_size_other=chunk_size_other, rngs=rngs, dtype=compute_dtype)
+
+  blocks = [
+      Block(dim, sequence_mixer(),
+            ContinuumMemory(dim, hidden=hidden, chunk_sizes=chunks, inner_lr=lrs, rngs=rngs,
+                            dtype=compute_dtype),
+            rngs=rngs, dropout_rate=dropout_rate, mlp_owns_residual=True)
+      for _ in range(num_layers)
+  ]
+  return DecoderLM(vocab_size, dim, blocks, rngs=rngs, dtype=compute_dtype)
