@@ -18,7 +18,7 @@ from flax import nnx
 
 from hope.attention import CausalSelfAttention
 from hope.cms import ContinuumMemory
-from hope.lm import Block, DecoderLM
+from hope.lm import Block, DecoderLM, check_shape
 from hope.self_modifying import SelfModifyingMemory
 
 MIXERS = ("self_modifying", "attention")
@@ -31,16 +31,10 @@ def hope_lm(*, vocab_size: int, dim: int, num_layers: int, num_heads: int, mlp_d
             cms_inner_lr: float = 1e-2, window: int = 0, rope_base: float = 10_000.0,
             dtype: str = "float32", dropout_rate: float = 0.0) -> DecoderLM:
   """Builds HOPE (`mixer='self_modifying'`) or HOPE-Attention (`mixer='attention'`)."""
-  for name, value in dict(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
-                          num_heads=num_heads, mlp_dim=mlp_dim).items():
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  head_dim = check_shape(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
+                         num_heads=num_heads, mlp_dim=mlp_dim, head_dim=head_dim)
   if mixer not in MIXERS:
     raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
-  if not head_dim:
-    if dim % num_heads:
-      raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is 0")
-    head_dim = dim // num_heads
   chunks = tuple(cms_chunk_sizes)
   hidden = cms_hidden or max(1, 3 * mlp_dim // (2 * max(1, len(chunks))))
   lrs = tuple(cms_inner_lr / c if c else 0.0 for c in chunks)

@@ -22,6 +22,20 @@ from flax import nnx
 from hope.layers import Dense, Embed, RMSNorm
 
 
+def check_shape(*, vocab_size: int, dim: int, num_layers: int, num_heads: int, mlp_dim: int,
+                head_dim: int = 0) -> int:
+  """Validates an LM builder's sizes; returns head_dim (0 means dim // num_heads)."""
+  for name, value in dict(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
+                          num_heads=num_heads, mlp_dim=mlp_dim).items():
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  if head_dim:
+    return head_dim
+  if dim % num_heads:
+    raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is 0")
+  return dim // num_heads
+
+
 def is_stateful(module) -> bool:
   return hasattr(module, "init_state")
 

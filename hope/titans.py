@@ -23,7 +23,7 @@ from flax import nnx
 
 from hope.attention import CausalSelfAttention
 from hope.layers import Dense, RMSNorm, param
-from hope.lm import Block, DecoderLM
+from hope.lm import Block, DecoderLM, check_shape
 from hope.mlp import SwiGLU
 from hope.neural_memory import NeuralMemory
 
@@ -172,14 +172,8 @@ def titans(*, variant: str, vocab_size: int, dim: int, num_layers: int, num_head
            decay: bool = True, max_lr: float = 0.1, dropout_rate: float = 0.0,
            dtype: str = "float32") -> DecoderLM:
   """A Titans LM: every block's mixer is a Titans `variant`, its MLP a SwiGLU."""
-  for name, value in dict(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
-                          num_heads=num_heads, mlp_dim=mlp_dim).items():
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"{name} must be a positive integer, got {value!r}")
-  if not head_dim:
-    if dim % num_heads:
-      raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is 0")
-    head_dim = dim // num_heads
+  head_dim = check_shape(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
+                         num_heads=num_heads, mlp_dim=mlp_dim, head_dim=head_dim)
   compute_dtype = jnp.dtype(dtype)
   memory = dict(depth=memory_depth, expansion=memory_expansion, chunk_size=chunk_size,
                 momentum=momentum, decay=decay, max_lr=max_lr)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hope.attention import CausalSelfAttention
-from hope.lm import Block, DecoderLM
+from hope.lm import Block, DecoderLM, check_shape
 from hope.mlp import SwiGLU
 
 
@@ -16,14 +16,8 @@ def transformer(*, vocab_size: int, dim: int, num_layers: int, num_heads: int, m
                 rope_base: float = 10_000.0, dropout_rate: float = 0.0,
                 dtype: str = "float32") -> DecoderLM:
   """Builds the baseline. `head_dim = 0` means dim // num_heads."""
-  for name, value in dict(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
-                          num_heads=num_heads, mlp_dim=mlp_dim).items():
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"{name} must be a positive integer, got {value!r}")
-  if not head_dim:
-    if dim % num_heads:
-      raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is 0")
-    head_dim = dim // num_heads
+  head_dim = check_shape(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
+                         num_heads=num_heads, mlp_dim=mlp_dim, head_dim=head_dim)
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
   compute_dtype = jnp.dtype(dtype)

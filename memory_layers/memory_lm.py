@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hope.attention import CausalSelfAttention
-from hope.lm import Block, DecoderLM
+from hope.lm import Block, DecoderLM, check_shape
 from hope.mlp import SwiGLU
 from memory_layers.product_key_memory import ProductKeyMemory
 from memory_layers.value_pool import ValuePool
@@ -25,19 +25,13 @@ def memory_lm(*, vocab_size: int, dim: int, num_layers: int, num_heads: int, mlp
               dropout_rate: float = 0.0, dtype: str = "float32",
               sharding_rules=None) -> DecoderLM:
   """Builds the LM; `sharding_rules` (logical -> mesh axes) lets the value reads run sharded."""
-  for name, value in dict(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
-                          num_heads=num_heads, mlp_dim=mlp_dim).items():
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  head_dim = check_shape(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
+                         num_heads=num_heads, mlp_dim=mlp_dim, head_dim=head_dim)
   layers = tuple(memory_layers)
   bad = [i for i in layers if not isinstance(i, int) or not 0 <= i < num_layers]
   if not layers or bad:
     raise ValueError(f"memory_layers must be a non-empty list of block indices in "
                      f"[0, {num_layers}), got {list(layers)}")
-  if not head_dim:
-    if dim % num_heads:
-      raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim}) when head_dim is 0")
-    head_dim = dim // num_heads
   compute_dtype = jnp.dtype(dtype)
   pool = ValuePool(num_slots, dim, rngs=rngs) if shared_values else None
 

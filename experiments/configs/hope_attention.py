@@ -1,22 +1,13 @@
 """HOPE-Attention: softmax attention + Continuum Memory System (Nested Learning sec. 8.3).
 
+The HOPE config (experiments/configs/hope.py) with attention as the sequence mixer.
 Sizes: tiny, small, 340m, 760m, 1.3b (the paper-scale shapes are for accelerators).
   python -m experiments.pretrain --config=experiments/configs/hope_attention.py:tiny --workdir=DIR
 """
-from experiments.configs import common
-
-# Two chunk sizes for the self-modifying memories (sec. 8.2); CMS levels from high to low
-# frequency, the last (None) changing only in the outer loop.
-MODEL = dict(name="hope", mixer="attention", head_dim=0, chunk_size_memory=16,
-             chunk_size_other=16, cms_chunk_sizes=(16, 64, None), cms_hidden=0,
-             cms_inner_lr=1e-2, window=0, rope_base=10_000.0)
-SIZES = {
-    "small": dict(cms_chunk_sizes=(32, 256, None)),
-    "340m": dict(chunk_size_memory=64, cms_chunk_sizes=(64, 512, 2048, None)),
-    "760m": dict(chunk_size_memory=64, cms_chunk_sizes=(64, 512, 2048, None)),
-    "1.3b": dict(chunk_size_memory=64, cms_chunk_sizes=(64, 512, 2048, None)),
-}
+from experiments.configs import hope
 
 
 def get_config(arg: str | None = None):
-  return common.lm_config(arg, MODEL, SIZES)
+  config = hope.get_config(arg)
+  config.model.mixer = "attention"
+  return config
