@@ -12,6 +12,7 @@ of images and no Python work per example.
 """
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +69,7 @@ def gather(arrays: DeviceContexts, base_index, context, valid=None, *, split: st
     picked = jnp.take_along_axis(x, index.reshape(b, p * taps), axis=1).reshape(b, p, taps)
     x = (picked * weight).sum(-1)
   y = arrays.unit_of_label[context, y_all[base_index]]
+  chex.assert_rank([base_index, context], 1)
   if valid is None:
     valid = jnp.ones(base_index.shape, bool)
   return Batch(x=x.reshape((x.shape[0],) + tuple(input_shape)), y=y, mask=masks[context],

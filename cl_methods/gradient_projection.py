@@ -9,6 +9,7 @@ memory batch. The memory here is a reservoir buffer (`replay_buffer.py`) fed wit
 training batch, which also serves task-free streams; inner products run over the whole
 parameter pytree.
 """
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -20,6 +21,7 @@ from cl_methods import replay_buffer
 
 def project(grads, reference_grads, eps: float):
   """A-GEM's projection of `grads` against `reference_grads` (eq. 11)."""
+  chex.assert_trees_all_equal_shapes(grads, reference_grads)
   dot = pytree_math.tree_dot(grads, reference_grads)
   ref_sq = pytree_math.tree_dot(reference_grads, reference_grads)
   coef = jnp.where(dot < 0, dot / (ref_sq + eps), 0.0)

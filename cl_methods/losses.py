@@ -5,6 +5,7 @@ see `scenarios.py`); masked-out logits are replaced by a large negative number r
 -inf so that no 0 * inf appears in losses or gradients. Every loss is a mean over the
 valid examples of the batch (zero when none is valid, e.g. an empty replay buffer).
 """
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -24,6 +25,8 @@ def valid_mean(values, valid):
 
 def cross_entropy(logits, y, mask, valid):
   """Mean over valid examples of -log softmax(masked logits)[y]."""
+  chex.assert_rank([logits, y, mask, valid], [2, 1, 2, 1])
+  chex.assert_equal_shape([logits, mask])
   logp = jax.nn.log_softmax(masked_logits(logits, mask))
   nll = -jnp.take_along_axis(logp, y[:, None], axis=1)[:, 0]
   return valid_mean(nll, valid)
@@ -33,6 +36,7 @@ def distillation(logits, teacher_logits, mask, valid, temperature):
   """Soft cross-entropy -sum_k p_teacher,k log p_student,k at temperature T over the active
   units (Hinton et al. 2015; used by LwF, Li & Hoiem 2017, eq. 2 with its T), not scaled
   by T^2."""
+  chex.assert_equal_shape([logits, teacher_logits, mask])
   p_teacher = jax.nn.softmax(masked_logits(teacher_logits / temperature, mask))
   logp = jax.nn.log_softmax(masked_logits(logits / temperature, mask))
   per_example = -jnp.where(mask, p_teacher * logp, 0.0).sum(-1)

@@ -12,6 +12,7 @@ slots are the occupied ones.
 """
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -39,6 +40,8 @@ def size(buffer: ReservoirBuffer) -> jax.Array:
 
 def add(buffer: ReservoirBuffer, items, valid, key) -> ReservoirBuffer:
   """Offers a batch (leading dimension B) to the buffer; invalid examples are skipped."""
+  chex.assert_rank(valid, 1)
+  chex.assert_tree_shape_prefix(items, valid.shape)
   cap = capacity(buffer)
   valid = valid.astype(bool)
   offer = buffer.seen + jnp.cumsum(valid.astype(jnp.int32)) - 1   # offer number n

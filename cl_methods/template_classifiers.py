@@ -27,6 +27,7 @@ Both classify only among the classes they have templates (exemplars or VAEs) for
 import math
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -53,6 +54,7 @@ def herding(features, candidates, m: int):
   Returns:
     (index (m,) int32, count): the first `count` = min(m, #candidates) entries are valid.
   """
+  chex.assert_rank([features, candidates], [2, 1])
   w = candidates.astype(features.dtype)
   n_cand = candidates.sum()
   mu = (features * w[:, None]).sum(0) / jnp.maximum(w.sum(), 1.0)
