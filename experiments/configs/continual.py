@@ -19,9 +19,9 @@ def _per_scenario(task_il, domain_il, class_il):
 
 def get_config():
   c = ml_collections.ConfigDict()
-  # What to run. method / scenario may be "all" (the grid of everything that fits).
+  # What to run. method / scenario may be "all": every method that fits each scenario.
   c.method = "finetune"
-  c.scenario = "class"            # task | domain | class | all
+  c.scenario = "all"              # task | domain | class | all
   c.benchmark = "split_digits"    # {split,permuted,rotated}_{digits,mnist1d,fashion_mnist,idx,cifar10,cifar100,npz}
   c.data_dir = ""                 # folder (idx, cifar10, cifar100, fashion_mnist) or .npz file
   c.n_contexts = 5

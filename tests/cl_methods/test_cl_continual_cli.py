@@ -37,12 +37,15 @@ def _config(**overrides):
     ({"replay__buffer_size": 0}, "config.replay.buffer_size: 0 is out of range"),
     ({"eval_every": 7}, "config.eval_every: 7 must divide steps_per_context (200)"),
     ({"model__hidden": (8, "a")}, "config.model.hidden: expected a tuple of positive integers"),
-    ({"sweep__knob": "ewc.lam"}, "config.ewc.lam: no such field"),
+    ({"method": "ewc", "scenario": "class", "sweep__knob": "ewc.lam"},
+     "config.ewc.lam: no such field"),
     ({"method": "all", "sweep__knob": "replay.buffer_size", "sweep__points": (10, 20)},
      "a sweep needs one method and one scenario"),
-    ({"method": "ewc", "sweep__knob": "replay.buffer_size", "sweep__points": (10, 20)},
+    ({"method": "ewc", "scenario": "class", "sweep__knob": "replay.buffer_size",
+      "sweep__points": (10, 20)},
      "replay.buffer_size does not affect ewc in Class-IL; choose from ewc.strength.class_il"),
-    ({"method": "er", "sweep__knob": "replay.buffer_size", "sweep__points": (10.5,)},
+    ({"method": "er", "scenario": "class", "sweep__knob": "replay.buffer_size",
+      "sweep__points": (10.5,)},
      "config.replay.buffer_size: expected an integer"),
 ])
 def test_bad_config_is_rejected_before_anything_runs(overrides, message):
@@ -59,6 +62,7 @@ def test_the_grid_keeps_what_fits_each_scenario():
       by_scenario["domain"])
   assert "icarl" in by_scenario["class"] and "separate_heads" not in by_scenario["class"]
   free, _, _ = continual.validate(_config(method="all", scenario="class", stream="task_free"))
+  assert continual.validate(_config(method="xdg"))[0] == [("xdg", "task")]
   assert {n for n, _ in free} == {"finetune", "joint", "er", "derpp", "agem",
                                   "generative_classifier"}
 
@@ -125,7 +129,8 @@ def test_grid_writes_a_markdown_table(tmp_path):
 
 
 def test_sweep_writes_the_plasticity_stability_plot(tmp_path):
-  config = _tiny_config(method="er", sweep__knob="replay.buffer_size", sweep__points=(4, 32))
+  config = _tiny_config(method="er", scenario="class", sweep__knob="replay.buffer_size",
+                        sweep__points=(4, 32))
   pairs, kind, dataset = continual.validate(config)
   contexts = continual.load_contexts(config, kind, dataset)
   continual.run_sweep(config, contexts, *pairs[0], str(tmp_path))
