@@ -12,9 +12,8 @@ One method on one scenario writes into the workdir:
   accuracy_curves.png  per-context accuracy over training, sequential beside interleaved.
 With `--config.method=all` and/or `--config.scenario=all` (the default scenario) every
 method that fits each scenario runs (joint first, so every run's plot shows the
-interleaved curves too), each into
-WORKDIR/<scenario>/<method>/, and write WORKDIR/results.md (markdown tables) and
-WORKDIR/grid.json. A sweep (`--config.sweep.knob=ewc.strength.class_il
+interleaved curves too), each into WORKDIR/<scenario>/<method>/, and the run writes
+WORKDIR/results.md (markdown tables) and WORKDIR/grid.json. A sweep (`--config.sweep.knob=ewc.strength.class_il
 --config.sweep.points='(1e3,1e6,1e9)'`) runs one method and scenario once per value into
 WORKDIR/sweep/<value>/ and writes sweep.json, sweep.md and plasticity_stability.png.
 
