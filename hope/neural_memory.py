@@ -197,7 +197,8 @@ def chunked_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chunk_
   u^l_i = h^l_i^T delta^l_i, so a query's pre-activation at layer l under W^l_t is
     z W^l_t = c_t (z W^l_0) + d_t (z S^l_0) - sum_{i<=t} A_{t,i} (z . h^l_i) delta^l_i
   (TTT's dual form, applied layer by layer along the query's forward pass through M_t), and
-    W^l_b = c_b W^l_0 + d_b S^l_0 - H^T (A_{b,:} * Delta),  S^l_b = f_b S^l_0 - H^T ((theta E_{b,:}) * Delta).
+    W^l_b = c_b W^l_0 + d_b S^l_0 - H^T (A_{b,:} * Delta),
+    S^l_b = f_b S^l_0 - H^T ((theta E_{b,:}) * Delta).
   The chunk body is rematerialised (`jax.checkpoint`), so the backward pass keeps one state
   per chunk. `seq` must be a multiple of `chunk_size` (the module pads).
   """
@@ -222,7 +223,7 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 
 
 class NeuralMemory(nnx.Module):
-  """Titans LMM mixer: x [batch, seq, dim] (and a MemoryState) -> y [batch, seq, dim] and the new state."""
+  """Titans LMM mixer: x [batch, seq, dim] and a MemoryState -> y [batch, seq, dim], new state."""
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int = 0, depth: int = 2,
                expansion: int = 2, chunk_size: int = 16, conv_width: int = 4,
@@ -235,7 +236,8 @@ class NeuralMemory(nnx.Module):
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not isinstance(head_dim, int) or head_dim < 0:
-      raise ValueError(f"head_dim must be a positive integer or 0 (dim // num_heads), got {head_dim!r}")
+      raise ValueError(f"head_dim must be a positive integer or 0 (dim // num_heads), "
+                       f"got {head_dim!r}")
     if not head_dim and dim % num_heads:
       raise ValueError(f"num_heads={num_heads} does not divide dim={dim}; pass head_dim "
                        f"or choose num_heads dividing dim")
@@ -249,7 +251,8 @@ class NeuralMemory(nnx.Module):
     self.use_momentum, self.use_decay = momentum, decay
 
     heads = (num_heads, head_dim)
-    project = lambda: Dense((dim,), heads, ("embed",), ("heads", "head_dim"), rngs=rngs, dtype=dtype)
+    project = lambda: Dense((dim,), heads, ("embed",), ("heads", "head_dim"), rngs=rngs,
+                            dtype=dtype)
     self.query, self.key, self.value = project(), project(), project()
     conv = lambda: ShortConv(heads, conv_width, ("heads", "head_dim"), rngs=rngs)
     self.query_conv, self.key_conv, self.value_conv = conv(), conv(), conv()
@@ -279,7 +282,8 @@ class NeuralMemory(nnx.Module):
     return MemoryState(
         weights=weights,
         momentum=tuple(jnp.zeros_like(w) for w in weights),
-        conv=tuple(c.empty_cache(batch_size) for c in (self.query_conv, self.key_conv, self.value_conv)))
+        conv=tuple(c.empty_cache(batch_size)
+                   for c in (self.query_conv, self.key_conv, self.value_conv)))
 
   def __call__(self, x: jax.Array, state: MemoryState | None = None,
                mask: jax.Array | None = None) -> tuple[jax.Array, MemoryState]:
@@ -367,7 +371,8 @@ class NeuralMemory(nnx.Module):
   def _gates(self, x, mask):
     """(theta, eta, 1 - alpha, m) [batch, seq, heads], with masked tokens made no-ops."""
     logits = lambda proj, bias: proj(x).astype(jnp.float32) + bias[...]
-    lr = jnp.where(mask[..., None], self.max_lr * jax.nn.sigmoid(logits(self.lr_proj, self.lr_bias)), 0.0)
+    lr = self.max_lr * jax.nn.sigmoid(logits(self.lr_proj, self.lr_bias))
+    lr = jnp.where(mask[..., None], lr, 0.0)
     if self.use_momentum:
       eta = jax.nn.sigmoid(logits(self.momentum_proj, self.momentum_bias))
       eta = jnp.where(mask[..., None], eta, 1.0)
@@ -382,7 +387,7 @@ class NeuralMemory(nnx.Module):
     return lr, eta, retain, write
 
   def _output(self, x, y):
-    """Per-head RMSNorm, SiLU(x W_g) gate (§4.4), projection to dim; y [batch, seq, heads, head_dim]."""
+    """Per-head RMSNorm, SiLU(x W_g) gate (§4.4), projection to dim; y [b, t, heads, head_dim]."""
     y = self.norm(y)
     if self.output_gate is not None:
       y = y * jax.nn.silu(self.output_gate(x).astype(jnp.float32))
@@ -397,8 +402,9 @@ def check_state_finite(state: MemoryState) -> MemoryState:
   large for the inputs, or the inputs themselves were not finite.
   """
   depth = len(state.weights)
-  named = [(f"weights[{i}] (memory layer {i + 1} of {depth})", w) for i, w in enumerate(state.weights)]
-  named += [(f"momentum[{i}] (memory layer {i + 1} of {depth})", s) for i, s in enumerate(state.momentum)]
+  layer = lambda i: f"(memory layer {i + 1} of {depth})"
+  named = [(f"weights[{i}] {layer(i)}", w) for i, w in enumerate(state.weights)]
+  named += [(f"momentum[{i}] {layer(i)}", s) for i, s in enumerate(state.momentum)]
   named += [(f"conv cache of {n}", c) for n, c in zip("qkv", state.conv)]
   for name, value in named:
     value = np.asarray(value)

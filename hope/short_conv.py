@@ -35,7 +35,8 @@ class ShortConv(nnx.Module):
     """Zeros [batch, width-1, *channels]: the state before a sequence's first token."""
     return jnp.zeros((batch_size, self.width - 1) + self.kernel.shape[1:], jnp.float32)
 
-  def __call__(self, x: jax.Array, cache: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, cache: jax.Array,
+               mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x [batch, seq, *channels], cache [batch, width-1, *channels], mask [batch, seq] (bool)."""
     expand = (slice(None), slice(None)) + (None,) * (x.ndim - 2)
     x = jnp.where(mask[expand], x, 0).astype(jnp.float32)

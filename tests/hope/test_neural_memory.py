@@ -79,7 +79,8 @@ def test_chunked_matches_reference_outputs_and_gradients(chunk_size, depth, mome
 
   @_jit
   def both(params):
-    return [jax.value_and_grad(loss, has_aux=True)(params, impl) for impl in ("chunked", "reference")]
+    return [jax.value_and_grad(loss, has_aux=True)(params, implementation)
+            for implementation in ("chunked", "reference")]
 
   ((_, (y_c, state_c)), grads_c), ((_, (y_r, state_r)), grads_r) = both(params)
   chex.assert_trees_all_close(y_c, y_r, rtol=1e-4, atol=1e-5)
@@ -149,7 +150,8 @@ def test_retrieve_reads_without_writing():
   graphdef = nnx.graphdef(memory)
   retrieve = _jit(lambda params, x, state: nnx.merge(graphdef, params).retrieve(x, state))
   ones = jnp.ones((BATCH, 8), bool)
-  _, state = run(params, _inputs(seq=8), memory.init_state(BATCH), ones)  # written weights, full caches
+  # A state with written weights and full conv caches.
+  _, state = run(params, _inputs(seq=8), memory.init_state(BATCH), ones)
   later = _inputs(seq=8, seed=3)
   retrieved = retrieve(params, later, state)
   params["lr_bias"] = jnp.full((HEADS,), -1e9)  # theta = 0: a call that writes nothing
