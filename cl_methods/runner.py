@@ -17,6 +17,7 @@ into such chunks), and each boundary hook once; the context index is an array ar
 so all contexts reuse them.
 """
 import dataclasses
+import functools
 import time
 from typing import Callable, Optional
 
@@ -45,6 +46,9 @@ class RunSettings:
   stream: str = "task_based"
   boundary_width: float = 0.2
   seed: int = 0
+  # XLA options for the runner's compiled functions, e.g.
+  # {"xla_backend_optimization_level": 0} for short runs whose time is mostly compilation.
+  compiler_options: Optional[dict] = None
 
   def check(self):
     for name in ("steps_per_context", "batch_size", "eval_every", "curve_examples",
@@ -113,17 +117,18 @@ def run(method, contexts, layout, params, tx, settings: RunSettings = RunSetting
   rng = np.random.default_rng(settings.seed)
   key, k_init, k_hooks = jax.random.split(jax.random.key(settings.seed), 3)
 
+  jit = functools.partial(jax.jit, compiler_options=settings.compiler_options)
   probe = batch_lib.Batch(                      # shapes only, for the methods' init
       x=jnp.zeros((1,) + tuple(contexts.data.input_shape), jnp.float32),
       y=jnp.zeros((1,), jnp.int32), mask=jnp.asarray(layout.train_mask[:1]),
       context=jnp.zeros((1,), jnp.int32), valid=jnp.ones((1,), bool))
   if method.init_params is not None:
-    params = jax.jit(method.init_params)(params, probe, k_init)
-  state = jax.jit(method.init_state)(params, probe)
-  opt_state = jax.jit(tx.init)(params)
+    params = jit(method.init_params)(params, probe, k_init)
+  state = jit(method.init_state)(params, probe)
+  opt_state = jit(tx.init)(params)
   step_fn = train_step_lib.make_train_step(method, tx)
 
-  @jax.jit
+  @jit
   def train_chunk(params, opt_state, state, pairs, step0, context, key):
     def body(carry, xs):
       params, opt_state, state = carry
@@ -139,7 +144,7 @@ def run(method, contexts, layout, params, tx, settings: RunSettings = RunSetting
         body, (params, opt_state, state), (pairs, jnp.arange(pairs.shape[0])))
     return params, opt_state, state, loss.mean()
 
-  @jax.jit
+  @jit
   def evaluate(params, state, idx, ctx, valid):
     batch = batch_lib.gather(arrays, idx, ctx, valid, split="test", **kw)
     return losses.accuracy_counts(method.predict(params, state, batch), batch.y,
@@ -153,13 +158,13 @@ def run(method, contexts, layout, params, tx, settings: RunSettings = RunSetting
     return (np.bincount(chunk_ctx, correct, minlength=t_count)
             / np.maximum(np.bincount(chunk_ctx, total, minlength=t_count), 1))
 
-  @jax.jit
+  @jit
   def end_context(params, state, idx, valid, context, key):
     data = batch_lib.gather(arrays, idx, jnp.full(idx.shape, context, jnp.int32), valid,
                             split="train", **kw)
     return method.end_context(params, state, data, context, key)
 
-  begin_context = jax.jit(method.begin_context) if method.begin_context else None
+  begin_context = jit(method.begin_context) if method.begin_context else None
 
   eval_size = min(settings.eval_batch, settings.curve_examples)
   full_set = _eval_chunks(contexts.test_members, 0, eval_size, rng)
