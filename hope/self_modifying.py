@@ -45,8 +45,8 @@ before t; eq. 90 as printed indexes the chunk end, which is not causal. With chu
 this is the per-token recurrence o_t = M_memory,t-1(q_t). Since the gradients come from the
 boundary weights, the DGD recurrence over a chunk is linear in W,
 W_t = W_{t-1} (alpha_t I - eta_t x^_t x^_t^T) + b_t x^_t^T with b_t = -eta_t |x_t| u_t (a
-gated delta rule), and is applied in closed form (`dgd_chunk`): one C x C unit-triangular solve per chunk,
-head and matrix, no loop over tokens. `lax.scan` runs over chunks, the other memories first
+gated delta rule), and is applied in closed form (`dgd_chunk`): one C x C unit-triangular system per
+chunk, head and matrix, no loop over tokens. `lax.scan` runs over chunks, the other memories first
 (they do not depend on M_memory), then M_memory on its own grid.
 
 Streaming is exact for pieces of any length: the state keeps each memory's boundary weights
@@ -144,11 +144,26 @@ def dgd_chunk(weight: jax.Array, u: jax.Array, x: jax.Array, eta: jax.Array,
   earlier = jnp.arange(n)[:, None] > jnp.arange(n)[None, :]
   ratio = jnp.where(earlier, jnp.exp(jnp.where(earlier, log_gamma_prev[:, None] - log_gamma, 0.0)),
                     0.0)
-  system = jnp.eye(n) + eta[:, None] * ratio * (keys @ keys.T)
+  coupling = eta[:, None] * ratio * (keys @ keys.T)                 # strictly lower
   rhs = b - (eta * jnp.exp(log_gamma_prev))[:, None] * (keys @ weight.T)
-  corrections = jax.scipy.linalg.solve_triangular(system, rhs, lower=True, unit_diagonal=True)
+  corrections = unit_lower_inverse(coupling) @ rhs
   tail = jnp.exp(log_gamma[-1] - log_gamma)
   return jnp.exp(log_gamma[-1]) * weight + (corrections * tail[:, None]).T @ keys
+
+
+def unit_lower_inverse(strict: jax.Array) -> jax.Array:
+  """(I + L)^-1 for a strictly lower-triangular L [n, n], with matmuls only.
+
+  L is nilpotent (L^n = 0), so (I + L)^-1 = sum_{j<n} (-L)^j = (I - L)(I + L^2)(I + L^4)...,
+  ceil(log2 n) factors. XLA's batched triangular solve on CPU costs milliseconds per small
+  matrix; these few n x n matmuls cost microseconds and map onto matrix units.
+  """
+  power = -strict
+  inverse = jnp.eye(strict.shape[0]) + power
+  for _ in range(1, max(1, (strict.shape[0] - 1).bit_length())):
+    power = power @ power
+    inverse = inverse + inverse @ power
+  return inverse
 
 
 def _dgd_update(boundary: dict, running: dict, key, target, eta, log_alpha) -> dict:
@@ -299,13 +314,15 @@ class SelfModifyingMemory(nnx.Module):
     Per head, a memory forward is 4 d^2; each of the four other memories reads x, its
     target M(v) and its gradient (forward on k plus W_1^T e: 6 d^2); M_memory reads q, its
     target and its gradient. The closed-form DGD costs per matrix and token 4 d^2 (W x^ and
-    the rank-n update) plus 3 n d (Gram matrix and triangular solve), n = min(chunk, seq_len).
-    Plus the q and output projections and the two convolutions.
+    the rank-n update), 4 n d (Gram matrix, inverse times right-hand side) and
+    4 n^2 ceil(log2 n) (`unit_lower_inverse`), n = min(chunk, seq_len). Plus the q and
+    output projections and the two convolutions.
     """
     d, heads = self.head_dim, self.num_heads
     n_other = min(self.chunk_size_other, seq_len)
     n_memory = min(self.chunk_size_memory, seq_len)
-    dgd = lambda n: 2 * (4 * d * d + 3 * n * d)                        # two matrices
+    inverse = lambda n: 4 * n * n * (n - 1).bit_length()
+    dgd = lambda n: 2 * (4 * d * d + 4 * n * d + inverse(n))          # two matrices
     other = 4 * (4 * d * d + 4 * d * d + 6 * d * d + dgd(n_other))
     memory = 4 * d * d + 4 * d * d + 6 * d * d + dgd(n_memory)
     projections = 2 * 2 * self.dim * heads * d
