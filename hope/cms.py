@@ -157,7 +157,8 @@ class ContinuumMemory(nnx.Module):
                          f"None/0 (a level that never changes in context), got {c!r} in "
                          f"{list(chunk_sizes)}")
     lrs = (inner_lr,) * len(chunk_sizes) if np.isscalar(inner_lr) else tuple(inner_lr)
-    if len(lrs) != len(chunk_sizes) or not all(np.isfinite(lr) and lr >= 0 for lr in lrs):
+    if len(lrs) != len(chunk_sizes) or not all(
+        isinstance(lr, (int, float, np.number)) and np.isfinite(lr) and lr >= 0 for lr in lrs):
       raise ValueError("ContinuumMemory inner_lr must be a finite float >= 0 or one per level "
                        f"({len(chunk_sizes)}), got {inner_lr!r}")
     self.dim, self.hidden, self.dtype = dim, hidden, dtype

@@ -130,7 +130,8 @@ def dgd_chunk(weight: jax.Array, u: jax.Array, x: jax.Array, eta: jax.Array,
   gamma_t = alpha_1 ... alpha_t, the end state is
 
       W_n = gamma_n W_0 + sum_t (gamma_n / gamma_t) U_t x^_t^T,
-      U_t + eta_t sum_{i<t} (gamma_{t-1} / gamma_i) (x^_t . x^_i) U_i = b_t - eta_t gamma_{t-1} W_0 x^_t,
+      U_t + eta_t sum_{i<t} (gamma_{t-1} / gamma_i) (x^_t . x^_i) U_i
+          = b_t - eta_t gamma_{t-1} W_0 x^_t,
 
   (the chunkwise gated delta rule: substitute W_t = gamma_t (W_0 + sum_{i<=t} U_i x^_i^T / gamma_i)
   into the recurrence). Every decay ratio has exponent <= 0, so nothing overflows.

@@ -1,8 +1,9 @@
 """A slow, obviously correct self-modifying Titans memory: one token at a time.
 
 Per sequence and head, a `lax.scan` over tokens carries every memory's boundary weights and
-running weights as plain d x d matrices. At token t a chunk of a grid starts when t is a
-multiple of its chunk size, and then the boundary weights become the running weights; then
+running weights as plain d x d matrices. At token t (x_t and q_t L2-normalised per head), a
+chunk of a grid starts when t is a multiple of its chunk size, and then the running weights
+of that grid's memories become their boundary weights; then
 
     k, v, eta, alpha  from M_k, M_v, M_eta, M_alpha at their boundary weights (eqs. 83-84)
     grad = jax.grad of 1/2 ||M(k) - M_boundary(v)||^2 at the boundary weights (eqs. 85-87, 91)
@@ -22,10 +23,7 @@ from hope.self_modifying import NORM_EPS, SelfModifyingMemory
 
 
 def _unit(x):
-  return x / jnp.sqrt(jnp.sum(x * x) + NORM_EPS)
-
-
-def _unit_rows(x):
+  """x / sqrt(|x|^2 + eps) along the last axis."""
   return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + NORM_EPS)
 
 
@@ -81,6 +79,6 @@ def reference_self_modifying(layer: SelfModifyingMemory, x: jax.Array) -> jax.Ar
   per_head = jax.vmap(_one_head, in_axes=(1, 0, 0, 0, 1, 1, None, None), out_axes=1)
   per_sequence = jax.vmap(per_head, in_axes=(None, None, None, None, 0, 0, None, None))
   o = per_sequence(other, memory, layer.eta_bias[...], layer.alpha_bias[...],
-                   _unit_rows(xm.reshape((batch, seq) + heads)), _unit_rows(q), layer.chunk_size_other,
-                   layer.chunk_size_memory)
+                   _unit(xm.reshape((batch, seq) + heads)), _unit(q),
+                   layer.chunk_size_other, layer.chunk_size_memory)
   return layer.out(o.astype(layer.dtype))

@@ -96,6 +96,16 @@ def test_streaming_in_pieces_of_any_length_equals_one_call(cms, apply):
   chex.assert_trees_all_close(state, s_full, atol=1e-5, rtol=1e-5)
 
 
+def test_outputs_are_causal(cms, apply):
+  x = _x()
+  y, _ = apply(x, cms.init_state(BATCH))
+  t = 19                           # inside level 0's chunk 18..20 and level 1's chunk 16..23
+  changed = x.at[:, t + 1:].multiply(-3.0)
+  y_changed, _ = apply(changed, cms.init_state(BATCH))
+  chex.assert_trees_all_close(y_changed[:, :t + 1], y[:, :t + 1], atol=1e-6)
+  assert not np.allclose(y_changed[:, t + 1:], y[:, t + 1:])
+
+
 def test_masked_tokens_are_skipped_and_leave_the_state_unchanged(cms, apply):
   x = _x()
   mask = np.ones((BATCH, SEQ), bool)
