@@ -44,6 +44,12 @@ def distillation(logits, teacher_logits, mask, valid, temperature):
 
 
 def accuracy_counts(scores, y, mask, valid):
-  """(number correct, number valid) of argmax over the active units."""
-  pred = jnp.argmax(masked_logits(scores, mask), axis=-1)
-  return ((pred == y) & valid).sum(), valid.sum()
+  """(number correct, number valid) of argmax over the active units.
+
+  An example whose scores are all masked (a template classifier with no template yet for
+  any active unit) has no prediction and counts as wrong.
+  """
+  scores = masked_logits(scores, mask)
+  predicted = jnp.max(scores, axis=-1) > MASKED_LOGIT / 2
+  correct = (jnp.argmax(scores, axis=-1) == y) & predicted & valid
+  return correct.sum(), valid.sum()

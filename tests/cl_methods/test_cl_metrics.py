@@ -1,7 +1,10 @@
-"""Known-answer tests of the accuracy-matrix metrics on hand-made matrices."""
+"""Known-answer tests of the accuracy-matrix metrics on hand-made matrices, and of the
+accuracy counts the runner fills them with."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cl_methods import losses
 from cl_methods import metrics
 
 # R[i, j]: accuracy on context j after training context i (3 contexts).
@@ -74,3 +77,12 @@ def test_bad_shapes_are_rejected():
     metrics.average_accuracy(np.ones((2, 3)))
   with pytest.raises(ValueError, match="random-init"):
     metrics.forward_transfer(R, np.ones(2))
+
+
+def test_accuracy_counts_no_prediction_is_wrong():
+  scores = jnp.array([[2.0, 1.0, 0.0], [losses.MASKED_LOGIT] * 3, [0.0, 5.0, 1.0]])
+  mask = jnp.array([[True, True, False], [True, True, True], [True, False, True]])
+  correct, total = losses.accuracy_counts(scores, jnp.array([0, 0, 2]), mask,
+                                          jnp.array([True, True, True]))
+  # Row 0: argmax 0, right. Row 1: nothing to predict, wrong. Row 2: unit 1 masked, picks 2.
+  assert int(correct) == 2 and int(total) == 3
