@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments import evaluate, training
+from experiments import evaluation, training
 
 CONFIGS = ["transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "memory_lm",
            "hope", "hope_attention"]
@@ -43,5 +43,5 @@ def test_memory_lm_resumes_and_evaluates(tmp_path):
   training.train(config, str(tmp_path))
   steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert steps == [8, 12]
-  result = evaluate.evaluate(str(tmp_path), mesh_sizes=dict(data=2, fsdp=2, tensor=2))
+  result = evaluation.evaluate(str(tmp_path), mesh_sizes=dict(data=2, fsdp=2, tensor=2))
   assert result["step"] == 12 and 0 < result["loss"] < 6

@@ -6,7 +6,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from experiments import data, evaluate, training
+from experiments import data, evaluation, training
 from tests.helpers import tiny_config
 
 
@@ -46,7 +46,7 @@ def trained_workdir(tmp_path_factory):
 
 
 def test_checkpoint_restores_on_other_meshes(trained_workdir):
-  losses = [evaluate.evaluate(str(trained_workdir), mesh_sizes=sizes)["loss"]
+  losses = [evaluation.evaluate(str(trained_workdir), mesh_sizes=sizes)["loss"]
             for sizes in (dict(data=4, tensor=2), dict(data=1), dict(data=2, tensor=4))]
   np.testing.assert_allclose(losses[1:], losses[0], atol=1e-5, rtol=0)
   assert (trained_workdir / "eval" / "step_12.json").exists()

@@ -1,0 +1,97 @@
+"""Evaluation of a pretraining checkpoint on the validation split (the library behind
+`experiments.evaluate`; see that module for the command line).
+
+`evaluate` reads the run's config from the checkpoint, restores the parameters onto any
+mesh, scores the first `config.eval_batches` validation batches in order and writes
+WORKDIR/eval/step_<N>.json. With `context = T` (a multiple of the training seq_len) it
+scores documents of T tokens read in pieces of seq_len, carrying every in-context memory's
+state from piece to piece (`DecoderLM.stream`).
+"""
+import itertools
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from experiments import cli, data, training
+from experiments.checkpointing import Checkpoints
+
+
+def piece_losses(run: training.Run, params, tokens: jax.Array, pieces: int) -> jax.Array:
+  """Summed cross-entropy of each of `pieces` consecutive pieces of tokens [batch, T + 1],
+  the model's in-context state carried from piece to piece (eq. of `DecoderLM.stream`)."""
+  model = nnx.merge(run.graphdef, params)
+  batch, length = tokens.shape
+  size = (length - 1) // pieces
+  starts = jnp.arange(pieces) * size
+  windows = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(tokens, s, size + 1, axis=1))(starts)
+
+  def read_piece(state, window):
+    logits, state = model.stream(window[:, :-1], state)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, window[:, 1:]).sum()
+    return state, loss
+
+  return jax.lax.scan(read_piece, model.init_state(batch), windows)[1]
+
+
+def evaluate(workdir: str, step: int | None = None, mesh_sizes: dict | None = None,
+             context: int | None = None) -> dict:
+  workdir = str(Path(workdir).expanduser().absolute())  # orbax needs absolute paths
+  checkpoints = Path(workdir) / "checkpoints"
+  if not checkpoints.is_dir():
+    raise cli.UsageError(f"--workdir {workdir!r} holds no checkpoints (no {checkpoints})")
+  ckpt = Checkpoints(checkpoints, read_only=True)
+  steps = ckpt.all_steps()
+  if not steps:
+    raise cli.UsageError(f"--workdir {workdir!r} holds no finished checkpoint")
+  if step is None:
+    step = max(steps)
+  elif step not in steps:
+    raise cli.UsageError(f"--step {step}: no such checkpoint in {str(checkpoints)!r}; "
+                         f"saved steps are {sorted(steps)}")
+  config = ml_collections.ConfigDict(ckpt.config(step))
+  context = context or config.seq_len
+  if context <= 0 or context % config.seq_len:
+    raise cli.UsageError(f"--context ({context}) must be a positive multiple of the training "
+                         f"seq_len ({config.seq_len})")
+  run = training.prepare(config, mesh_sizes=mesh_sizes or {"data": -1})
+  corpus = data.load_corpus(config.data.source, config.data.validation_percent)
+  batches = data.lm_dataset(corpus.validation, seq_len=context,
+                            batch_size=config.batch_size, seed=config.seed, shuffle=False,
+                            repeat=False, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        run.abstract_params, run.param_shardings)
+  with jax.set_mesh(run.mesh):
+    params = ckpt.restore_params(step, target)
+    pieces = context // config.seq_len
+    score = jax.jit(lambda p, tokens: piece_losses(run, p, tokens, pieces),
+                    in_shardings=(run.param_shardings, run.batch_sharding),
+                    out_shardings=NamedSharding(run.mesh, P()))
+    by_piece, rows = np.zeros(pieces), 0
+    for local in itertools.islice(batches, config.eval_batches):
+      batch = training.global_batch(run, local)
+      by_piece += np.asarray(score(params, batch), np.float64)
+      rows += batch.shape[0]
+  tokens = rows * context
+  loss = float(by_piece.sum() / tokens)
+  result = dict(step=step, loss=loss, perplexity=math.exp(loss),
+                bits_per_byte=loss / math.log(2), tokens=tokens, context=context,
+                loss_by_piece=(by_piece / (rows * config.seq_len)).tolist())
+  if jax.process_index() == 0:
+    out = Path(workdir) / "eval" / f"step_{step}.json"
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+    logging.info("step %d: loss %.4f, perplexity %.3f, %.4f bits/byte over %d tokens -> %s",
+                 step, loss, result["perplexity"], result["bits_per_byte"], tokens, out)
+  return result
