@@ -1,0 +1,395 @@
+"""Continual-learning experiments: validate a config, run (method, scenario) pairs, write results.
+
+The library half of `experiments.continual` (which only adds the flags and `main`), so that
+tests and other tools can use it without defining command-line flags. See that module for
+what is written where; the config is `experiments/configs/continual.py`.
+
+Every config value is checked by `validate` before any data is loaded or anything is
+compiled; bad input raises `cli.UsageError` naming the field and what it accepts.
+"""
+import copy
+import json
+import os
+import time
+
+from absl import logging
+import ml_collections
+import numpy as np
+import optax
+
+from cl_methods import benchmark_models
+from cl_methods import datasets
+from cl_methods import plots
+from cl_methods import registry
+from cl_methods import runner
+from cl_methods import scenarios
+from cl_methods import streams
+from experiments import cli
+
+SCENARIO_KEYS = {"task": "task_il", "domain": "domain_il", "class": "class_il"}
+OPTIMIZERS = ("adam", "sgd")
+
+# Where each method's hyperparameters live in the config ({scenario} = task_il, ...).
+HPARAM_PATHS = {
+    "finetune": {}, "joint": {}, "separate_heads": {},
+    "er": {"buffer_size": "replay.buffer_size"},
+    "derpp": {"buffer_size": "replay.buffer_size", "alpha": "derpp.alpha",
+              "beta": "derpp.beta"},
+    "agem": {"buffer_size": "replay.buffer_size", "eps": "agem.eps"},
+    "ewc": {"strength": "ewc.strength.{scenario}"},
+    "online_ewc": {"strength": "online_ewc.strength.{scenario}", "gamma": "online_ewc.gamma"},
+    "si": {"strength": "si.strength.{scenario}", "damping": "si.damping"},
+    "mas": {"strength": "mas.strength.{scenario}"},
+    "lwf": {"temperature": "lwf.temperature"},
+    "xdg": {"gate_fraction": "xdg.gate_fraction"},
+    "packnet": {"prune_fraction": "packnet.prune_fraction",
+                "retrain_fraction": "packnet.retrain_fraction"},
+    "icarl": {"exemplars_per_class": "icarl.exemplars_per_class"},
+    "generative_classifier": {
+        "hidden": "generative_classifier.hidden", "latent": "generative_classifier.latent",
+        "importance_samples": "generative_classifier.importance_samples",
+        "decoder_std": "generative_classifier.decoder_std"},
+}
+
+# Fields that every method reads, and so may be swept for any of them.
+SWEEPABLE_TRAINING_FIELDS = ("learning_rate", "batch_size", "steps_per_context")
+
+# (type, low, high, low inclusive, high inclusive) for every numeric field of the config.
+_INT, _FLOAT = "an integer", "a number"
+_INF = float("inf")
+NUMERIC_RULES = {
+    "n_contexts": (_INT, 1, _INF, True, False),
+    "test_fraction": (_FLOAT, 0.0, 1.0, False, False),
+    "mnist1d_examples": (_INT, 10, _INF, True, False),
+    "boundary_width": (_FLOAT, 0.0, 1.0, True, True),
+    "seed": (_INT, 0, _INF, True, False),
+    "learning_rate": (_FLOAT, 0.0, _INF, False, False),
+    "batch_size": (_INT, 1, _INF, True, False),
+    "steps_per_context": (_INT, 1, _INF, True, False),
+    "eval_every": (_INT, 1, _INF, True, False),
+    "curve_examples": (_INT, 1, _INF, True, False),
+    "consolidation_examples": (_INT, 1, _INF, True, False),
+    "replay.buffer_size": (_INT, 1, _INF, True, False),
+    "derpp.alpha": (_FLOAT, 0.0, _INF, True, False),
+    "derpp.beta": (_FLOAT, 0.0, _INF, True, False),
+    "agem.eps": (_FLOAT, 0.0, _INF, False, False),
+    "online_ewc.gamma": (_FLOAT, 0.0, 1.0, False, True),
+    "si.damping": (_FLOAT, 0.0, _INF, False, False),
+    "lwf.temperature": (_FLOAT, 0.0, _INF, False, False),
+    "xdg.gate_fraction": (_FLOAT, 0.0, 1.0, True, False),
+    "packnet.prune_fraction": (_FLOAT, 0.0, 1.0, False, False),
+    "packnet.retrain_fraction": (_FLOAT, 0.0, 1.0, True, False),
+    "icarl.exemplars_per_class": (_INT, 1, _INF, True, False),
+    "generative_classifier.hidden": (_INT, 1, _INF, True, False),
+    "generative_classifier.latent": (_INT, 1, _INF, True, False),
+    "generative_classifier.importance_samples": (_INT, 1, _INF, True, False),
+    "generative_classifier.decoder_std": (_FLOAT, 0.0, _INF, False, False),
+}
+for _method in ("ewc", "online_ewc", "si", "mas"):
+  for _key in SCENARIO_KEYS.values():
+    NUMERIC_RULES[f"{_method}.strength.{_key}"] = (_FLOAT, 0.0, _INF, True, False)
+
+
+def _get(config, path: str):
+  node = config
+  for part in path.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise cli.UsageError(f"config.{path}: no such field")
+    node = node[part]
+  return node
+
+
+def _set(config, path: str, value):
+  *parents, leaf = path.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+
+
+def _check_number(path, value, rule):
+  kind, lo, hi, lo_in, hi_in = rule
+  is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+  if kind == _INT and not is_int:
+    raise cli.UsageError(f"config.{path}: expected an integer, got {value!r}")
+  if not is_int and not isinstance(value, (float, np.floating)):
+    raise cli.UsageError(f"config.{path}: expected a number, got {value!r}")
+  ok = (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
+  if not ok or value != value:
+    span = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+    raise cli.UsageError(f"config.{path}: {value!r} is out of range; expected {kind} in {span}")
+
+
+def _check_choice(path, value, choices):
+  if value not in choices:
+    raise cli.UsageError(f"config.{path}: unknown value {value!r}; choose from "
+                         f"{', '.join(choices)}")
+
+
+def parse_benchmark(benchmark: str):
+  """'split_digits' -> ('split', 'digits'); raises UsageError for unknown parts."""
+  kind, _, dataset = str(benchmark).partition("_")
+  choices = [f"{k}_{d}" for k in streams.KINDS for d in datasets.DATASETS]
+  if kind not in streams.KINDS or dataset not in datasets.DATASETS:
+    raise cli.UsageError(f"config.benchmark: unknown benchmark {benchmark!r}; choose "
+                         f"{{{','.join(streams.KINDS)}}}_{{{','.join(datasets.DATASETS)}}}, "
+                         f"e.g. {choices[0]}")
+  if kind == "rotated" and dataset == "mnist1d":
+    raise cli.UsageError("config.benchmark: rotated_mnist1d is not possible: rotation needs "
+                         "2-D images and mnist1d signals are 1-D (use split_ or permuted_)")
+  return kind, dataset
+
+
+def validate(config):
+  """Checks every config value before anything is loaded or compiled.
+
+  Returns:
+    (pairs, kind, dataset): the (method, scenario) pairs to run, and the benchmark's context
+    kind and dataset.
+  """
+  for path, rule in NUMERIC_RULES.items():
+    _check_number(path, _get(config, path), rule)
+  _check_choice("stream", config.stream, runner.STREAMS)
+  _check_choice("optimizer", config.optimizer, OPTIMIZERS)
+  _check_choice("model.kind", config.model.kind, benchmark_models.MODEL_KINDS)
+  for path in ("shuffle_classes", "compare_interleaved"):
+    if not isinstance(_get(config, path), bool):
+      raise cli.UsageError(f"config.{path}: expected true or false, got {_get(config, path)!r}")
+  for path in ("model.hidden", "model.conv_channels"):
+    widths = _get(config, path)
+    if (not isinstance(widths, (tuple, list)) or
+        not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
+      raise cli.UsageError(f"config.{path}: expected a tuple of positive integers, got "
+                           f"{widths!r}")
+  if config.model.kind == "conv" and not config.model.conv_channels:
+    raise cli.UsageError("config.model.conv_channels: the conv model needs at least one layer")
+  if config.steps_per_context % config.eval_every:
+    raise cli.UsageError(f"config.eval_every: {config.eval_every} must divide "
+                         f"steps_per_context ({config.steps_per_context})")
+
+  kind, dataset = parse_benchmark(config.benchmark)
+  if dataset in datasets.NEEDS_DATA_DIR and not config.data_dir:
+    raise cli.UsageError(f"config.data_dir: benchmark {config.benchmark} reads {dataset} "
+                         "files from a local path; set data_dir")
+  if config.model.kind == "conv" and dataset == "mnist1d":
+    raise cli.UsageError("config.model.kind: conv needs image inputs; mnist1d is 1-D (use mlp)")
+
+  _check_choice("method", config.method, registry.METHOD_NAMES + ("all",))
+  _check_choice("scenario", config.scenario, scenarios.SCENARIOS + ("all",))
+  names = registry.METHOD_NAMES if config.method == "all" else (config.method,)
+  scens = scenarios.SCENARIOS if config.scenario == "all" else (config.scenario,)
+  pairs = []
+  for scenario in scens:
+    for name in names:
+      entry = registry.ENTRIES[name]
+      blocked = (not entry.serves(scenario) or
+                 (config.stream == "task_free" and entry.needs_boundaries
+                  and not entry.interleaved))
+      if not blocked:
+        pairs.append((name, scenario))
+  if config.method != "all":
+    entry = registry.ENTRIES[config.method]
+    if config.scenario != "all" and not entry.serves(config.scenario):
+      raise cli.UsageError(f"config.method: {config.method} cannot serve "
+                           f"{scenarios.SCENARIO_NAMES[config.scenario]}: "
+                           f"{entry.unsupported[config.scenario]}")
+    if config.stream == "task_free" and entry.needs_boundaries:
+      raise cli.UsageError(f"config.stream: {config.method} needs context boundaries "
+                           f"({entry.needs_boundaries}); a task-free stream has none")
+  if not pairs:
+    raise cli.UsageError(f"config.method: {config.method} serves none of the scenarios "
+                         f"{', '.join(scens)}")
+
+  knob, values = config.sweep.knob, config.sweep.points
+  if knob:
+    if len(pairs) != 1:
+      raise cli.UsageError("config.sweep.knob: a sweep needs one method and one scenario "
+                           "(not 'all')")
+    current = _get(config, knob)
+    if isinstance(current, bool) or not isinstance(current, (int, float)):
+      raise cli.UsageError(f"config.sweep.knob: {knob} is not a numeric field")
+    name, scenario = pairs[0]
+    relevant = [p.format(scenario=SCENARIO_KEYS[scenario]) for p in HPARAM_PATHS[name].values()]
+    relevant += list(SWEEPABLE_TRAINING_FIELDS)
+    if knob not in relevant:
+      raise cli.UsageError(f"config.sweep.knob: {knob} does not affect {name} in "
+                           f"{scenarios.SCENARIO_NAMES[scenario]}; choose from "
+                           f"{', '.join(relevant)}")
+    if not isinstance(values, (tuple, list)) or not values:
+      raise cli.UsageError("config.sweep.points: give the values to try, e.g. '(1e3,1e6)'")
+    for v in values:
+      value = int(v) if isinstance(current, int) and float(v).is_integer() else v
+      _check_number(knob, value, NUMERIC_RULES.get(
+          knob, (_INT if isinstance(current, int) else _FLOAT, -_INF, _INF, False, False)))
+  elif values:
+    raise cli.UsageError("config.sweep.points: set config.sweep.knob too")
+  return pairs, kind, dataset
+
+
+def method_hparams(config, name: str, scenario: str) -> dict:
+  return {h: _get(config, path.format(scenario=SCENARIO_KEYS[scenario]))
+          for h, path in HPARAM_PATHS[name].items()}
+
+
+def load_contexts(config, kind, dataset):
+  """Loads the data and builds the contexts; file and shape problems become UsageErrors."""
+  try:
+    data = datasets.load(dataset, data_dir=config.data_dir, test_fraction=config.test_fraction,
+                         seed=config.seed, mnist1d_examples=config.mnist1d_examples)
+  except (ValueError, KeyError, OSError) as e:
+    raise cli.UsageError(f"config.benchmark: {config.benchmark}: {e}") from e
+  if kind == "split" and data.n_classes % config.n_contexts:
+    raise cli.UsageError(f"config.n_contexts: {data.n_classes} classes of {dataset} cannot be "
+                         f"split evenly into {config.n_contexts} contexts")
+  if kind == "rotated" and not data.is_image:
+    raise cli.UsageError(f"config.benchmark: {config.benchmark}: rotation needs images, and "
+                         f"{dataset} inputs have shape {data.input_shape}")
+  if config.model.kind == "conv" and not data.is_image:
+    raise cli.UsageError(f"config.model.kind: conv needs image inputs, and {dataset} inputs "
+                         f"have shape {data.input_shape}")
+  try:
+    return streams.build(kind, data, config.n_contexts, seed=config.seed,
+                         shuffle_classes=config.shuffle_classes)
+  except ValueError as e:
+    raise cli.UsageError(f"config.benchmark: {config.benchmark}: {e}") from e
+
+
+def settings_of(config) -> runner.RunSettings:
+  return runner.RunSettings(
+      steps_per_context=config.steps_per_context, batch_size=config.batch_size,
+      eval_every=config.eval_every, curve_examples=config.curve_examples,
+      consolidation_examples=config.consolidation_examples, stream=config.stream,
+      boundary_width=config.boundary_width, seed=config.seed)
+
+
+def run_one(config, contexts, name, scenario):
+  """Builds the model and method for one (method, scenario) pair and runs it."""
+  entry = registry.ENTRIES[name]
+  layout = scenarios.output_layout(contexts, scenario, separate_heads=entry.separate_heads)
+  model = benchmark_models.build(
+      config.model.kind, contexts.data.input_shape, layout.n_units,
+      hidden=tuple(config.model.hidden), conv_channels=tuple(config.model.conv_channels),
+      seed=config.seed)
+  method = registry.build(name, model, layout, method_hparams(config, name, scenario),
+                          steps_per_context=config.steps_per_context, seed=config.seed)
+  tx = (optax.adam if config.optimizer == "adam" else optax.sgd)(config.learning_rate)
+  logging.info("%s on %s: %s", name, config.benchmark, layout.description)
+  return runner.run(method, contexts, layout, model.params, tx, settings_of(config),
+                    log=logging.info), layout
+
+
+def write_run(folder, config, name, scenario, result, layout, interleaved=None):
+  """results.json, accuracy_matrix.png and accuracy_curves.png of one run."""
+  os.makedirs(folder, exist_ok=True)
+  metrics = result.metrics()
+  label = f"{name}, {scenarios.SCENARIO_NAMES[scenario]}, {config.benchmark}"
+  curves = {"steps": result.curve_steps.tolist(), "accuracy": result.curve_accuracy.tolist(),
+            "boundaries": result.boundary_steps.tolist()}
+  if interleaved is not None:
+    curves["interleaved_steps"] = interleaved.curve_steps.tolist()
+    curves["interleaved_accuracy"] = interleaved.curve_accuracy.tolist()
+  out = {"method": name, "scenario": scenario, "benchmark": config.benchmark,
+         "layout": layout.description, "accuracy_matrix": result.accuracy_matrix.tolist(),
+         "random_init_accuracy": result.random_init_accuracy.tolist(), **metrics,
+         "curves": curves, "seconds": result.seconds, "config": config.to_dict()}
+  with open(os.path.join(folder, "results.json"), "w") as f:
+    json.dump(out, f, indent=1)
+  plots.accuracy_matrix(result.accuracy_matrix, os.path.join(folder, "accuracy_matrix.png"),
+                        f"R[i, j]: {label}")
+  plots.accuracy_curves(result.curve_steps, result.curve_accuracy, result.boundary_steps,
+                        os.path.join(folder, "accuracy_curves.png"), f"sequential: {label}",
+                        interleaved=None if interleaved is None else
+                        (interleaved.curve_steps, interleaved.curve_accuracy))
+  return metrics
+
+
+def _pct(x):
+  return f"{100 * x:.1f}"
+
+
+def grid_markdown(rows, benchmark, seconds, command):
+  """Two markdown tables: ACC per method x scenario, and every metric per run."""
+  present = [s for s in scenarios.SCENARIOS if any(r["scenario"] == s for r in rows)]
+  names = list(dict.fromkeys(r["method"] for r in rows))
+  acc = {(r["method"], r["scenario"]): r["acc"] for r in rows}
+  lines = [f"Average accuracy ACC (%) after the last context, {benchmark}; "
+           f"total {seconds:.0f} s for {len(rows)} runs.", "",
+           f"Command: `{command}`", "",
+           "| method | family | " + " | ".join(scenarios.SCENARIO_NAMES[s] for s in present)
+           + " |", "|---|---|" + "---:|" * len(present)]
+  for n in names:
+    cells = [_pct(acc[n, s]) if (n, s) in acc else "n/a" for s in present]
+    lines.append(f"| {n} | {registry.ENTRIES[n].family} | " + " | ".join(cells) + " |")
+  lines += ["", "| scenario | method | ACC | BWT | FWT | forgetting | LA | min-ACC | s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    lines.append(f"| {scenarios.SCENARIO_NAMES[r['scenario']]} | {r['method']} | "
+                 f"{_pct(r['acc'])} | {_pct(r['bwt'])} | {_pct(r['fwt'])} | "
+                 f"{_pct(r['forgetting'])} | {_pct(r['learning_accuracy'])} | "
+                 f"{_pct(r['min_acc'])} | {r['seconds']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def run_single(config, contexts, name, scenario, workdir):
+  """One method on one scenario (and joint training for the curves plot) into workdir."""
+  result, layout = run_one(config, contexts, name, scenario)
+  interleaved = None
+  if config.compare_interleaved and name != "joint":
+    interleaved, _ = run_one(config, contexts, "joint", scenario)
+  metrics = write_run(workdir, config, name, scenario, result, layout, interleaved)
+  print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+
+
+def run_grid(config, contexts, pairs, workdir, command):
+  """Every (method, scenario) pair, joint first per scenario; writes results.md and grid.json."""
+  start = time.time()
+  rows = []
+  for scenario in scenarios.SCENARIOS:
+    names = [n for n, s in pairs if s == scenario]
+    names.sort(key=lambda n: n != "joint")
+    joint = None
+    for name in names:
+      result, layout = run_one(config, contexts, name, scenario)
+      if name == "joint":
+        joint = result
+      metrics = write_run(os.path.join(workdir, scenario, name), config, name, scenario,
+                          result, layout, None if name == "joint" else joint)
+      rows.append({"method": name, "scenario": scenario, **metrics,
+                   "seconds": result.seconds})
+      logging.info("%s / %s: ACC %.3f BWT %.3f (%.1f s)", scenario, name, metrics["acc"],
+                   metrics["bwt"], result.seconds)
+  seconds = time.time() - start
+  table = grid_markdown(rows, config.benchmark, seconds, command)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(table)
+  with open(os.path.join(workdir, "grid.json"), "w") as f:
+    json.dump({"runs": rows, "seconds": seconds, "config": config.to_dict()}, f, indent=1)
+  print(table)
+
+
+def run_sweep(config, contexts, name, scenario, workdir):
+  """One run per point of config.sweep.knob; writes sweep.md, sweep.json and the
+  plasticity-stability plot."""
+  knob = config.sweep.knob
+  field_is_int = isinstance(_get(config, knob), int)
+  rows = []
+  for v in config.sweep.points:
+    value = int(v) if field_is_int else float(v)
+    swept = copy.deepcopy(config)
+    _set(swept, knob, value)
+    result, layout = run_one(swept, contexts, name, scenario)
+    metrics = write_run(os.path.join(workdir, "sweep", f"{value:g}"), swept, name, scenario,
+                        result, layout)
+    rows.append({"value": value, **metrics, "seconds": result.seconds})
+  values = [r["value"] for r in rows]
+  plots.plasticity_stability(knob, values, rows, os.path.join(workdir, "plasticity_stability.png"),
+                             f"{name}, {scenarios.SCENARIO_NAMES[scenario]}, {config.benchmark}")
+  lines = [f"| {knob} | ACC | BWT | forgetting | LA | s |", "|---:|---:|---:|---:|---:|---:|"]
+  lines += [f"| {r['value']:g} | {_pct(r['acc'])} | {_pct(r['bwt'])} | "
+            f"{_pct(r['forgetting'])} | {_pct(r['learning_accuracy'])} | {r['seconds']:.1f} |"
+            for r in rows]
+  with open(os.path.join(workdir, "sweep.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump({"knob": knob, "runs": rows}, f, indent=1)
+  print("\n".join(lines))
