@@ -45,3 +45,20 @@ def test_memory_lm_resumes_and_evaluates(tmp_path):
   assert steps == [8, 12]
   result = evaluation.evaluate(str(tmp_path), mesh_sizes=dict(data=2, fsdp=2, tensor=2))
   assert result["step"] == 12 and 0 < result["loss"] < 6
+
+
+def test_evaluation_streams_documents_with_the_memory_state_carried(tmp_path):
+  """Titans LMM: a document scored in two pieces (state carried) equals one call over it."""
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  config = shrunk("titans_lmm")
+  config.mesh.update(dict(data=-1, tensor=1))
+  run = training.prepare(config)
+  params = nnx.to_pure_dict(nnx.state(training.models.build(config.model.to_dict(), 0)))
+  tokens = jax.random.randint(jax.random.key(0), (2, 65), 0, 256)
+  one = evaluation.piece_losses(run, params, tokens, 1)
+  two = evaluation.piece_losses(run, params, tokens, 2)
+  np.testing.assert_allclose(two.sum(), one.sum(), rtol=1e-5)
+  assert two.shape == (2,)
