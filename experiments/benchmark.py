@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import cli, training
 from experiments.performance import reference_flops
@@ -41,13 +40,11 @@ def time_train_step(config, runs: int, steps_per_run: int) -> dict:
   run = training.prepare(config)
   tx = training.optimizer(config)
   shardings = training.state_shardings(run, tx)
-  step_fn = jax.jit(training.make_train_step(run, tx),
-                    in_shardings=(shardings, run.batch_sharding),
-                    out_shardings=(shardings, NamedSharding(run.mesh, P())), donate_argnums=0)
+  step_fn = training.make_train_step(run, tx, shardings)
   tokens = np.random.default_rng(0).integers(0, 256, (config.batch_size, config.seq_len + 1),
                                              dtype=np.int32)
   with jax.set_mesh(run.mesh):
-    state = jax.jit(lambda: training.init_state(run, tx), out_shardings=shardings)()
+    state = training.initial_state(run, tx, shardings)
     batch = training.global_batch(run, tokens)
     start = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()

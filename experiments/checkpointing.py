@@ -17,9 +17,6 @@ from pathlib import Path
 import grain
 import orbax.checkpoint as ocp
 
-ITEMS = ("params", "train_state", "data", "config")
-
-
 def _handlers():
   return dict(params=ocp.StandardCheckpointHandler(), train_state=ocp.StandardCheckpointHandler(),
               data=grain.checkpoint.CheckpointHandler(), config=ocp.JsonCheckpointHandler())

@@ -24,8 +24,10 @@ class MetricsWriter:
     for name in ("metrics.jsonl", "perf.jsonl"):
       _truncate_after(self.workdir / name, resume_step)
     try:
+      from tensorboard.compat.proto import event_pb2, summary_pb2
       from tensorboard.summary.writer.event_file_writer import EventFileWriter
       self._tb = EventFileWriter(str(self.workdir / "tensorboard"))
+      self._protos = (event_pb2, summary_pb2)
     except ImportError:
       logging.info("tensorboard is not installed; no event files")
 
@@ -36,7 +38,7 @@ class MetricsWriter:
     with open(self.workdir / filename, "a") as f:
       f.write(json.dumps(row) + "\n")
     if self._tb is not None:
-      from tensorboard.compat.proto import event_pb2, summary_pb2
+      event_pb2, summary_pb2 = self._protos
       summary = summary_pb2.Summary(value=[
           summary_pb2.Summary.Value(tag=k, simple_value=float(v))
           for k, v in row.items() if k != "step" and isinstance(v, (int, float))])

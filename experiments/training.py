@@ -115,7 +115,8 @@ def loss_fn(run: Run, params, tokens, rng=None):
   return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
 
-def make_train_step(run: Run, tx):
+def make_train_step(run: Run, tx, shardings: dict):
+  """The jitted step: state and batch in their shardings, the state's buffers donated."""
   schedule = learning_rate_schedule(run.config)
 
   def train_step(state, tokens):
@@ -128,7 +129,13 @@ def make_train_step(run: Run, tx):
     return dict(params=params, opt_state=opt_state, step=state["step"] + 1,
                 rng=state["rng"]), metrics
 
-  return train_step
+  return jax.jit(train_step, in_shardings=(shardings, run.batch_sharding),
+                 out_shardings=(shardings, NamedSharding(run.mesh, P())), donate_argnums=0)
+
+
+def initial_state(run: Run, tx, shardings: dict) -> dict:
+  """A fresh train state, created directly in its shardings (call under jax.set_mesh)."""
+  return jax.jit(lambda: init_state(run, tx), out_shardings=shardings)()
 
 
 def check_workdir(workdir: str) -> Path:
@@ -185,9 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   tx = optimizer(config)
   shardings = state_shardings(run, tx)
-  replicated = NamedSharding(run.mesh, P())
-  train_step = jax.jit(make_train_step(run, tx), in_shardings=(shardings, run.batch_sharding),
-                       out_shardings=(shardings, replicated), donate_argnums=0)
+  train_step = make_train_step(run, tx, shardings)
   logging.info("model %s: %.2fM parameters; data: %s; mesh %s", config.model.name,
                run.num_params / 1e6, corpus.description, dict(run.mesh.shape))
 
@@ -200,7 +205,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   iterator = iter(dataset)
   with jax.set_mesh(run.mesh):
     if resume_step is None:
-      state = jax.jit(lambda: init_state(run, tx), out_shardings=shardings)()
+      state = initial_state(run, tx, shardings)
       start = 0
     else:
       target = abstract_state(run, tx, shardings)
