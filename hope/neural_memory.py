@@ -29,6 +29,10 @@ Two implementations of the same computation, tested against each other:
 - `implementation="chunked"` (default): `chunked_memory`, a `lax.scan` over chunks of b
   tokens; see that function for the dual form. Per-token weights are never materialised.
 
+Inner rule: `rule=` any optax transformation replaces the momentum update (reference
+implementation only); the gates theta_t, eta_t, alpha_t reach it as the extra arguments
+learning_rate, momentum and decay of its update (see `reference_memory`, `hope.optimizers.gates`).
+
 Masking: a token with mask 0 (padding, given by the caller or added internally to reach a
 multiple of the chunk size) leaves the state unchanged: theta = 0, eta = 1, alpha = 0 AND the
 write M_t = (1 - alpha_t) M_{t-1} + m_t S_t is gated by m_t (S_t is still added when only
@@ -46,9 +50,12 @@ non-finite value cannot raise; `check_state_finite(state)` on the returned state
 jit) raises FloatingPointError naming the quantity (weights of layer l, momentum of layer l,
 or a conv cache) and the batch rows that went non-finite.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx, struct
 
 from hope.layers import Dense, RMSNorm, param
@@ -64,7 +71,8 @@ LR_BIAS, MOMENTUM_BIAS, DECAY_BIAS = 0.0, 2.0, -4.0
 class MemoryState:
   """Per-sequence memory state.
 
-  weights, momentum: tuples over memory layers of [batch, heads, d_in, d_out] (z @ W).
+  weights, momentum: tuples over memory layers of [batch, heads, d_in, d_out] (z @ W); with an
+    optax `rule`, momentum is the rule's state, leading axes [batch, heads].
   conv: (q, k, v) caches of the last conv_width-1 projected inputs, [batch, w-1, heads, head_dim].
   """
   weights: tuple[jax.Array, ...]
@@ -87,7 +95,7 @@ def memory_loss(weights, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def reference_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chunk_size: int,
-                     use_momentum: bool):
+                     use_momentum: bool, rule: optax.GradientTransformation | None = None):
   """The per-token recurrence for one (sequence, head), written to be read.
 
   weights/momentum: tuples of [d_in, d_out]; q, k, v [seq, head_dim]; lr (theta), eta,
@@ -96,9 +104,17 @@ def reference_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chun
     S  = eta_t S - theta_t grad l(W'; k_t, v_t)          (eqs. 10, 14)
     W  = (1 - alpha_t) W + m_t S                         (eq. 13, gated by the mask)
     y_t = M_W(q_t)                                       (eq. 15)
-  Returns (y [seq, head_dim], final weights, final momentum).
+  With an optax `rule`, `momentum` is the rule's state and the update is instead
+    u, state = rule.update(grad l(W'; k_t, v_t), state, W,
+                           learning_rate=theta_t, momentum=eta_t, decay=alpha_t)
+    W = W + m_t u      (W and the rule's state unchanged at masked tokens)
+  so the gates reach the rule through `hope.optimizers.gate`; `hope.optimizers.titans_rule()`
+  gives back the recurrence above. Returns (y [seq, head_dim], final weights, final momentum
+  or rule state).
   """
   chunk_start = jnp.arange(q.shape[0]) % chunk_size == 0
+  if rule is not None:
+    rule = optax.with_extra_args_support(rule)
 
   def step(carry, token):
     w, s, w_start = carry
@@ -108,14 +124,19 @@ def reference_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chun
     else:
       w_start = jax.tree.map(lambda old, new: jnp.where(start_t, new, old), w_start, w)
     grad = jax.grad(memory_loss)(w_start, k_t, v_t)
-    s = jax.tree.map(lambda s_l, g_l: eta_t * s_l - lr_t * g_l, s, grad)
-    w = jax.tree.map(lambda w_l, s_l: retain_t * w_l + write_t * s_l, w, s)
+    if rule is None:
+      s = jax.tree.map(lambda s_l, g_l: eta_t * s_l - lr_t * g_l, s, grad)
+      w = jax.tree.map(lambda w_l, s_l: retain_t * w_l + write_t * s_l, w, s)
+    else:
+      u, new_s = rule.update(grad, s, w, learning_rate=lr_t, momentum=eta_t, decay=1 - retain_t)
+      s = jax.tree.map(lambda old, new: jnp.where(write_t > 0, new, old), s, new_s)
+      w = jax.tree.map(lambda w_l, u_l: w_l + write_t * u_l, w, u)
     return (w, s, () if chunk_size == 1 else w_start), memory_mlp(w, q_t)
 
   tokens = (q, k, v, lr, eta, retain, write, chunk_start)
   start = () if chunk_size == 1 else weights
   (w, s, _), y = jax.lax.scan(step, (weights, momentum, start), tokens)
-  return y, w, (s if use_momentum else momentum)
+  return y, w, (s if use_momentum or rule is not None else momentum)
 
 
 def segment_products(g: jax.Array) -> jax.Array:
@@ -228,7 +249,8 @@ class NeuralMemory(nnx.Module):
   def __init__(self, dim: int, *, num_heads: int, head_dim: int = 0, depth: int = 2,
                expansion: int = 2, chunk_size: int = 16, conv_width: int = 4,
                momentum: bool = True, decay: bool = True, max_lr: float = 0.1,
-               implementation: str = "chunked", output_gate: bool = True, rngs: nnx.Rngs,
+               implementation: str = "chunked", output_gate: bool = True,
+               rule: optax.GradientTransformation | None = None, rngs: nnx.Rngs,
                dtype=jnp.float32):
     for name, value in (("dim", dim), ("num_heads", num_heads), ("depth", depth),
                         ("expansion", expansion), ("chunk_size", chunk_size),
@@ -245,10 +267,14 @@ class NeuralMemory(nnx.Module):
       raise ValueError(f"max_lr must be a positive finite number, got {max_lr!r}")
     if implementation not in IMPLEMENTATIONS:
       raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if rule is not None and implementation != "reference":
+      raise ValueError("an optax rule for the in-context update needs implementation="
+                       "'reference' (the chunked form is written for Titans' own rule)")
     head_dim = head_dim or dim // num_heads
     self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
     self.chunk_size, self.max_lr, self.implementation = chunk_size, max_lr, implementation
     self.use_momentum, self.use_decay = momentum, decay
+    self.rule = rule
 
     heads = (num_heads, head_dim)
     project = lambda: Dense((dim,), heads, ("embed",), ("heads", "head_dim"), rngs=rngs,
@@ -279,9 +305,13 @@ class NeuralMemory(nnx.Module):
   def init_state(self, batch_size: int) -> MemoryState:
     """The learned M_0 broadcast over the batch, zero momentum, zero conv caches."""
     weights = tuple(jnp.broadcast_to(w[...], (batch_size,) + w.shape) for w in self.initial_weights)
+    if self.rule is None:
+      momentum = tuple(jnp.zeros_like(w) for w in weights)
+    else:  # the rule's state, one per (sequence, head)
+      momentum = jax.vmap(jax.vmap(self.rule.init))(weights)
     return MemoryState(
         weights=weights,
-        momentum=tuple(jnp.zeros_like(w) for w in weights),
+        momentum=momentum,
         conv=tuple(c.empty_cache(batch_size)
                    for c in (self.query_conv, self.key_conv, self.value_conv)))
 
@@ -307,7 +337,10 @@ class NeuralMemory(nnx.Module):
 
     q, k, v, conv = self._keys_values_queries(x, state.conv, mask)
     gates = self._gates(x, mask)
-    core = chunked_memory if self.implementation == "chunked" else reference_memory
+    if self.implementation == "chunked":
+      core = chunked_memory
+    else:
+      core = functools.partial(reference_memory, rule=self.rule)
     run = lambda *a: core(*a, chunk_size=self.chunk_size, use_momentum=self.use_momentum)
     heads_first = lambda a: jnp.moveaxis(a, 2, 1)
     y, weights, momentum = jax.vmap(jax.vmap(run))(
@@ -404,7 +437,11 @@ def check_state_finite(state: MemoryState) -> MemoryState:
   depth = len(state.weights)
   layer = lambda i: f"(memory layer {i + 1} of {depth})"
   named = [(f"weights[{i}] {layer(i)}", w) for i, w in enumerate(state.weights)]
-  named += [(f"momentum[{i}] {layer(i)}", s) for i, s in enumerate(state.momentum)]
+  momentum = jax.tree.leaves(state.momentum)
+  if isinstance(state.momentum, tuple) and len(state.momentum) == depth == len(momentum):
+    named += [(f"momentum[{i}] {layer(i)}", s) for i, s in enumerate(momentum)]
+  else:  # an optax rule's state
+    named += [(f"inner rule state leaf {i}", s) for i, s in enumerate(momentum)]
   named += [(f"conv cache of {n}", c) for n, c in zip("qkv", state.conv)]
   for name, value in named:
     value = np.asarray(value)
