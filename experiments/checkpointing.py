@@ -8,14 +8,31 @@ One step's checkpoint is a folder `checkpoints/<step>/` with four orbax items:
 Saves are asynchronous and atomic (orbax writes to a temporary folder and renames it when
 complete), the last `keep` are kept, and restore places arrays onto any target mesh.
 
+Integrity: as a save is finalized, process 0 writes `<step>/sha256sums.json`, the SHA-256
+of every file of the step's items, inside orbax's temporary folder before its rename. `problem(step)` re-hashes the files and names the first one that
+is missing or changed (orbax itself restores flipped bytes without complaint). A step with
+no manifest (written by other code) is trusted only if it restores.
+`quarantine(step)` moves a bad step out of the way, to `<workdir>/corrupt_checkpoints/`,
+so it is kept for inspection but never restored or overwritten.
+
 Restoring the parameters with orbax alone:
   import orbax.checkpoint as ocp
   params = ocp.StandardCheckpointer().restore(f"{workdir}/checkpoints/{step}/params")
 """
+import hashlib
+import json
+import shutil
+import time
 from pathlib import Path
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+MANIFEST = "sha256sums.json"
+# What a restore of damaged files raises (tensorstore: ValueError; a missing file: OSError).
+RESTORE_ERRORS = (ValueError, OSError)
 
 def _handlers():
   return dict(params=ocp.StandardCheckpointHandler(), train_state=ocp.StandardCheckpointHandler(),
@@ -26,10 +43,13 @@ class Checkpoints:
   """The checkpoints under `directory`; `read_only` opens them without creating anything."""
 
   def __init__(self, directory: str | Path, *, keep: int = 3, read_only: bool = False):
+    self.directory = Path(directory)
+    self._saving = None  # the step whose save is in flight
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=not read_only, create=not read_only,
-        read_only=read_only)
-    self.directory = Path(directory)
+        read_only=read_only, cleanup_tmp_directories=not read_only,  # a killed save's leftovers
+        async_options=None if read_only else ocp.AsyncOptions(
+            post_finalization_callback=self._write_manifest))
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_handlers())
 
@@ -41,6 +61,8 @@ class Checkpoints:
 
   def save(self, step: int, *, params, train_state, data_iterator, config: dict) -> None:
     """Starts an asynchronous save; arrays are copied off the devices before it returns."""
+    self.manager.wait_until_finished()  # the previous save's manifest is written first
+    self._saving = step
     self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         train_state=ocp.args.StandardSave(train_state),
@@ -78,8 +100,64 @@ class Checkpoints:
     walk(dict(meta), "")
     return flat
 
+  def _write_manifest(self) -> None:
+    step, self._saving = self._saving, None
+    if step is None or jax.process_index() != 0:
+      return
+    # Orbax calls this just before it renames the step's temporary folder to its final name,
+    # so the manifest becomes visible atomically with the checkpoint.
+    step_dir, = [d for d in self.directory.iterdir()
+                 if d.name == str(step) or d.name.startswith(f"{step}.")]
+    (step_dir / MANIFEST).write_text(json.dumps(_digests(step_dir), indent=0, sort_keys=True))
+
+  def problem(self, step: int) -> str | None:
+    """What is wrong with step's files against its manifest, or None (intact, or no manifest)."""
+    step_dir = self.directory / str(step)
+    manifest = step_dir / MANIFEST
+    if not manifest.exists():
+      return None
+    try:
+      expected = json.loads(manifest.read_text())
+    except ValueError:
+      return f"{manifest} is unreadable"
+    actual = _digests(step_dir)
+    for name, digest in sorted(expected.items()):
+      if name not in actual:
+        return f"{step_dir / name} is missing"
+      if actual[name] != digest:
+        return f"{step_dir / name} does not match its checksum"
+    return None
+
+  def quarantine(self, step: int, reason: str) -> Path:
+    """Moves step's folder to <workdir>/corrupt_checkpoints/ (process 0) and forgets it."""
+    target = self.directory.parent / "corrupt_checkpoints" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if jax.process_index() == 0:
+      target.parent.mkdir(exist_ok=True)
+      shutil.move(self.directory / str(step), target)
+    logging.warning("checkpoint step %d in %s is corrupt (%s); moved it to %s", step,
+                    self.directory, reason, target)
+    _sync(f"quarantine_{step}")
+    self.manager.reload()
+    return target
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _digests(step_dir: Path) -> dict:
+  """{relative path: SHA-256} of every file of the step's items (params, train_state, data,
+  config); orbax's own step metadata at the top is rewritten after the rename, so left out."""
+  digests = {}
+  for path in sorted(p for p in step_dir.glob("*/**/*") if p.is_file()):
+    with open(path, "rb") as f:
+      digests[str(path.relative_to(step_dir))] = hashlib.file_digest(f, "sha256").hexdigest()
+  return digests
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

@@ -3,6 +3,7 @@
 Bad input (an unknown flag or config field, an invalid value, a missing file) is reported as
 one line on stderr, `error: <what is wrong>`, with exit code 2, before anything is compiled
 or written. Entry points raise `UsageError` for such problems and start with `cli.run(main)`.
+A run that has to stop midway (`RunStopped`) is reported the same way with exit status 3.
 """
 import logging as std_logging
 import sys
@@ -20,10 +21,14 @@ class UsageError(Exception):
   """Bad input from the user: names the flag, config field or file, and what was expected."""
 
 
-def fail(message: str) -> None:
-  """Prints `error: message` on one line and exits with status 2."""
+class RunStopped(Exception):
+  """A run that cannot go on (e.g. a non-finite loss): one `error:` line, exit status 3."""
+
+
+def fail(message: str, status: int = 2) -> None:
+  """Prints `error: message` on one line and exits with `status`."""
   print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def _parse_flags(argv):
@@ -71,5 +76,7 @@ def run(main) -> None:
       return main(argv)
     except UsageError as e:
       fail(str(e))
+    except RunStopped as e:
+      fail(str(e), status=3)
 
   app.run(guarded_main, flags_parser=_parse_flags)

@@ -7,7 +7,7 @@ import numbers
 from experiments.cli import UsageError
 
 POSITIVE_INTS = ("steps", "batch_size", "seq_len", "log_every", "checkpoint_every",
-                 "keep_checkpoints", "eval_batches")
+                 "keep_checkpoints", "eval_batches", "max_consecutive_skips")
 NON_NEGATIVE_INTS = ("seed", "warmup_steps")
 POSITIVE_FLOATS = ("learning_rate",)
 NON_NEGATIVE_FLOATS = ("weight_decay", "grad_clip")
@@ -35,6 +35,10 @@ def check(config) -> None:
     v = config.get(name)
     if not isinstance(v, numbers.Real) or isinstance(v, bool) or not v >= 0:
       raise UsageError(f"config.{name} must be a number >= 0 (0: off), got {v!r}")
+  if not isinstance(config.async_checkpoints, bool):
+    raise UsageError(f"config.async_checkpoints must be True or False, got {config.async_checkpoints!r}")
+  if config.on_nonfinite not in ("stop", "skip"):
+    raise UsageError(f"config.on_nonfinite must be 'stop' or 'skip', got {config.on_nonfinite!r}")
   if config.warmup_steps > config.steps:
     raise UsageError(f"config.warmup_steps ({config.warmup_steps}) exceeds config.steps "
                      f"({config.steps})")

@@ -1,7 +1,8 @@
 """Evaluation of a pretraining checkpoint on the validation split (the library behind
 `experiments.evaluate`; see that module for the command line).
 
-`evaluate` reads the run's config from the checkpoint, restores the parameters onto any
+`evaluate` reads the run's config from the latest intact checkpoint (one whose files fail
+their checksums is skipped with a warning), restores the parameters onto any
 mesh, scores the first `config.eval_batches` validation batches in order and writes
 WORKDIR/eval/step_<N>.json. With `context = T` (a multiple of the training seq_len) it
 scores documents of T tokens read in pieces of seq_len, carrying every in-context memory's
@@ -42,6 +43,16 @@ def piece_losses(run: training.Run, params, tokens: jax.Array, pieces: int) -> j
   return jax.lax.scan(read_piece, model.init_state(batch), windows)[1]
 
 
+def _latest_intact(ckpt: Checkpoints, steps: list[int]) -> int:
+  """The newest step whose files match their checksums; newer corrupt ones are named."""
+  for step in sorted(steps, reverse=True):
+    problem = ckpt.problem(step)
+    if problem is None:
+      return step
+    logging.warning("skipping checkpoint step %d: it is corrupt (%s)", step, problem)
+  raise cli.UsageError(f"every checkpoint in {str(ckpt.directory)!r} is corrupt")
+
+
 def evaluate(workdir: str, step: int | None = None, mesh_sizes: dict | None = None,
              context: int | None = None) -> dict:
   workdir = str(Path(workdir).expanduser().absolute())  # orbax needs absolute paths
@@ -53,10 +64,12 @@ def evaluate(workdir: str, step: int | None = None, mesh_sizes: dict | None = No
   if not steps:
     raise cli.UsageError(f"--workdir {workdir!r} holds no finished checkpoint")
   if step is None:
-    step = max(steps)
+    step = _latest_intact(ckpt, steps)
   elif step not in steps:
     raise cli.UsageError(f"--step {step}: no such checkpoint in {str(checkpoints)!r}; "
                          f"saved steps are {sorted(steps)}")
+  elif problem := ckpt.problem(step):
+    raise cli.UsageError(f"--step {step}: the checkpoint is corrupt ({problem})")
   config = ml_collections.ConfigDict(ckpt.config(step))
   context = context or config.seq_len
   if context <= 0 or context % config.seq_len:

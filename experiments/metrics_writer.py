@@ -54,11 +54,17 @@ def _plain(v):
 
 
 def _truncate_after(path: Path, step: int) -> None:
-  """Drops rows past `step` (steps a crashed run logged after its last checkpoint)."""
+  """Drops rows past `step` (steps a crashed run logged after its last checkpoint), and a
+  last line cut short by a kill."""
   if not path.exists():
     return
-  rows = [line for line in path.read_text().splitlines()
-          if line.strip() and json.loads(line)["step"] <= step]
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      if json.loads(line)["step"] <= step:
+        rows.append(line)
+    except (ValueError, KeyError, TypeError):
+      pass
   tmp = path.with_suffix(".tmp")
   tmp.write_text("".join(r + "\n" for r in rows))
   tmp.replace(path)

@@ -22,8 +22,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import config_checks, data, mesh as mesh_lib, models
-from experiments.checkpointing import Checkpoints
-from experiments.cli import UsageError
+from experiments.checkpointing import RESTORE_ERRORS, Checkpoints
+from experiments.cli import RunStopped, UsageError
 from experiments.metrics_writer import MetricsWriter
 from experiments.performance import reference_flops
 
@@ -116,7 +116,13 @@ def loss_fn(run: Run, params, tokens, rng=None):
 
 
 def make_train_step(run: Run, tx, shardings: dict):
-  """The jitted step: state and batch in their shardings, the state's buffers donated."""
+  """The jitted step: state and batch in their shardings, the state's buffers donated.
+
+  Numeric guard: when the loss, a gradient or an updated parameter is not finite, the step
+  keeps the previous parameters and optimizer state (only `step` advances), so no poisoned
+  state is ever produced or checkpointed. `metrics["nonfinite"]` is -1 for a good step, else
+  the index in `nonfinite_names(run)` of the first non-finite quantity.
+  """
   schedule = learning_rate_schedule(run.config)
 
   def train_step(state, tokens):
@@ -124,13 +130,27 @@ def make_train_step(run: Run, tx, shardings: dict):
     loss, grads = jax.value_and_grad(lambda p: loss_fn(run, p, tokens, rng))(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    finite = jnp.stack([jnp.isfinite(loss)] + [jnp.isfinite(x).all() for x in
+                                               jax.tree.leaves(grads) + jax.tree.leaves(params)])
+    ok = finite.all()
+    keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
-                   learning_rate=schedule(state["step"]))
-    return dict(params=params, opt_state=opt_state, step=state["step"] + 1,
-                rng=state["rng"]), metrics
+                   learning_rate=schedule(state["step"]),
+                   nonfinite=jnp.where(ok, -1, jnp.argmin(finite)))
+    return dict(params=keep_if_bad(params, state["params"]),
+                opt_state=keep_if_bad(opt_state, state["opt_state"]),
+                step=state["step"] + 1, rng=state["rng"]), metrics
 
   return jax.jit(train_step, in_shardings=(shardings, run.batch_sharding),
                  out_shardings=(shardings, NamedSharding(run.mesh, P())), donate_argnums=0)
+
+
+def nonfinite_names(run: Run) -> list[str]:
+  """What `metrics["nonfinite"]` indexes: the loss, each gradient, each updated parameter."""
+  paths = ["/".join(str(k.key) for k in path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(run.abstract_params)[0]]
+  return ["the loss"] + [f"the gradient of {p}" for p in paths] + [
+      f"parameter {p} after the update" for p in paths]
 
 
 def initial_state(run: Run, tx, shardings: dict) -> dict:
@@ -153,14 +173,26 @@ def check_workdir(workdir: str) -> Path:
   return path
 
 
-def check_resumable(checkpoints_dir: Path, run: Run) -> int | None:
-  """The latest checkpoint step, after checking it holds this model (else UsageError)."""
+def check_resumable(checkpoints_dir: Path, run: Run) -> tuple[int | None, dict]:
+  """The latest intact checkpoint step, after checking it holds this model (else UsageError),
+  and {step: what is wrong} for the newer steps whose files fail their checksums."""
   if not checkpoints_dir.exists():
-    return None
+    return None, {}
   ckpt = Checkpoints(checkpoints_dir, read_only=True)
-  step = ckpt.latest_step()
-  if step is None:
-    return None
+  corrupt = {}
+  for step in sorted(ckpt.all_steps(), reverse=True):
+    problem = ckpt.problem(step)
+    if problem is None:
+      try:
+        _check_same_model(ckpt, step, run)
+        return step, corrupt
+      except RESTORE_ERRORS as e:  # a step without checksums whose metadata is damaged
+        problem = _does_not_restore(e)
+    corrupt[step] = problem
+  return None, corrupt
+
+
+def _check_same_model(ckpt: Checkpoints, step: int, run: Run) -> None:
   saved_model = ckpt.config(step).get("model", {})
   wanted = json.loads(json.dumps(run.config.model.to_dict()))  # as saved: tuples are lists
   diffs = [f"model.{k}: {saved_model.get(k)!r} saved, {wanted.get(k)!r} requested"
@@ -170,9 +202,30 @@ def check_resumable(checkpoints_dir: Path, run: Run) -> int | None:
               jax.tree_util.tree_flatten_with_path(run.abstract_params)[0]}
   if diffs or shapes != expected:
     detail = "; ".join(diffs[:3]) or "parameter shapes differ"
-    raise UsageError(f"--workdir {str(checkpoints_dir.parent)!r} holds a checkpoint (step {step}) "
+    raise UsageError(f"--workdir {str(ckpt.directory.parent)!r} holds a checkpoint (step {step}) "
                      f"of a different model ({detail}); use another --workdir")
-  return step
+
+
+def _does_not_restore(e: Exception) -> str:
+  return f"it does not restore: {' '.join(str(e).split())[:300]}"
+
+
+def restore_latest(ckpt: Checkpoints, run: Run, tx, shardings: dict, iterator,
+                   step: int | None) -> dict | None:
+  """The train state of the latest checkpoint that restores, from `step` down (the data
+  iterator set to its position); a step that fails to restore is quarantined. None: none."""
+  target = abstract_state(run, tx, shardings)
+  while step is not None:
+    try:
+      params, rest = ckpt.restore(step, params=target["params"],
+                                  train_state={k: target[k] for k in ("opt_state", "step", "rng")},
+                                  data_iterator=iterator)
+      logging.info("resumed from %s at step %d", ckpt.directory, step)
+      return dict(params=params, **rest)
+    except RESTORE_ERRORS as e:
+      ckpt.quarantine(step, _does_not_restore(e))
+      step, _ = check_resumable(ckpt.directory, run)
+  return None
 
 
 def global_batch(run: Run, local: np.ndarray) -> jax.Array:
@@ -180,7 +233,9 @@ def global_batch(run: Run, local: np.ndarray) -> jax.Array:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the state."""
+  """Trains `config` in `workdir`, resuming from its latest intact checkpoint; returns the
+  state. A non-finite step stops the run (`config.on_nonfinite='stop'`, exit status 3) or
+  is skipped (`'skip'`, at most `config.max_consecutive_skips` in a row)."""
   run = prepare(config)
   corpus = data.load_corpus(config.data.source, config.data.validation_percent)
   dataset = data.lm_dataset(corpus.train, seq_len=config.seq_len, batch_size=config.batch_size,
@@ -188,7 +243,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
   workdir = check_workdir(workdir)
-  resume_step = check_resumable(workdir / "checkpoints", run)
+  resume_step, corrupt = check_resumable(workdir / "checkpoints", run)
 
   tx = optimizer(config)
   shardings = state_shardings(run, tx)
@@ -202,48 +257,91 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                step_flops, ref_desc, ref_flops)
 
   ckpt = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
+  for step, problem in sorted(corrupt.items()):
+    ckpt.quarantine(step, problem)
   iterator = iter(dataset)
+  guard = NonFiniteGuard(config, nonfinite_names(run))
   with jax.set_mesh(run.mesh):
-    if resume_step is None:
+    state = restore_latest(ckpt, run, tx, shardings, iterator, resume_step)
+    if state is None:
       state = initial_state(run, tx, shardings)
-      start = 0
-    else:
-      target = abstract_state(run, tx, shardings)
-      params, rest = ckpt.restore(resume_step, params=target["params"],
-                                  train_state={k: target[k] for k in ("opt_state", "step", "rng")},
-                                  data_iterator=iterator)
-      state = dict(params=params, **rest)
-      start = int(state["step"])
-      logging.info("resumed from %s at step %d", ckpt.directory, start)
+    start = int(state["step"])
 
     writer = MetricsWriter(workdir, resume_step=start)
-    timer_step, timer_start = None, None
-    for step in range(start, config.steps):
-      state, metrics = train_step(state, global_batch(run, next(iterator)))
-      done = step + 1
-      if timer_step is None:  # the first step compiles: time from its end
-        jax.block_until_ready(metrics)
-        timer_step, timer_start = done, time.perf_counter()
-      if done % config.log_every == 0 or done == config.steps:
-        metrics = jax.device_get(metrics)
-        writer.write("metrics.jsonl", done, metrics)
-        line = f"step {done}/{config.steps} loss {metrics['loss']:.4f}"
-        if done > timer_step:
-          elapsed = time.perf_counter() - timer_start
-          steps_per_sec = (done - timer_step) / elapsed
-          perf = dict(steps_per_sec=steps_per_sec,
-                      tokens_per_sec=steps_per_sec * config.batch_size * config.seq_len,
-                      mfu=steps_per_sec * step_flops / ref_flops,
-                      eta_seconds=(config.steps - done) / steps_per_sec)
-          writer.write("perf.jsonl", done, perf)
-          line += (f" | {perf['steps_per_sec']:.2f} steps/s {perf['tokens_per_sec']:.0f} tokens/s"
-                   f" MFU {100 * perf['mfu']:.1f}% ETA {perf['eta_seconds']:.0f}s")
-        logging.info(line)
-      if done % config.checkpoint_every == 0 or done == config.steps:
-        ckpt.save(done, params=state["params"],
-                  train_state={k: state[k] for k in ("opt_state", "step", "rng")},
-                  data_iterator=iterator, config=config.to_dict())
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+    try:
+      state = _train_loop(config, run, train_step, state, start, iterator, ckpt, writer, guard,
+                          step_flops / ref_flops)
+    finally:  # a run that stops still completes the save in flight
+      ckpt.wait()
+      ckpt.close()
+      writer.close()
   return state
+
+
+def _train_loop(config, run: Run, train_step, state: dict, start: int, iterator,
+                ckpt: Checkpoints, writer: MetricsWriter, guard: "NonFiniteGuard",
+                mfu_per_step_per_sec: float) -> dict:
+  """Steps from `start` to config.steps: logs, checks each step's numbers, checkpoints."""
+  timer_step, timer_start = None, None
+  previous = None  # the last step's (step, metrics), checked while this step runs
+  for step in range(start, config.steps):
+    state, metrics = train_step(state, global_batch(run, next(iterator)))
+    done = step + 1
+    if previous is not None:
+      guard.check(*previous)
+    previous = done, metrics
+    if timer_step is None:  # the first step compiles: time from its end
+      jax.block_until_ready(metrics)
+      timer_step, timer_start = done, time.perf_counter()
+    if done % config.log_every == 0 or done == config.steps:
+      metrics = jax.device_get(metrics)
+      writer.write("metrics.jsonl", done, {k: v for k, v in metrics.items() if k != "nonfinite"})
+      line = f"step {done}/{config.steps} loss {metrics['loss']:.4f}"
+      if done > timer_step:
+        elapsed = time.perf_counter() - timer_start
+        steps_per_sec = (done - timer_step) / elapsed
+        perf = dict(steps_per_sec=steps_per_sec,
+                    tokens_per_sec=steps_per_sec * config.batch_size * config.seq_len,
+                    mfu=steps_per_sec * mfu_per_step_per_sec,
+                    eta_seconds=(config.steps - done) / steps_per_sec)
+        writer.write("perf.jsonl", done, perf)
+        line += (f" | {perf['steps_per_sec']:.2f} steps/s {perf['tokens_per_sec']:.0f} tokens/s"
+                 f" MFU {100 * perf['mfu']:.1f}% ETA {perf['eta_seconds']:.0f}s")
+      logging.info(line)
+    if done % config.checkpoint_every == 0 or done == config.steps:
+      guard.check(*previous)  # a stop never leaves a checkpoint of its step behind
+      previous = None
+      ckpt.save(done, params=state["params"],
+                train_state={k: state[k] for k in ("opt_state", "step", "rng")},
+                data_iterator=iterator, config=config.to_dict())
+      if not config.async_checkpoints:
+        ckpt.wait()
+  if previous is not None:
+    guard.check(*previous)
+  return state
+
+
+class NonFiniteGuard:
+  """Acts on the train step's `nonfinite` metric: stop, or skip (the step already kept the
+  previous state) and stop after too many skips in a row."""
+
+  def __init__(self, config, names: list[str]):
+    self.skip = config.on_nonfinite == "skip"
+    self.max_skips = config.max_consecutive_skips
+    self.names = names
+    self.skipped_in_a_row = 0
+
+  def check(self, step: int, metrics: dict) -> None:
+    index = int(metrics["nonfinite"])
+    if index < 0:
+      self.skipped_in_a_row = 0
+      return
+    what = f"step {step}: {self.names[index]} is not finite"
+    if not self.skip:
+      raise RunStopped(f"{what}; stopped (config.on_nonfinite='stop'), the parameters are "
+                       "those before this step and no checkpoint of it was written")
+    self.skipped_in_a_row += 1
+    if self.skipped_in_a_row > self.max_skips:
+      raise RunStopped(f"{what}; {self.skipped_in_a_row} non-finite steps in a row, more than "
+                       f"config.max_consecutive_skips ({self.max_skips}): stopped")
+    logging.warning("%s; step skipped (config.on_nonfinite='skip')", what)

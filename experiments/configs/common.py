@@ -2,7 +2,9 @@
 
 The training contract (keys users override with --config.KEY=VALUE):
   seed, steps, batch_size (global, in sequences), seq_len, learning_rate, warmup_steps,
-  weight_decay, grad_clip, log_every, checkpoint_every, keep_checkpoints, eval_batches,
+  weight_decay, grad_clip, log_every, checkpoint_every, keep_checkpoints, async_checkpoints,
+  eval_batches,
+  on_nonfinite ('stop' or 'skip'), max_consecutive_skips,
   mesh.{data,fsdp,tensor} (-1: the remaining devices), axis_rules.<logical> (mesh axis,
   tuple of mesh axes, or None), data.{source,validation_percent}.
 """
@@ -22,7 +24,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 20
   c.checkpoint_every = 100
   c.keep_checkpoints = 3
+  # Asynchronous saves overlap writing with training; a crash then redoes fewer than
+  # 2 * checkpoint_every steps (at most checkpoint_every with synchronous saves).
+  c.async_checkpoints = True
   c.eval_batches = 16
+  # A step whose loss, gradients or updated parameters are not finite keeps the previous
+  # state; then 'stop' ends the run (exit status 3), 'skip' goes on, up to
+  # max_consecutive_skips such steps in a row.
+  c.on_nonfinite = "stop"
+  c.max_consecutive_skips = 10
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Logical parameter/activation axes -> mesh axes (a name, a tuple of names, or None).
