@@ -1,4 +1,4 @@
-"""Per-group update frequencies: the CMS schedule (NeurIPS eq. 31 / arXiv eq. 71) for any optax rule.
+"""Per-group update frequencies: CMS's schedule (NeurIPS eq. 31 / arXiv eq. 71) for optax rules.
 
 Group (level) l is updated by its own rule every k_l steps, on the gradients gathered since
 its last update:
@@ -84,8 +84,9 @@ def multi_frequency(level_rules: dict, level_of_param, every: dict,
 
   def init(params):
     if not jax.tree.leaves(params):  # optax.tree_map_params' placeholder: no structure to split
-      levels = {name: {"inner": rules[name].init(params)} | ({"accumulated": params} if k > 1 else {})
-                for name, k in every.items() if k is not None}
+      levels = {name: {"inner": rules[name].init(params)} for name in rules}
+      levels = {name: level | ({"accumulated": params} if every[name] > 1 else {})
+                for name, level in levels.items() if every[name] is not None}
       return {"step": jnp.zeros((), jnp.int32), "levels": levels}
     labels = _labels(level_of_param, params, level_rules)
     levels = {}

@@ -1,7 +1,6 @@
 """experiments.optimizers: config.optimizer -> optax, per parameter group and frequency."""
 import chex
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -57,7 +56,7 @@ def test_groups_get_their_rule_and_period_and_sharded_state():
       frozen=dict(patterns=("blocks/1/mlp/*", "embed/*"), every=None),
       muon=dict(patterns=("blocks/*/mixer/out/kernel",), rule="muon", lr_scale=0.5))
   with pytest.raises(ValueError, match="2-D matrices only.*blocks/0/mixer/out/kernel"):
-    jax.eval_shape(_build(c).init, RUN.abstract_params)  # the attention output kernel is [heads, hd, dim]
+    jax.eval_shape(_build(c).init, RUN.abstract_params)  # that kernel is [heads, hd, dim]
   c.groups.muon.patterns = ("blocks/0/mlp/down/kernel",)
   c.groups.slow.patterns = ("blocks/0/mlp/up/*", "blocks/0/mlp/gate/*")
   updates, _ = _steps(_build(c), n=2)

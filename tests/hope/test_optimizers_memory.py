@@ -1,4 +1,4 @@
-"""Optax rules as the in-context update of the Titans memory (hope.neural_memory + hope.optimizers)."""
+"""Optax rules as the Titans memory's in-context update (hope.neural_memory, hope.optimizers)."""
 import chex
 import jax
 import jax.numpy as jnp
