@@ -131,3 +131,37 @@ def lm_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int,
   ds = ds.map(lambda i: tokens[i * seq_len:(i + 1) * seq_len + 1].astype(np.int32))
   read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
   return ds.to_iter_dataset(read).batch(batch_size // process_count, drop_remainder=True)
+
+
+def stdlib_package(path: Path, root: Path) -> str:
+  """The top-level standard-library package (or module) a file belongs to: 'email', 'json'."""
+  parts = path.relative_to(root).parts
+  return parts[0] if len(parts) > 1 else Path(parts[0]).stem
+
+
+@functools.lru_cache(maxsize=8)
+def load_stdlib_domain(packages: tuple[str, ...], validation_percent: int,
+                       field: str = "config.data") -> Corpus:
+  """The standard-library files of `packages` only (a domain), split by file like `load_corpus`."""
+  if not isinstance(validation_percent, int) or not 0 < validation_percent < 100:
+    raise UsageError(f"{field}.validation_percent must be an integer in 1..99, "
+                     f"got {validation_percent!r}")
+  root = stdlib_root()
+  files = [f for f in _stdlib_files(root) if stdlib_package(f, root) in packages]
+  found = {stdlib_package(f, root) for f in files}
+  missing = sorted(set(packages) - found)
+  if missing:
+    raise UsageError(f"{field}: no standard-library package(s) {missing} under {str(root)!r}")
+  train, validation = [], []
+  for f in files:
+    text = f.read_bytes()
+    if not text.strip() or not _is_text(text):
+      continue
+    key = zlib.crc32(f.relative_to(root).as_posix().encode()) % 100
+    (validation if key < validation_percent else train).append(text)
+  if not train or not validation:
+    raise UsageError(f"{field}: packages {list(packages)} hold too few files to split "
+                     f"{validation_percent}% by file; add packages or raise validation_percent")
+  desc = (f"standard-library packages {','.join(packages)}: {len(train)} train / "
+          f"{len(validation)} validation files")
+  return Corpus(_join(train), _join(validation), desc)

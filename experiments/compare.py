@@ -1,0 +1,41 @@
+r"""HOPE against Titans and the Transformer at matched parameters and token budgets.
+
+  python -m experiments.compare --config=experiments/configs/compare.py --workdir=DIR
+
+Arms (config.arms): Transformer, sliding-window Transformer, Titans LMM / MAC / MAG, HOPE,
+HOPE-Attention. Studies (config.studies): lm (validation perplexity), continual (domain A
+then B: forgetting, B's perplexity, the interleaved bound), recall (multi-query associative
+recall by context length), ttl (loss by position with memory carried). The arms' parameter
+counts and token budgets are printed first; results go to DIR/results.json, DIR/results.md
+and DIR/*.png, each arm's finished studies to DIR/arms/<arm>/ (a rerun skips them).
+
+The work is done by `experiments/compare_runs.py`; bad input is one line on stderr and exit
+status 2 before anything is compiled (see experiments/cli.py).
+"""
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import cli, compare_runs
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to experiments/configs/compare.py[:cpu|340m|760m|1.3b].",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for results, plots and checkpoints.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _CONFIG.value is None:
+    raise cli.UsageError("--config is required, e.g. --config=experiments/configs/compare.py")
+  if not _WORKDIR.value:
+    raise cli.UsageError("--workdir is required: the folder for results and checkpoints")
+  command = "python -m experiments.compare " + " ".join(
+      a for a in sys.argv[1:] if not a.startswith("--workdir"))
+  compare_runs.run(_CONFIG.value, _WORKDIR.value, command)
+
+
+if __name__ == "__main__":
+  cli.run(main)
