@@ -101,7 +101,8 @@ def arm_config(config, arm: str, study: str) -> ml_collections.ConfigDict:
   c.steps = dict(lm=config.lm.steps, ttl=config.lm.steps, recall=config.recall.steps,
                  continual=config.continual.steps_a + config.continual.steps_b)[study]
   c.eval_batches = dict(continual=config.continual.eval_batches).get(study, config.lm.eval_batches)
-  c.data.validation_percent = (config.continual if study == "continual" else config.lm).validation_percent
+  study_config = config.continual if study == "continual" else config.lm
+  c.data.validation_percent = study_config.validation_percent
   if study == "recall":
     c.seq_len = config.recall.train_context
   return c
@@ -317,11 +318,10 @@ def train_phases(run: training.Run, phases: list[Phase], directory: Path,
   return results, state["params"]
 
 
-def _lm_batches(tokens, config, *, shuffle: bool, seq_len: int | None = None,
-                batch_size: int | None = None) -> grain.IterDataset:
-  return data.lm_dataset(tokens, seq_len=seq_len or config.seq_len,
-                         batch_size=batch_size or config.batch_size, seed=config.seed,
-                         shuffle=shuffle, repeat=shuffle)
+def _lm_batches(tokens, config, *, shuffle: bool, seq_len: int | None = None) -> grain.IterDataset:
+  """Training batches (shuffled, endless) or validation batches (in order, once)."""
+  return data.lm_dataset(tokens, seq_len=seq_len or config.seq_len, batch_size=config.batch_size,
+                         seed=config.seed, shuffle=shuffle, repeat=shuffle)
 
 
 def validation_loss(run: training.Run, params, tokens: np.ndarray) -> dict:
@@ -474,7 +474,8 @@ def run(config, workdir: str, command: str) -> dict:
                              model=arm.configs[studies[0]].model.to_dict(),
                              **run_arm(config, arm, studies, corpora, workdir))
     done = per_arm[arm.name]
-    done["seconds"] = sum(done.get(s, {}).get("seconds", 0.0) for s in ("lm", "continual", "recall"))
+    done["seconds"] = sum(done.get(s, {}).get("seconds", 0.0)
+                          for s in ("lm", "continual", "recall"))
     done["nonfinite_steps"] = _nonfinite(workdir / "arms" / arm.name)
     logging.info("arm %s done in %.0f s", arm.name, time.perf_counter() - arm_began)
   results = dict(command=command, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -59,11 +59,11 @@ _CPU = dict(
     train=dict(batch_size=8, seq_len=128, learning_rate=3e-3, warmup_steps=10,
                checkpoint_every=100, log_every=20),
     mesh=dict(data=1, fsdp=1, tensor=1),
-    lm=dict(steps=160, eval_batches=8),  # = steps_a + steps_b: one compiled step
-    continual=dict(steps_a=80, steps_b=80, eval_batches=8),
+    lm=dict(steps=160, eval_batches=32),  # = steps_a + steps_b: one compiled step
+    continual=dict(steps_a=80, steps_b=80, eval_batches=16),
     recall=dict(train_context=256, steps=120, num_pairs=8, contexts=(256, 512, 1024, 2048, 4096),
                 eval_sequences=16, eval_batch_size=4),
-    ttl=dict(context=2048, batches=1),
+    ttl=dict(context=2048, batches=4),
 )
 _ACCELERATOR = dict(
     train=dict(batch_size=256, seq_len=2048, learning_rate=4e-4, warmup_steps=2000,
