@@ -39,8 +39,17 @@ def _parse_flags(argv):
     fail(_describe(e, argv))
 
 
+def _config_load_error(e: BaseException) -> str | None:
+  """ml_collections defers a config file's load error to the first use of the config."""
+  if isinstance(e, OSError) and "earlier failure to load" in str(e) and e.__cause__ is not None:
+    return f"--config: {e.__cause__}"
+  return None
+
+
 def _describe(e: BaseException, argv) -> str:
   """The message of a flag-parsing error, without any traceback text embedded in it."""
+  if _config_load_error(e) is not None:
+    return _config_load_error(e)
   missing = e if isinstance(e, KeyError) else e.__context__
   if isinstance(e, (KeyError, AttributeError)) and isinstance(missing, KeyError):
     # ml_collections: a --config.A.B=V override names a field the config does not have.
@@ -78,5 +87,9 @@ def run(main) -> None:
       fail(str(e))
     except RunStopped as e:
       fail(str(e), status=3)
+    except OSError as e:
+      if _config_load_error(e) is None:
+        raise
+      fail(_config_load_error(e))
 
   app.run(guarded_main, flags_parser=_parse_flags)

@@ -1,6 +1,10 @@
 """Test-wide setup: every test sees 8 fake CPU devices, so sharding is exercised on each run.
 
 The flag must be set before jax creates its CPU backend, hence at import time here.
+
+The suite runs on 2 pytest-xdist workers (pyproject.toml: `-n 2 --dist loadgroup`). Each
+module's tests stay on one worker, so a module-scoped fixture (a trained run, a compiled
+model) is built once; a module that sets `SPREAD_OVER_WORKERS = True` has its tests spread.
 """
 import os
 
@@ -16,3 +20,9 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def _eight_devices():
   assert jax.device_count() == 8, jax.devices()
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if not getattr(item.module, "SPREAD_OVER_WORKERS", False):
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -1,0 +1,136 @@
+"""The bad-input sweep: every CLI answers bad flags, config values and data files with one
+`error:` line that names the problem, exit status 2, no traceback, and leaves nothing behind.
+
+Cases that need a finished run (evaluate's, another model's checkpoint) are in
+test_cli_runs.py and test_reliability.py; the README lists them all.
+"""
+import numpy as np
+import pytest
+
+from tests.helpers import TINY_FLAGS, run_cli
+
+PRETRAIN = "experiments.pretrain"
+TRANSFORMER = "--config=experiments/configs/transformer.py:tiny"
+SPREAD_OVER_WORKERS = True  # each case is its own process: no shared cost
+
+# id: (module, arguments, what the one error line must say). {inputs} is a folder of bad
+# files made below; {workdir} is a fresh path that must still not exist afterwards.
+CASES = {
+    # pretrain: flags and config values
+    "pretrain unknown config field": (PRETRAIN, ["--config.not_a_field=3"],
+                                      "--config.not_a_field: the config has no field"),
+    "pretrain unknown model field": (PRETRAIN, ["--config.model.heads=3"],
+                                     "--config.model.heads: the config has no field"),
+    "pretrain unknown size": (PRETRAIN, ["--config=experiments/configs/transformer.py:huge"],
+                              "unknown config size 'huge'"),
+    "pretrain missing config file": (PRETRAIN, ["--config=experiments/configs/nope.py"],
+                                     "No such file or directory: 'experiments/configs/nope.py'"),
+    "pretrain empty --config": (PRETRAIN, ["--config="],
+                                "--config: Path to config file is an empty string"),
+    "pretrain no --workdir": (PRETRAIN, ["--workdir="], "--workdir is required"),
+    "pretrain positional argument": (PRETRAIN, ["extra"], "unexpected arguments ['extra']"),
+    "pretrain mesh does not divide": (PRETRAIN, ["--config.mesh.data=3"], "does not divide"),
+    "pretrain mesh too large": (PRETRAIN, ["--config.mesh.data=16"], "asks for 16 devices"),
+    "pretrain unknown rule axis": (PRETRAIN, ["--config.axis_rules.mlp=model"],
+                                   "unknown mesh axis 'model'"),
+    "pretrain zero batch": (PRETRAIN, ["--config.batch_size=0"],
+                            "config.batch_size must be a positive"),
+    "pretrain negative seq_len": (PRETRAIN, ["--config.seq_len=-5"],
+                                  "config.seq_len must be a positive"),
+    "pretrain negative learning rate": (PRETRAIN, ["--config.learning_rate=-0.1"],
+                                        "config.learning_rate must be a positive number"),
+    "pretrain warmup beyond steps": (PRETRAIN, ["--config.warmup_steps=50"],
+                                     "config.warmup_steps (50) exceeds config.steps (12)"),
+    "pretrain no checkpoints kept": (PRETRAIN, ["--config.keep_checkpoints=0"],
+                                     "config.keep_checkpoints must be a positive"),
+    "pretrain unknown on_nonfinite": (PRETRAIN, ["--config.on_nonfinite=ignore"],
+                                      "config.on_nonfinite must be 'stop' or 'skip'"),
+    "pretrain zero model width": (PRETRAIN, ["--config.model.dim=0"], "dim must be a positive"),
+    "pretrain heads do not divide": (PRETRAIN, ["--config.model.num_heads=5"],
+                                     "num_heads (5) must divide"),
+    "pretrain vocabulary not bytes": (PRETRAIN, ["--config.model.vocab_size=1000"],
+                                      "config.model.vocab_size must be 256"),
+    "pretrain batch vs mesh": (PRETRAIN, ["--config.batch_size=6", "--config.mesh.data=4"],
+                               "divisible by"),
+    "pretrain process id without coordinator": (PRETRAIN, ["--process_id=1"],
+                                                "need --coordinator_address"),
+    # pretrain: data
+    "pretrain missing data path": (PRETRAIN, ["--config.data.source=/nonexistent/corpus"],
+                                   "does not exist"),
+    "pretrain empty data file": (PRETRAIN, ["--config.data.source={inputs}/empty.txt"],
+                                 "is empty"),
+    "pretrain empty data folder": (PRETRAIN, ["--config.data.source={inputs}/empty_dir"],
+                                   "no non-empty text files"),
+    "pretrain binary data file": (PRETRAIN, ["--config.data.source={inputs}/binary.bin"],
+                                  "binary.bin"),
+    "pretrain zero validation share": (PRETRAIN, ["--config.data.validation_percent=0"],
+                                       "validation_percent must be an integer in 1..99"),
+    "pretrain unwritable workdir": (PRETRAIN, ["--workdir={inputs}/a_file/run"], "is not writable"),
+    # evaluate without a run
+    "evaluate empty workdir": ("experiments.evaluate", ["--workdir={workdir}"], "no checkpoints"),
+    "evaluate no --workdir": ("experiments.evaluate", [], "--workdir is required"),
+    "evaluate mesh syntax": ("experiments.evaluate", ["--workdir={inputs}", "--mesh=data=2"],
+                             "--mesh: 'data=2' is not axis:size"),
+    # continual: config values and data files
+    "continual unknown method": ("experiments.continual", ["--config.method=magic"],
+                                 "config.method"),
+    "continual npz of the wrong shape": (
+        "experiments.continual", ["--config.benchmark=split_npz",
+                                  "--config.data_dir={inputs}/wrong_shape.npz"], "need x of shape"),
+    "continual npz without arrays": (
+        "experiments.continual", ["--config.benchmark=split_npz",
+                                  "--config.data_dir={inputs}/no_arrays.npz"], "must hold x_train"),
+    "continual missing data folder": (
+        "experiments.continual", ["--config.benchmark=split_idx",
+                                  "--config.data_dir={inputs}/nowhere"], "does not exist"),
+    # benchmark and the kill test
+    "benchmark unknown model": ("experiments.benchmark", ["--models=gpt:tiny"],
+                                "--models: unknown config 'gpt'"),
+    "benchmark unknown size": ("experiments.benchmark", ["--models=transformer:huge"],
+                               "--models transformer:huge"),
+    "benchmark zero runs": ("experiments.benchmark", ["--runs=0"],
+                            "--runs and --steps_per_run must be positive"),
+    "kill_test zero kills": ("experiments.kill_test", [TRANSFORMER, "--workdir={workdir}",
+                                                      "--kills=0"], "--kills must be at least 1"),
+    "kill_test used workdir": ("experiments.kill_test", [TRANSFORMER, "--workdir={inputs}"],
+                               "is not empty"),
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("bad_inputs")
+  (folder / "empty.txt").write_text("")
+  (folder / "empty_dir").mkdir()
+  (folder / "binary.bin").write_bytes(bytes(range(256)) * 64)
+  (folder / "a_file").write_text("not a folder")
+  np.savez(folder / "wrong_shape.npz", x_train=np.zeros((10, 4)), y_train=np.zeros((7,), int))
+  np.savez(folder / "no_arrays.npz", images=np.zeros((10, 4)))
+  return folder
+
+
+def _arguments(module, args):
+  """The case's arguments after a valid baseline for its CLI (so only the case is wrong)."""
+  baseline = {PRETRAIN: [*TINY_FLAGS, "--workdir={workdir}"],
+              "experiments.continual": ["--config=experiments/configs/continual.py",
+                                        "--workdir={workdir}"]}.get(module, [])
+  for flag in ("--config=", "--workdir="):
+    if any(a.startswith(flag) for a in args):
+      baseline = [b for b in baseline if not b.startswith(flag)]
+  # --config=FILE must precede the --config.FIELD overrides.
+  return sorted([*baseline, *args], key=lambda a: not a.startswith("--config="))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_error(case, inputs, tmp_path):
+  module, args, expected = CASES[case]
+  workdir = tmp_path / "workdir"
+  before = sorted(p.name for p in inputs.rglob("*"))
+  arguments = [a.format(inputs=inputs, workdir=workdir) for a in _arguments(module, args)]
+  result = run_cli(module, *arguments)
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert not workdir.exists() or not any(workdir.iterdir()), "a partial workdir was left"
+  assert sorted(p.name for p in inputs.rglob("*")) == before, "an input folder was written to"
