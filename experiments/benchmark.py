@@ -1,125 +1,162 @@
-"""Throughput of the zoo's train steps: tokens/s and model-FLOPs utilisation.
+"""Speed and memory of the zoo: one command, several suites, a table and a JSON file.
 
-  python -m experiments.benchmark --suite=lm --out=bench.json
+  python -m experiments.benchmark --suite=all --out=bench.json
 
-For each model config it compiles the real pretraining step (the same code as
-experiments.pretrain), runs warm-up steps, then reports the median over timed runs of
-tokens/s, analytic model FLOP/s, utilisation against a dense matmul timed in the same
-process (CPU) or the chip's peak (GPU/TPU), compile time, and the compiled executable's
-peak memory. Results are printed as a table and written as JSON.
+Suites (each: warm-up, then the median of several timed runs; the suites live in
+`experiments/benchmarks/`):
+  lm       the real pretraining step of each config:size on one device: tokens/s, analytic
+           model FLOP/s, utilisation against a dense matmul timed in the same rounds (CPU)
+           or the chip's peak (GPU/TPU), compile time, compiled peak memory;
+  memory   the Titans memory's chunked path against its per-token reference, and memory;
+  pkm      product-key lookup time per token as N grows (16K..1M slots), and per-device
+           table bytes on 8 devices;
+  sharded  a train step on 8 devices (data=8; data=4 x tensor=2) against one device;
+  cl       the continual-learning grid's wall time;
+  all      every suite above.
+The JSON holds the date, machine, jax version, load average and every row.
 """
-import datetime
-import importlib
-import json
-import platform
-import time
+import os
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from absl import flags, logging
+# Eight host devices for the sharded and pkm suites; set before jax creates its CPU backend.
+# The lm suite runs on a one-device mesh.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=8").strip()
 
-from experiments import cli, training
-from experiments.performance import reference_flops
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
 
-LM_CONFIGS = ("transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "hope",
-              "hope_attention", "memory_lm")
-SUITES = {"lm": [(name, size) for size in ("tiny", "small") for name in LM_CONFIGS]}
-SUITE = flags.DEFINE_enum("suite", "lm", sorted(SUITES), "Which benchmarks to run.")
-MODELS = flags.DEFINE_list("models", None, "Only these config:size entries, e.g. "
-                           "transformer:small,hope:small (default: the whole suite).")
-SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Override every config's seq_len.")
-BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Override every config's batch_size.")
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+
+from experiments import cli  # noqa: E402
+from experiments.benchmarks import (continual_grid, product_key, sharded_step,  # noqa: E402
+                                    titans_memory, train_step)
+from experiments.benchmarks.timing import load_average  # noqa: E402
+
+SUITES = {"lm": train_step, "memory": titans_memory, "pkm": product_key,
+          "sharded": sharded_step, "cl": continual_grid}
+# Default (warm-up, runs) per suite; a run of `cl` is a whole grid.
+DEFAULT_RUNS = {"lm": (2, 5), "memory": (1, 3), "pkm": (2, 5), "sharded": (2, 5), "cl": (1, 3)}
+
+SUITE = flags.DEFINE_enum("suite", "lm", [*SUITES, "all"], "Which benchmarks to run.")
 OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
-RUNS = flags.DEFINE_integer("runs", 5, "Timed runs per benchmark (the median is reported).")
-STEPS_PER_RUN = flags.DEFINE_integer("steps_per_run", 5, "Train steps per timed run.")
+RUNS = flags.DEFINE_integer("runs", None, "Timed runs per benchmark, the median is reported "
+                            f"(default per suite: {', '.join(f'{k} {v[1]}' for k, v in DEFAULT_RUNS.items())}).")
+WARMUP = flags.DEFINE_integer("warmup", None, "Untimed runs first (default per suite: "
+                              f"{', '.join(f'{k} {v[0]}' for k, v in DEFAULT_RUNS.items())}).")
+MODELS = flags.DEFINE_list("models", None, "lm: only these config:size entries, e.g. "
+                           "transformer:small,hope:small (default: every config, tiny and small).")
+SEQ_LEN = flags.DEFINE_integer("seq_len", None, "lm: override every config's seq_len.")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "lm: override every config's batch_size.")
+STEPS_PER_RUN = flags.DEFINE_integer("steps_per_run", 5, "lm: train steps per timed run.")
+MEMORY_HEADS = flags.DEFINE_list("memory_heads", ["1", "4"],
+                                 "memory: head counts (head_dim = 256 / heads).")
+MEMORY_CHUNK_SIZES = flags.DEFINE_list("memory_chunk_sizes", ["16", "64"],
+                                       "memory: chunk sizes of the chunked path.")
+PKM_SIZES = flags.DEFINE_list("pkm_sizes", [str(n) for n in product_key.DEFAULT_SIZES],
+                              "pkm: numbers of slots N (perfect squares) to time.")
+PKM_MEMORY_SLOTS = flags.DEFINE_integer("pkm_memory_slots", 1024 ** 2,
+                                        "pkm: N for the 8-device memory analysis (0: skip).")
+SHARDED_MODEL = flags.DEFINE_string("sharded_model", "transformer:tiny",
+                                    "sharded: the config:size whose step is timed.")
 
 
-def time_train_step(config, runs: int, steps_per_run: int) -> dict:
-  """Compiles and times the pretraining step of `config` on random byte tokens."""
-  run = training.prepare(config)
-  tx = training.optimizer(config)
-  shardings = training.state_shardings(run, tx)
-  step_fn = training.make_train_step(run, tx, shardings)
-  tokens = np.random.default_rng(0).integers(0, 256, (config.batch_size, config.seq_len + 1),
-                                             dtype=np.int32)
-  with jax.set_mesh(run.mesh):
-    state = training.initial_state(run, tx, shardings)
-    batch = training.global_batch(run, tokens)
-    start = time.perf_counter()
-    compiled = step_fn.lower(state, batch).compile()
-    compile_seconds = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    for _ in range(2):  # warm-up
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(runs):
-      start = time.perf_counter()
-      for _ in range(steps_per_run):
-        state, metrics = compiled(state, batch)
-      jax.block_until_ready(metrics)
-      times.append((time.perf_counter() - start) / steps_per_run)
-  step_seconds = float(np.median(times))
-  step_flops = 3 * run.flops_per_token * config.batch_size * config.seq_len
-  peak = None
-  if memory is not None:
-    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-            + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  return dict(params=run.num_params, batch_size=config.batch_size, seq_len=config.seq_len,
-              step_seconds=step_seconds,
-              tokens_per_sec=config.batch_size * config.seq_len / step_seconds,
-              model_flops_per_sec=step_flops / step_seconds, compile_seconds=compile_seconds,
-              peak_memory_bytes=peak)
+def integers(flag) -> list[int]:
+  try:
+    return [int(v) for v in flag.value]
+  except ValueError as e:
+    raise cli.UsageError(f"--{flag.name} must be integers: {e}") from e
+
+
+def suite_calls(names: list[str]) -> list:
+  """Validates every flag the chosen suites use; returns [(name, call)] to run in order."""
+  warmup_runs = {}
+  for name in names:
+    warmup, runs = DEFAULT_RUNS[name]
+    warmup_runs[name] = dict(warmup=warmup if WARMUP.value is None else WARMUP.value,
+                             runs=runs if RUNS.value is None else RUNS.value)
+  calls = []
+  if "lm" in names:
+    models = MODELS.value or list(train_step.DEFAULT_MODELS)
+    for entry in models:
+      name, _, size = entry.partition(":")
+      if name not in train_step.LM_CONFIGS:
+        raise cli.UsageError(f"--models: unknown config {name!r}; choose from "
+                             f"{list(train_step.LM_CONFIGS)}")
+      try:
+        train_step.load_config(entry)
+      except ValueError as e:
+        raise cli.UsageError(f"--models {name}:{size}: {e}") from e
+    calls.append(("lm", lambda: train_step.run(
+        models, seq_len=SEQ_LEN.value, batch_size=BATCH_SIZE.value,
+        steps_per_run=STEPS_PER_RUN.value, **warmup_runs["lm"])))
+  if "memory" in names:
+    heads, chunk_sizes = integers(MEMORY_HEADS), integers(MEMORY_CHUNK_SIZES)
+    for h in heads:
+      if h <= 0 or 256 % h:
+        raise cli.UsageError(f"--memory_heads: {h} does not divide the width 256")
+    if min(chunk_sizes) <= 0:
+      raise cli.UsageError(f"--memory_chunk_sizes must be positive, got {chunk_sizes}")
+    calls.append(("memory", lambda: titans_memory.run(heads=heads, chunk_sizes=chunk_sizes,
+                                                      **warmup_runs["memory"])))
+  if "pkm" in names:
+    sizes = integers(PKM_SIZES)
+    try:
+      product_key.check_sizes(sizes + [PKM_MEMORY_SLOTS.value] * bool(PKM_MEMORY_SLOTS.value))
+    except ValueError as e:
+      raise cli.UsageError(f"--pkm_sizes/--pkm_memory_slots: {e}") from e
+    calls.append(("pkm", lambda: product_key.run(sizes=sizes, memory_slots=PKM_MEMORY_SLOTS.value,
+                                                 **warmup_runs["pkm"])))
+  if "sharded" in names:
+    try:
+      train_step.load_config(SHARDED_MODEL.value)
+    except ValueError as e:
+      raise cli.UsageError(f"--sharded_model {SHARDED_MODEL.value}: {e}") from e
+    calls.append(("sharded", lambda: sharded_step.run(SHARDED_MODEL.value,
+                                                      **warmup_runs["sharded"])))
+  if "cl" in names:
+    calls.append(("cl", lambda: continual_grid.run(**warmup_runs["cl"])))
+  return calls
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  device = jax.local_devices()[0]
+  return (f"{cpu}, {os.cpu_count()} cores; {device.platform}: {device.device_kind}, "
+          f"{jax.device_count()} device(s)")
 
 
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments {argv[1:]}")
-  if RUNS.value <= 0 or STEPS_PER_RUN.value <= 0:
+  if (RUNS.value is not None and RUNS.value <= 0) or STEPS_PER_RUN.value <= 0:
     raise cli.UsageError("--runs and --steps_per_run must be positive integers")
-  device = jax.local_devices()[0]
-  results = dict(date=datetime.date.today().isoformat(), jax=jax.__version__,
-                 machine=f"{platform.processor() or platform.machine()}, "
-                         f"{device.platform}: {device.device_kind}, {jax.device_count()} device(s)",
-                 rows=[])
-  entries = SUITES[SUITE.value]
-  if MODELS.value:
-    entries = []
-    for entry in MODELS.value:
-      name, _, size = entry.partition(":")
-      if name not in LM_CONFIGS:
-        raise cli.UsageError(f"--models: unknown config {name!r}; choose from {list(LM_CONFIGS)}")
-      entries.append((name, size or "tiny"))
-  for name, size in entries:
-    try:
-      config = importlib.import_module(f"experiments.configs.{name}").get_config(size)
-    except ValueError as e:
-      raise cli.UsageError(f"--models {name}:{size}: {e}") from e
-    if SEQ_LEN.value:
-      config.seq_len = SEQ_LEN.value
-    if BATCH_SIZE.value:
-      config.batch_size = BATCH_SIZE.value
-    row = time_train_step(config, RUNS.value, STEPS_PER_RUN.value)
-    # The reference is timed right after the model, in the same process.
-    ref, ref_desc = reference_flops(jnp.dtype(config.model.get("dtype", "float32")))
-    row.update(model=f"{name}:{size}", reference_flops_per_sec=ref, reference=ref_desc,
-               utilisation=row["model_flops_per_sec"] / ref)
-    results["rows"].append(row)
-    logging.info("%s: %s", row["model"], row)
-  header = (f"{'model':<22}{'params':>10}{'batch x seq':>13}{'tokens/s':>11}{'util.':>8}"
-            f"{'compile s':>11}{'peak MiB':>10}")
-  print(header)
-  for r in results["rows"]:
-    mem = f"{r['peak_memory_bytes'] / 2**20:.0f}" if r["peak_memory_bytes"] else "-"
-    print(f"{r['model']:<22}{r['params'] / 1e6:>9.2f}M{r['batch_size']:>6} x {r['seq_len']:<5}"
-          f"{r['tokens_per_sec']:>11.0f}{100 * r['utilisation']:>7.1f}%"
-          f"{r['compile_seconds']:>11.1f}{mem:>10}")
-  print(f"{results['date']}, jax {results['jax']}, {results['machine']}; utilisation against "
-        f"{results['rows'][0]['reference']}")
-  if OUT.value:
-    with open(OUT.value, "w") as f:
-      json.dump(results, f, indent=2)
+  if WARMUP.value is not None and WARMUP.value < 0:
+    raise cli.UsageError(f"--warmup must be >= 0, got {WARMUP.value}")
+  if OUT.value and not os.path.isdir(os.path.dirname(os.path.abspath(OUT.value))):
+    raise cli.UsageError(f"--out {OUT.value!r}: its folder does not exist")
+  names = list(SUITES) if SUITE.value == "all" else [SUITE.value]
+  calls = suite_calls(names)
+  results = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+                 jax=jax.__version__, python=platform.python_version(), machine=machine(),
+                 command="python -m experiments.benchmark " + " ".join(sys.argv[1:]),
+                 load_at_start=load_average(), suites={})
+  for name, call in calls:
+    results["suites"][name] = call()
+    print(f"\n[{name}]\n{SUITES[name].table(results['suites'][name])}", flush=True)
+    if OUT.value:  # written after every suite, so a long run keeps what it measured
+      with open(OUT.value, "w") as f:
+        json.dump(results, f, indent=2)
+  print(f"\n{results['date']}, jax {results['jax']}, {results['machine']}; load at start "
+        f"{results['load_at_start']}, at end {load_average()}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ times the number of chips. Model FLOPs are analytic (`model.flops_per_token`), x
 training step (forward plus two backward matmuls), attention counted causally.
 """
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,26 +20,41 @@ PEAK_FLOPS = {
 }
 
 
-def measured_matmul_flops(dtype=jnp.float32, n: int = 1024, repeats: int = 5) -> float:
-  """Median FLOP/s of an n x n x n matmul on the first local device, after warm-up."""
+def dense_matmul(dtype=jnp.float32, n: int = 1024) -> tuple[Callable[[], jax.Array], float]:
+  """(call, FLOPs): a compiled n x n x n matmul on the first local device, and its 2 n^3 FLOPs."""
   device = jax.local_devices()[0]
   a = jax.device_put(jnp.ones((n, n), dtype), device)
-  matmul = jax.jit(lambda x, y: x @ y)
-  matmul(a, a).block_until_ready()
+  matmul = jax.jit(lambda x, y: x @ y).lower(a, a).compile()
+  return lambda: matmul(a, a), 2.0 * n ** 3
+
+
+def measured_matmul_flops(dtype=jnp.float32, n: int = 1024, repeats: int = 5) -> float:
+  """Median FLOP/s of an n x n x n matmul on the first local device, after warm-up."""
+  call, flops = dense_matmul(dtype, n)
+  call().block_until_ready()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    matmul(a, a).block_until_ready()
+    call().block_until_ready()
     times.append(time.perf_counter() - start)
-  return 2 * n ** 3 / float(np.median(times))
+  return flops / float(np.median(times))
+
+
+def reference_description(dtype=jnp.float32,
+                          devices: int | None = None) -> tuple[float | None, str]:
+  """(peak FLOP/s, description) of `devices` (default: all) GPUs/TPUs of a known kind;
+  (None, description) where the reference must be measured (CPU, or an unknown chip): a
+  dense matmul of `dtype` timed in the same process."""
+  device = jax.local_devices()[0]
+  devices = devices or jax.device_count()
+  if device.platform != "cpu":
+    for prefix, peak in PEAK_FLOPS.items():
+      if device.device_kind.startswith(prefix):
+        return peak * devices, f"{devices} x {device.device_kind} bf16 peak"
+  return None, f"{device.platform} dense {jnp.dtype(dtype).name} matmul, measured"
 
 
 def reference_flops(dtype=jnp.float32) -> tuple[float, str]:
   """(FLOP/s, description) that model FLOP/s are compared against."""
-  device = jax.local_devices()[0]
-  if device.platform != "cpu":
-    for prefix, peak in PEAK_FLOPS.items():
-      if device.device_kind.startswith(prefix):
-        return peak * jax.device_count(), f"{jax.device_count()} x {device.device_kind} bf16 peak"
-  flops = measured_matmul_flops(dtype)
-  return flops, f"{device.platform} dense {jnp.dtype(dtype).name} matmul, measured"
+  peak, description = reference_description(dtype)
+  return (peak if peak is not None else measured_matmul_flops(dtype)), description
