@@ -40,12 +40,15 @@ def test_momentum_sgd_through_the_memory_equals_optax_sgd_step_by_step():
   def both(weights):
     through_memory = reference_memory(weights, rule.init(weights), q, k, v, ones, ones, ones,
                                       ones, chunk_size=1, use_momentum=True, rule=rule)
-    w, state, ys = weights, rule.init(weights), []
-    for t in range(SEQ):  # optax by hand: one sgd step per token on l(W; k_t, v_t)
-      updates, state = rule.update(jax.grad(memory_loss)(w, k[t], v[t]), state, w)
+    def by_hand(carry, token):  # optax by hand: one sgd step per token on l(W; k_t, v_t)
+      w, state = carry
+      q_t, k_t, v_t = token
+      updates, state = rule.update(jax.grad(memory_loss)(w, k_t, v_t), state, w)
       w = optax.apply_updates(w, updates)
-      ys.append(memory_mlp(w, q[t]))
-    return through_memory, (jnp.stack(ys), w, state)
+      return (w, state), memory_mlp(w, q_t)
+
+    (w, state), y = jax.lax.scan(by_hand, (weights, rule.init(weights)), (q, k, v))
+    return through_memory, (y, w, state)
 
   through_memory, by_hand = both(weights)
   chex.assert_trees_all_close(through_memory, by_hand, atol=1e-5)
