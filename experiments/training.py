@@ -21,11 +21,12 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from experiments import config_checks, data, mesh as mesh_lib, models
+from experiments import config_checks, data, mesh as mesh_lib, models, optimizers
 from experiments.checkpointing import RESTORE_ERRORS, Checkpoints
 from experiments.cli import RunStopped, UsageError
 from experiments.metrics_writer import MetricsWriter
 from experiments.performance import reference_flops
+from memory_layers.value_learning_rate import value_table_labels
 
 
 @dataclasses.dataclass
@@ -37,6 +38,7 @@ class Run:
   graphdef: nnx.GraphDef
   abstract_params: dict
   param_shardings: dict
+  value_tables: dict  # "value_table" at memory-layer value tables, "other" elsewhere
   flops_per_token: float  # forward
   num_params: int
 
@@ -68,7 +70,8 @@ def prepare(config: ml_collections.ConfigDict, *, mesh_sizes: dict | None = None
   logical = nnx.to_pure_dict(nnx.get_partition_spec(state))
   shardings = mesh_lib.shardings(abstract_params, logical, rules, mesh)
   return Run(config=config, rules=rules, mesh=mesh, graphdef=graphdef, abstract_params=abstract_params,
-             param_shardings=shardings, flops_per_token=model.flops_per_token(config.seq_len),
+             param_shardings=shardings, value_tables=value_table_labels(state),
+             flops_per_token=model.flops_per_token(config.seq_len),
              num_params=sum(x.size for x in jax.tree.leaves(abstract_params)))
 
 
@@ -78,21 +81,23 @@ def learning_rate_schedule(config) -> optax.Schedule:
       0.0, config.learning_rate, config.warmup_steps, config.steps, config.learning_rate / 10)
 
 
-def optimizer(config) -> optax.GradientTransformation:
-  """AdamW (b2 = 0.95) on the schedule, decay on matrices only, global-norm clipping."""
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  adamw = optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.95,
-                      weight_decay=config.weight_decay, mask=decay_mask)
-  if config.grad_clip:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)
-  return adamw
+def optimizer(config, run: Run | None = None) -> optax.GradientTransformation:
+  """The outer optimizer of `config.optimizer` (experiments/optimizers.py: a rule per
+  parameter group, each at its own period), on the schedule, after global-norm clipping.
+  The default is AdamW (b2 = 0.95) with decay on matrices only. Parameter groups and the
+  value-table multiplier need `run` (the parameters' paths and kinds)."""
+  params = run.abstract_params if run is not None else None
+  if params is None and (config.optimizer.groups or config.optimizer.every != 1):
+    raise ValueError("training.optimizer: config.optimizer with groups or every != 1 needs run")
+  return optimizers.build(config.optimizer, params,
+                          learning_rate=learning_rate_schedule(config),
+                          weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+                          value_tables=run.value_tables if run is not None else None)
 
 
 def state_shardings(run: Run, tx: optax.GradientTransformation) -> dict:
   replicated = NamedSharding(run.mesh, P())
-  abstract_opt = jax.eval_shape(tx.init, run.abstract_params)
-  opt = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, run.param_shardings,
-                              transform_non_params=lambda _: replicated)
+  opt = optimizers.opt_state_shardings(tx, run.abstract_params, run.param_shardings, replicated)
   return dict(params=run.param_shardings, opt_state=opt, step=replicated, rng=replicated)
 
 
@@ -245,7 +250,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = check_workdir(workdir)
   resume_step, corrupt = check_resumable(workdir / "checkpoints", run)
 
-  tx = optimizer(config)
+  tx = optimizer(config, run)
   shardings = state_shardings(run, tx)
   train_step = make_train_step(run, tx, shardings)
   logging.info("model %s: %.2fM parameters; data: %s; mesh %s", config.model.name,

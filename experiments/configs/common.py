@@ -3,12 +3,13 @@
 The training contract (keys users override with --config.KEY=VALUE):
   seed, steps, batch_size (global, in sequences), seq_len, learning_rate, warmup_steps,
   weight_decay, grad_clip, log_every, checkpoint_every, keep_checkpoints, async_checkpoints,
-  eval_batches,
-  on_nonfinite ('stop' or 'skip'), max_consecutive_skips,
-  mesh.{data,fsdp,tensor} (-1: the remaining devices), axis_rules.<logical> (mesh axis,
+  eval_batches, on_nonfinite ('stop' or 'skip'), max_consecutive_skips,
+  optimizer.* (experiments/optimizers.py), mesh.{data,fsdp,tensor} (-1: the remaining devices), axis_rules.<logical> (mesh axis,
   tuple of mesh axes, or None), data.{source,validation_percent}.
 """
 import ml_collections
+
+from experiments import optimizers
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -33,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
   # max_consecutive_skips such steps in a row.
   c.on_nonfinite = "stop"
   c.max_consecutive_skips = 10
+
+  # The outer optimizer: a rule (AdamW by default, b2 = 0.95) per parameter group, each at
+  # its own period; see experiments/optimizers.py.
+  c.optimizer = optimizers.default_config()
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Logical parameter/activation axes -> mesh axes (a name, a tuple of names, or None).
