@@ -3,6 +3,14 @@
 softmax(q k^T / sqrt(d_h) + causal/window mask) v per head (Vaswani et al. 2017, eq. 1);
 with `window = w > 0` token t attends to tokens t-w+1..t (the sliding-window attention of
 Titans' MAG/MAL variants and of the "Transformer with sliding window" baseline).
+
+Full causal attention skips the masked half of the score matrix (`causal_attention`): the
+sequence is cut into blocks of `block` to 2 x `block` tokens, each block attends to itself
+under the causal mask, and a dyadic tree of rectangular pieces covers the rest (at level l
+the odd 2^l-th parts of the sequence attend to the even parts just before them), so the
+scores computed are about T^2/2 + T * block/2 instead of T^2. The pieces are merged with
+their row maxima and sums, as in blockwise (flash) attention; the result equals the
+masked softmax to float rounding.
 """
 import jax
 import jax.numpy as jnp
@@ -32,9 +40,10 @@ class CausalSelfAttention(nnx.Module):
     q = apply_rotary(self.query(x), positions, self.rope_base)
     k = apply_rotary(self.key(x), positions, self.rope_base)
     v = self.value(x)
-    window = (self.window - 1, 0) if self.window else None
-    y = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window)
-    return self.out(y)
+    if not self.window:
+      return self.out(causal_attention(q, k, v))
+    t = positions[:, None] - positions[None, :]
+    return self.out(masked_attention(q, k, v, (t >= 0) & (t < self.window)))
 
   def attend(self, x_q: jax.Array, x_kv: jax.Array, q_positions: jax.Array,
              kv_positions: jax.Array, mask: jax.Array) -> jax.Array:
@@ -45,8 +54,7 @@ class CausalSelfAttention(nnx.Module):
     """
     q = apply_rotary(self.query(x_q), q_positions, self.rope_base)
     k = apply_rotary(self.key(x_kv), kv_positions, self.rope_base)
-    y = jax.nn.dot_product_attention(q, k, self.value(x_kv), mask=mask[None, None])
-    return self.out(y)
+    return self.out(masked_attention(q, k, self.value(x_kv), mask))
 
   def flops_per_token(self, seq_len: int) -> float:
     """Forward matmul FLOPs per token: projections plus causal scores and values."""
@@ -62,3 +70,63 @@ def mean_attended_positions(seq_len: int, window: int) -> float:
   if not window or window >= seq_len:
     return (seq_len + 1) / 2
   return (window * (window + 1) / 2 + (seq_len - window) * window) / seq_len
+
+
+_MASKED = -1e30  # a masked score: exp(_MASKED - row max) is 0, and no inf - inf appears
+
+
+def _piece(q, k, v, mask=None):
+  """Unnormalised softmax attention of q [..., t, n, h] over k, v [..., s, n, h].
+
+  Returns (o = sum_s exp(q.k_s - m) v_s [..., t, n, h], m, l = sum_s exp(q.k_s - m)
+  [..., t, n]) with m the row maximum of the scores (held constant for differentiation:
+  o / l does not depend on it). `mask` [t, s] (True: attend) is optional.
+  """
+  scores = jnp.einsum("...tnh,...snh->...nts", q, k, preferred_element_type=jnp.float32)
+  if mask is not None:
+    scores = jnp.where(mask, scores, _MASKED)
+  m = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+  e = jnp.exp(scores - m)
+  o = jnp.einsum("...nts,...snh->...tnh", e.astype(v.dtype), v,
+                 preferred_element_type=jnp.float32)
+  return o, jnp.swapaxes(m[..., 0], -1, -2), jnp.swapaxes(jnp.sum(e, axis=-1), -1, -2)
+
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(h) where mask, else -inf) v; q [b, t, n, h], k/v [b, s, n, h],
+  mask [t, s]. A row with nothing to attend to averages v (as a uniform softmax)."""
+  o, _, l = _piece(q * q.shape[-1] ** -0.5, k, v, mask)
+  return (o / l[..., None]).astype(q.dtype)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int = 64) -> jax.Array:
+  """softmax(q k^T / sqrt(h) + causal mask) v for q, k, v [b, t, n, h], computing only the
+  blocks on or below the diagonal (see the module docstring)."""
+  b, t, n, h = q.shape
+  dtype = q.dtype
+  q = q * h ** -0.5
+  levels = 0
+  while t % 2 ** (levels + 1) == 0 and t // 2 ** (levels + 1) >= block:
+    levels += 1
+  size = t // 2 ** levels
+  blocks = lambda a, parts: a.reshape(b, parts, t // parts, n, h)
+  diagonal = jnp.tril(jnp.ones((size, size), bool))
+  o, m, l = _piece(blocks(q, 2 ** levels), blocks(k, 2 ** levels), blocks(v, 2 ** levels),
+                   diagonal)
+  pieces = [(o.reshape(b, t, n, h), m.reshape(b, t, n), l.reshape(b, t, n))]
+  for level in range(1, levels + 1):
+    pairs = lambda a: a.reshape(b, 2 ** (level - 1), 2, t // 2 ** level, n, h)
+    o, m, l = _piece(pairs(q)[:, :, 1], pairs(k)[:, :, 0], pairs(v)[:, :, 0])
+    # The even parts' queries get nothing from this level: o = l = 0, m masked.
+    odd = lambda x, fill: jnp.stack([jnp.full_like(x, fill), x], axis=2).reshape(
+        (b, t) + x.shape[3:])
+    pieces.append((odd(o, 0.0), odd(m, _MASKED), odd(l, 0.0)))
+  row_max = pieces[0][1]
+  for _, m, _ in pieces[1:]:
+    row_max = jnp.maximum(row_max, m)
+  numerator = denominator = 0.0
+  for o, m, l in pieces:
+    weight = jnp.exp(m - row_max)
+    numerator = numerator + o * weight[..., None]
+    denominator = denominator + l * weight
+  return (numerator / denominator[..., None]).astype(dtype)

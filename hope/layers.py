@@ -41,8 +41,14 @@ class Dense(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    # One 2-D matmul over the flattened leading dims: with x [batch, seq, ...] kept 3-D,
+    # XLA's CPU backend writes the kernel gradient's [tokens, out] operand transposed.
     kernel = self.kernel[...].astype(self.dtype)
-    return jnp.tensordot(x.astype(self.dtype), kernel, axes=self.n_in)
+    in_shape, out_shape = kernel.shape[:self.n_in], kernel.shape[self.n_in:]
+    lead = x.shape[:x.ndim - self.n_in]
+    y = x.astype(self.dtype).reshape(-1, math.prod(in_shape)) @ kernel.reshape(
+        math.prod(in_shape), math.prod(out_shape))
+    return y.reshape(lead + out_shape)
 
 
 class RMSNorm(nnx.Module):

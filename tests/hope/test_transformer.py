@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hope.attention import CausalSelfAttention, mean_attended_positions
+from hope.attention import (CausalSelfAttention, causal_attention, masked_attention,
+                            mean_attended_positions)
 from hope.rotary import apply_rotary
 from hope.transformer import transformer
 
@@ -30,6 +31,20 @@ def test_attention_matches_masked_softmax_reference(window):
   layer = CausalSelfAttention(16, 2, 8, rngs=nnx.Rngs(0), window=window)
   x = jax.random.normal(jax.random.key(1), (2, 12, 16))
   chex.assert_trees_all_close(layer(x), _reference_attention(layer, x, window), atol=1e-5)
+
+
+@pytest.mark.parametrize("seq, block", [(32, 4), (24, 4), (12, 64)])
+def test_blockwise_causal_attention_matches_masked_softmax(seq, block):
+  """The dyadic blocks (32 = 4 x 2^3: three levels; 24 = 6 x 2^2; 12: one block) against the
+  masked softmax over the whole score matrix: values and gradients."""
+  q, k, v, g = jax.random.normal(jax.random.key(2), (4, 2, seq, 3, 8))
+  mask = jnp.tril(jnp.ones((seq, seq), bool))
+  losses = [lambda q, k, v: jnp.sum(causal_attention(q, k, v, block) * g),
+            lambda q, k, v: jnp.sum(masked_attention(q, k, v, mask) * g)]
+  (fast, fast_grads), (slow, slow_grads) = [jax.value_and_grad(f, argnums=(0, 1, 2))(q, k, v)
+                                            for f in losses]
+  chex.assert_trees_all_close(fast, slow, rtol=1e-5)
+  chex.assert_trees_all_close(fast_grads, slow_grads, rtol=1e-4, atol=1e-5)
 
 
 def test_lm_is_causal_and_shaped():
