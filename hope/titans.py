@@ -169,7 +169,7 @@ def titans(*, variant: str, vocab_size: int, dim: int, num_layers: int, num_head
            mlp_dim: int, rngs: nnx.Rngs, head_dim: int = 0, window: int = 64,
            segment_len: int = 64, persistent_tokens: int = 4, memory_depth: int = 2,
            memory_expansion: int = 2, chunk_size: int = 16, momentum: bool = True,
-           decay: bool = True, max_lr: float = 0.1, dropout_rate: float = 0.0,
+           decay: bool = True, max_lr: float = 0.01, dropout_rate: float = 0.0,
            dtype: str = "float32") -> DecoderLM:
   """A Titans LM: every block's mixer is a Titans `variant`, its MLP a SwiGLU."""
   head_dim = check_shape(vocab_size=vocab_size, dim=dim, num_layers=num_layers,

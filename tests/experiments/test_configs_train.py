@@ -1,10 +1,13 @@
 """Every architecture's config trains on 8 fake devices (data x tensor) and its loss falls."""
 import importlib
+import itertools
 import json
 
+import jax
+import numpy as np
 import pytest
 
-from experiments import evaluation, training
+from experiments import data, evaluation, training
 
 CONFIGS = ["transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "memory_lm",
            "hope", "hope_attention"]
@@ -62,3 +65,18 @@ def test_evaluation_streams_documents_with_the_memory_state_carried(tmp_path):
   two = evaluation.piece_losses(run, params, tokens, 2)
   np.testing.assert_allclose(two.sum(), one.sum(), rtol=1e-5)
   assert two.shape == (2,)
+
+
+def test_titans_forward_is_finite_on_real_text_at_the_tiny_size():
+  """At its real tiny shape and sequence length (128), on the default corpus, the Titans
+  memory's inner updates do not blow up at initialisation (they did with max_lr = 0.1)."""
+  config = importlib.import_module("experiments.configs.titans_lmm").get_config("tiny")
+  config.update(dict(batch_size=8))
+  run = training.prepare(config)
+  params = training.init_state(run, training.optimizer(config, run))["params"]
+  corpus = data.load_corpus("stdlib", config.data.validation_percent)
+  batches = data.lm_dataset(corpus.validation, seq_len=config.seq_len, batch_size=8, seed=0,
+                            shuffle=False, repeat=False)
+  loss = jax.jit(lambda p, tokens: training.loss_fn(run, p, tokens))
+  for tokens in itertools.islice(batches, 2):
+    assert np.isfinite(float(loss(params, tokens)))
