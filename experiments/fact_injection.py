@@ -90,7 +90,7 @@ def pretrain(config, run: training.Run, workdir: Path, world: facts.World) -> tu
                                   batch_size=config.batch_size,
                                   text_fraction=config.facts.text_fraction, seed=config.seed)
   resume_step, corrupt = training.check_resumable(workdir / "checkpoints", run)
-  tx = training.optimizer(config)
+  tx = training.optimizer(config, run)
   shardings = training.state_shardings(run, tx)
   ckpt = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
   for step, problem in sorted(corrupt.items()):
