@@ -16,8 +16,10 @@ def _f(x, digits=2):
 def markdown(results: dict) -> str:
   """Markdown tables of a results.json dict."""
   arms = results["arms"]
-  lines = [f"Measured {results['date']} on {results['machine']}; total "
-           f"{results['seconds'] / 60:.1f} min. Command: `{results['command']}`", "",
+  lines = [f"Measured {results['date']} on {results['machine']}; the arms' studies took "
+           f"{results['seconds'] / 60:.1f} min in all (this run's wall time "
+           f"{results['wall_seconds'] / 60:.1f} min; finished studies are not rerun). "
+           f"Command: `{results['command']}`", "",
            "| arm | parameters | LM val ppl | LM bits/byte | A after A | A after B | "
            "forgetting (A ppl +) | B after B | interleaved A | interleaved B |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

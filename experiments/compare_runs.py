@@ -481,7 +481,8 @@ def run(config, workdir: str, command: str) -> dict:
   results = dict(command=command, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  machine=f"{platform.machine()} {os.cpu_count()}-core, jax {jax.__version__}, "
                          f"{jax.devices()[0].platform}",
-                 seconds=time.perf_counter() - began, studies=studies, token_budget=budget,
+                 seconds=sum(r["seconds"] for r in per_arm.values()),
+                 wall_seconds=time.perf_counter() - began, studies=studies, token_budget=budget,
                  arms=per_arm, config=config.to_dict())
   results["plots"] = compare_report.plot_all(results, workdir)
   table = compare_report.markdown(results)

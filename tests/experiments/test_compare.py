@@ -53,7 +53,7 @@ def test_stdlib_domains_are_disjoint_and_split_by_file():
 def _micro(**overrides):
   c = compare.get_config()
   c.arms = "transformer,transformer_swa"
-  c.studies = "lm,continual,ttl"
+  c.studies = "lm,continual"
   c.train.update(batch_size=2, seq_len=32, warmup_steps=1, log_every=2, checkpoint_every=3)
   c.lm.update(steps=4, eval_batches=1)
   c.continual.update(steps_a=2, steps_b=2, eval_batches=1)
@@ -69,7 +69,7 @@ def _micro(**overrides):
     ({"arms": "transformer,gpt5"}, "config.arms: unknown name"),
     ({"studies": "lm,vibes"}, "config.studies: unknown name"),
     ({"lm.steps": 0}, "config.lm.steps must be a positive integer"),
-    ({"ttl.context": 100}, "config.ttl.context"),
+    ({"studies": "lm,ttl", "ttl.context": 100}, "config.ttl.context"),
     ({"continual.domain_b": "json,email"}, "share packages"),
     ({"continual.domain_a": "json,nonesuch"}, "config.continual.domain_a: unknown name"),
     ({"arms": "transformer,titans_mac", "studies": "lm"}, "parameter counts differ"),
@@ -94,8 +94,7 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_arms(tmp_path, cap
     assert r["params"] > 0 and r["lm"]["perplexity"] > 1
     assert set(r["continual"]) >= {"a_after_a", "a_after_b", "b_after_b", "forgetting_ppl",
                                    "interleaved_a", "interleaved_b"}
-    assert len(r["ttl"]["loss_by_piece"]) == 3
-  assert (tmp_path / "results.md").exists() and (tmp_path / "ttl.png").exists()
+  assert (tmp_path / "results.md").exists() and (tmp_path / "continual.png").exists()
   first = (tmp_path / "arms" / "transformer" / "lm.json").stat().st_mtime_ns
   again = compare_runs.run(config, str(tmp_path), "test")
   assert (tmp_path / "arms" / "transformer" / "lm.json").stat().st_mtime_ns == first
