@@ -243,7 +243,7 @@ def compiled(run: training.Run) -> Compiled:
   key = json.dumps({k: v for k, v in run.config.to_dict().items()
                     if k not in ("eval_batches", "data")}, sort_keys=True, default=str)
   if key not in _COMPILED:
-    tx = training.optimizer(run.config)
+    tx = training.optimizer(run.config, run)
     shardings = training.state_shardings(run, tx)
     with jax.set_mesh(run.mesh):
       init = jax.device_get(training.initial_state(run, tx, shardings))
