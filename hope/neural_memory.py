@@ -12,7 +12,12 @@ The memory M is an MLP whose weights are state, one per (sequence, head). For to
 with theta_t = max_lr * sigmoid(x_t w_theta + b_theta) (learning rate), eta_t = sigmoid(.)
 (momentum decay) and alpha_t = sigmoid(.) (forgetting), all per token and per head. The
 gradient is taken at the weights of the chunk start, t' = t - (t mod b) (§3.2, the
-"mini-batch gradient descent" of TTT; b = 1 is the plain recurrence). The read-out uses the
+"mini-batch gradient descent" of TTT; b = 1 is the plain recurrence). Each token's gradient
+is clipped to a global norm (over the memory layers) of at most `max_grad_norm`: without it
+the inner gradient descent can diverge once theta / (1 - eta) times the curvature of the
+deep memory's loss passes 2, and the weights, then the outputs, overflow (observed in
+training at every max_lr tried); clipped, they grow at most linearly and decay forgets
+them. The clip is per token, so it is exact in both implementations. The read-out uses the
 weights updated through token t. The initial weights M_0 (one set per head) are outer
 parameters, learned by the outer optimizer. Output: per-head RMSNorm, times SiLU(x W_g)
 (the Titans §4.4 output gate, optional), then a projection back to `dim`.
@@ -97,14 +102,23 @@ def memory_loss(weights, k: jax.Array, v: jax.Array) -> jax.Array:
   return jnp.sum((memory_mlp(weights, k) - v) ** 2)
 
 
+def clip_scale(squared_norm: jax.Array, max_grad_norm: float | None) -> jax.Array:
+  """min(1, max_grad_norm / ||g||) for a token's squared gradient norm (1 without a clip)."""
+  if max_grad_norm is None:
+    return jnp.ones_like(squared_norm)
+  return jnp.minimum(1.0, max_grad_norm * jax.lax.rsqrt(squared_norm + 1e-12))
+
+
 def reference_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chunk_size: int,
-                     use_momentum: bool, rule: optax.GradientTransformation | None = None):
+                     use_momentum: bool, max_grad_norm: float | None = None,
+                     rule: optax.GradientTransformation | None = None):
   """The per-token recurrence for one (sequence, head), written to be read.
 
   weights/momentum: tuples of [d_in, d_out]; q, k, v [seq, head_dim]; lr (theta), eta,
   retain (1 - alpha), write (the mask m) [seq]. For every token t:
     W' = weights at the start of t's chunk (t' = t - t mod chunk_size)
-    S  = eta_t S - theta_t grad l(W'; k_t, v_t)          (eqs. 10, 14)
+    g  = grad l(W'; k_t, v_t), clipped to a global norm of max_grad_norm
+    S  = eta_t S - theta_t g                             (eqs. 10, 14)
     W  = (1 - alpha_t) W + m_t S                         (eq. 13, gated by the mask)
     y_t = M_W(q_t)                                       (eq. 15)
   With an optax `rule`, `momentum` is the rule's state and the update is instead
@@ -127,6 +141,8 @@ def reference_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chun
     else:
       w_start = jax.tree.map(lambda old, new: jnp.where(start_t, new, old), w_start, w)
     grad = jax.grad(memory_loss)(w_start, k_t, v_t)
+    scale = clip_scale(sum(jnp.sum(g * g) for g in grad), max_grad_norm)
+    grad = tuple(scale * g for g in grad)
     if rule is None:
       s = jax.tree.map(lambda s_l, g_l: eta_t * s_l - lr_t * g_l, s, grad)
       w = jax.tree.map(lambda w_l, s_l: retain_t * w_l + write_t * s_l, w, s)
@@ -171,7 +187,7 @@ def _chunk_coefficients(lr, eta, retain, write, use_momentum: bool):
   return (written @ carry) * lr[None, :], c, written @ f, f[-1], lr * carry[-1]
 
 
-def _chunk(weights, momentum, q, k, v, coefficients, use_momentum: bool):
+def _chunk(weights, momentum, q, k, v, coefficients, use_momentum: bool, max_grad_norm):
   """One chunk of b tokens in dual form; see `chunked_memory`."""
   a, c, d, f_end, momentum_end = coefficients
   depth = len(weights)
@@ -187,6 +203,10 @@ def _chunk(weights, momentum, q, k, v, coefficients, use_momentum: bool):
 
   taps = tuple(jnp.zeros((k.shape[0], w.shape[1]), k.dtype) for w in weights)
   deltas, inputs = jax.grad(loss_with_taps, has_aux=True)(taps)
+  # ||u^l_i|| = ||h^l_i|| ||delta^l_i||: the clip scales each token's deltas.
+  squared = sum(jnp.sum(h * h, -1) * jnp.sum(d * d, -1) for h, d in zip(inputs, deltas))
+  scale = clip_scale(squared, max_grad_norm)[:, None]
+  deltas = tuple(scale * d for d in deltas)
 
   z = q
   for i, (w0, h, delta) in enumerate(zip(weights, inputs, deltas)):
@@ -205,7 +225,7 @@ def _chunk(weights, momentum, q, k, v, coefficients, use_momentum: bool):
 
 
 def chunked_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chunk_size: int,
-                   use_momentum: bool):
+                   use_momentum: bool, max_grad_norm: float | None = None):
   """The same computation as `reference_memory`, a `lax.scan` over chunks of b tokens.
 
   Inside a chunk starting from (W_0, S_0) every gradient is taken at W_0, so the per-token
@@ -218,7 +238,7 @@ def chunked_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chunk_
 
   For memory layer l with input h^l_i and output-gradient delta^l_i = dl_i/dz^l_i (from
   `jax.grad` with respect to zero perturbations added to each layer's output, all at W_0),
-  u^l_i = h^l_i^T delta^l_i, so a query's pre-activation at layer l under W^l_t is
+  u^l_i = h^l_i^T delta^l_i (delta scaled by the token's clip factor), so a query's pre-activation at layer l under W^l_t is
     z W^l_t = c_t (z W^l_0) + d_t (z S^l_0) - sum_{i<=t} A_{t,i} (z . h^l_i) delta^l_i
   (TTT's dual form, applied layer by layer along the query's forward pass through M_t), and
     W^l_b = c_b W^l_0 + d_b S^l_0 - H^T (A_{b,:} * Delta),
@@ -235,7 +255,7 @@ def chunked_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chunk_
 
   def body(carry, chunk):
     w, s = carry
-    y, w, s = _chunk(w, s, *chunk, use_momentum=use_momentum)
+    y, w, s = _chunk(w, s, *chunk, use_momentum=use_momentum, max_grad_norm=max_grad_norm)
     return (w, s), y
 
   (w, s), y = jax.lax.scan(jax.checkpoint(body, prevent_cse=False), (weights, momentum), inputs)
@@ -252,6 +272,7 @@ class NeuralMemory(nnx.Module):
   def __init__(self, dim: int, *, num_heads: int, head_dim: int = 0, depth: int = 2,
                expansion: int = 2, chunk_size: int = 16, conv_width: int = 4,
                momentum: bool = True, decay: bool = True, max_lr: float = 0.01,
+               max_grad_norm: float | None = 1.0,
                implementation: str = "chunked", output_gate: bool = True,
                rule: optax.GradientTransformation | None = None, rngs: nnx.Rngs,
                dtype=jnp.float32):
@@ -268,6 +289,9 @@ class NeuralMemory(nnx.Module):
                        f"or choose num_heads dividing dim")
     if not max_lr > 0 or not np.isfinite(max_lr):
       raise ValueError(f"max_lr must be a positive finite number, got {max_lr!r}")
+    if max_grad_norm is not None and not (max_grad_norm > 0 and np.isfinite(max_grad_norm)):
+      raise ValueError(f"max_grad_norm must be a positive finite number or None (no clip), "
+                       f"got {max_grad_norm!r}")
     if implementation not in IMPLEMENTATIONS:
       raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if rule is not None and implementation != "reference":
@@ -276,6 +300,7 @@ class NeuralMemory(nnx.Module):
     head_dim = head_dim or dim // num_heads
     self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
     self.chunk_size, self.max_lr, self.implementation = chunk_size, max_lr, implementation
+    self.max_grad_norm = max_grad_norm
     self.use_momentum, self.use_decay = momentum, decay
     self.rule = rule
 
@@ -344,7 +369,8 @@ class NeuralMemory(nnx.Module):
       core = chunked_memory
     else:
       core = functools.partial(reference_memory, rule=self.rule)
-    run = lambda *a: core(*a, chunk_size=self.chunk_size, use_momentum=self.use_momentum)
+    run = lambda *a: core(*a, chunk_size=self.chunk_size, use_momentum=self.use_momentum,
+                          max_grad_norm=self.max_grad_norm)
     heads_first = lambda a: jnp.moveaxis(a, 2, 1)
     y, weights, momentum = jax.vmap(jax.vmap(run))(
         state.weights, state.momentum, *map(heads_first, (q, k, v) + gates))

@@ -6,7 +6,7 @@ from experiments.configs import common
 # checks that the forward pass stays finite on real text at the tiny size.
 MODEL = dict(name="titans", head_dim=0, window=64, segment_len=64, persistent_tokens=4,
              memory_depth=2, memory_expansion=2, chunk_size=16, momentum=True, decay=True,
-             max_lr=0.01)
+             max_lr=0.01, max_grad_norm=1.0)
 SIZES = {"tiny": dict(window=32, segment_len=32), "small": dict(window=128, segment_len=128),
          "340m": dict(window=512, segment_len=512, chunk_size=64),
          "760m": dict(window=512, segment_len=512, chunk_size=64),

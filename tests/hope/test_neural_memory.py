@@ -43,20 +43,23 @@ def _runner(memory: NeuralMemory, implementation: str | None = None):
   return run, nnx.to_pure_dict(params)
 
 
-# Pairwise cover of chunk size x depth x momentum x decay (every pair of values appears).
-CASES = [  # chunk_size, depth, momentum, decay
-    (1, 1, True, True),
-    (1, 2, False, False),
-    (4, 2, True, True),
-    (4, 1, False, False),
-    (16, 2, True, False),
-    (16, 1, False, True),
+# Pairwise cover of chunk size x depth x momentum x decay (every pair of values appears),
+# with the per-token gradient clip on (at a norm some tokens exceed and some do not) or off.
+CASES = [  # chunk_size, depth, momentum, decay, max_grad_norm
+    (1, 1, True, True, None),
+    (1, 2, False, False, 0.5),
+    (4, 2, True, True, 0.5),
+    (4, 1, False, False, None),
+    (16, 2, True, False, 0.5),
+    (16, 1, False, True, 0.5),
 ]
 
 
-@pytest.mark.parametrize("chunk_size,depth,momentum,decay", CASES)
-def test_chunked_matches_reference_outputs_and_gradients(chunk_size, depth, momentum, decay):
-  memory = _memory(chunk_size=chunk_size, depth=depth, momentum=momentum, decay=decay)
+@pytest.mark.parametrize("chunk_size,depth,momentum,decay,max_grad_norm", CASES)
+def test_chunked_matches_reference_outputs_and_gradients(chunk_size, depth, momentum, decay,
+                                                         max_grad_norm):
+  memory = _memory(chunk_size=chunk_size, depth=depth, momentum=momentum, decay=decay,
+                   max_grad_norm=max_grad_norm)
   # Spread the gates so that momentum and forgetting matter; for head 0 saturate them
   # (eta -> 0, 1 - alpha -> 0) where differences of log-cumsums would fail.
   if momentum:
@@ -70,9 +73,9 @@ def test_chunked_matches_reference_outputs_and_gradients(chunk_size, depth, mome
   targets = jax.random.normal(jax.random.key(2), x.shape)
   mask = jnp.ones((BATCH, SEQ), bool).at[1, -5:].set(False)  # a right-padded row
 
-  def loss(params, implementation):
+  def loss(params, implementation, clip=max_grad_norm):
     module = nnx.merge(graphdef, params)
-    module.implementation = implementation
+    module.implementation, module.max_grad_norm = implementation, clip
     y, state = module(x, mask=mask)
     final = sum(jnp.sum(jnp.sin(w)) for w in state.weights + state.momentum)
     return jnp.sum(y * targets) + final, (y, state)
@@ -83,6 +86,9 @@ def test_chunked_matches_reference_outputs_and_gradients(chunk_size, depth, mome
             for implementation in ("chunked", "reference")]
 
   ((_, (y_c, state_c)), grads_c), ((_, (y_r, state_r)), grads_r) = both(params)
+  if max_grad_norm is not None:  # the clip is engaged: without it the outputs differ
+    _, (y_unclipped, _) = _jit(lambda p: loss(p, "reference", None))(params)
+    assert not np.allclose(y_unclipped, y_r, rtol=1e-3)
   chex.assert_trees_all_close(y_c, y_r, rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(state_c, state_r, rtol=1e-4, atol=1e-6)
   assert len(jax.tree.leaves(grads_c)) == len(jax.tree.leaves(params))
@@ -178,6 +184,7 @@ def test_bad_arguments_name_the_argument():
   for kwargs, name in [(dict(depth=0), "depth"), (dict(chunk_size=0), "chunk_size"),
                        (dict(conv_width=0), "conv_width"), (dict(expansion=0), "expansion"),
                        (dict(max_lr=float("nan")), "max_lr"),
+                       (dict(max_grad_norm=0.0), "max_grad_norm"),
                        (dict(implementation="fast"), "implementation")]:
     with pytest.raises(ValueError, match=name):
       _memory(**kwargs)
