@@ -47,7 +47,7 @@ def main(argv):
   every = [int(k) for k in EVERY.value]
   run = training.prepare(config)
   schedule = training.learning_rate_schedule(config)
-  txs = {"adamw": training.optimizer(config),
+  txs = {"adamw": training.optimizer(config, run),
          "multi_frequency": optimizers.build(layered_config(config, every), run.abstract_params,
                                              learning_rate=schedule,
                                              weight_decay=config.weight_decay,

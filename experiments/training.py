@@ -81,18 +81,15 @@ def learning_rate_schedule(config) -> optax.Schedule:
       0.0, config.learning_rate, config.warmup_steps, config.steps, config.learning_rate / 10)
 
 
-def optimizer(config, run: Run | None = None) -> optax.GradientTransformation:
+def optimizer(config, run: Run) -> optax.GradientTransformation:
   """The outer optimizer of `config.optimizer` (experiments/optimizers.py: a rule per
   parameter group, each at its own period), on the schedule, after global-norm clipping.
-  The default is AdamW (b2 = 0.95) with decay on matrices only. Parameter groups and the
-  value-table multiplier need `run` (the parameters' paths and kinds)."""
-  params = run.abstract_params if run is not None else None
-  if params is None and (config.optimizer.groups or config.optimizer.every != 1):
-    raise ValueError("training.optimizer: config.optimizer with groups or every != 1 needs run")
-  return optimizers.build(config.optimizer, params,
+  The default is AdamW (b2 = 0.95) with decay on matrices only; `run` gives the parameters'
+  paths (for the groups) and kinds (for the value-table multiplier)."""
+  return optimizers.build(config.optimizer, run.abstract_params,
                           learning_rate=learning_rate_schedule(config),
                           weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-                          value_tables=run.value_tables if run is not None else None)
+                          value_tables=run.value_tables)
 
 
 def state_shardings(run: Run, tx: optax.GradientTransformation) -> dict:

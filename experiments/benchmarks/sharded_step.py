@@ -40,7 +40,7 @@ def run(model: str = "transformer:tiny", *, meshes=DEFAULT_MESHES, warmup: int =
   calls, info = {}, {}
   for sizes in meshes:
     run_ = training.prepare(config, mesh_sizes=dict(sizes))
-    tx = training.optimizer(config)
+    tx = training.optimizer(config, run_)
     shardings = training.state_shardings(run_, tx)
     step_fn = training.make_train_step(run_, tx, shardings)
     with jax.set_mesh(run_.mesh):

@@ -35,7 +35,7 @@ def time_config(config: ml_collections.ConfigDict, *, warmup: int, runs: int,
                 steps_per_run: int) -> dict:
   """One row: the compiled train step of `config` on one device, timed against the reference."""
   run = training.prepare(config, mesh_sizes=dict(data=1, fsdp=1, tensor=1))
-  tx = training.optimizer(config)
+  tx = training.optimizer(config, run)
   shardings = training.state_shardings(run, tx)
   step_fn = training.make_train_step(run, tx, shardings)
   tokens = np.random.default_rng(0).integers(0, 256, (config.batch_size, config.seq_len + 1),

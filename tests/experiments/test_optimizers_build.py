@@ -108,6 +108,6 @@ def test_pretraining_with_groups_resumes_exactly(tmp_path):
   shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")  # as if killed after step 3
   resumed = training.train(config, str(tmp_path / "resumed"))
   chex.assert_trees_all_equal(jax.device_get(resumed["params"]), jax.device_get(whole["params"]))
-  start = training.init_state(RUN, training.optimizer(CONFIG))["params"]
+  start = training.init_state(RUN, training.optimizer(CONFIG, RUN))["params"]
   chex.assert_trees_all_equal(whole["params"]["blocks"][0]["mlp"],
                               jax.device_get(start["blocks"][0]["mlp"]))

@@ -108,7 +108,7 @@ def test_guard_keeps_the_state_and_names_the_first_nonfinite_group():
   poison = lambda updates: jax.tree_util.tree_map_with_path(
       lambda path, u: u * jnp.inf if "/".join(str(k.key) for k in path) == poisoned else u,
       updates)
-  tx = optax.chain(training.optimizer(config),
+  tx = optax.chain(training.optimizer(config, run),
                    optax.stateless(lambda updates, params: poison(updates)))
   shardings = training.state_shardings(run, tx)
   with jax.set_mesh(run.mesh):
