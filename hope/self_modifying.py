@@ -38,6 +38,16 @@ with (x, u) = (k_t, W_1^T e * silu'(W_2 k_t)) for W_2 and (silu(W_2 k_t), e) for
 e = M(k_t) - v^_t. Each matrix thus forgets along the direction of its current input, as a
 matrix memory does along its key.
 
+Inner-gradient clip. Each token's gradient of a memory is clipped to a global norm (over
+W_1 and W_2) of at most `max_grad_norm`, as in `hope.neural_memory`. With unit keys the
+forgetting factor alpha I - eta x^ x^^T has spectral norm below 1, so clipped gradients keep
+every weight norm below eta * max_grad_norm / (1 - max(alpha, |alpha - eta|)). Unclipped,
+the gradient step on W_1 scales with |silu(W_2 k)|^2 and W_2's with |W_1|^2: once the
+weights grow, the step overshoots and they overflow (a trained HOPE-tiny's M_k..M_alpha
+reached 1e18 within 128 tokens on 12 of 32 validation batches). The factor of each token
+is min(1, max_grad_norm / sqrt(sum over matrices |u|^2 |x|^2)) (||u x^T|| = |u| |x|), so the
+clip is exact in the chunk-wise form.
+
 Chunk-wise training (sec. 8.2). Two chunk sizes: C_memory for M_memory and C_other shared by
 M_k, M_v, M_eta and M_alpha. Within a chunk every quantity a memory produces (k, v, eta,
 alpha, targets, gradients, the output) comes from its weights at the last chunk boundary
@@ -56,6 +66,8 @@ positions are zero. The memories run in float32 whatever `dtype` the projections
 `reference_self_modifying` (hope/self_modifying_reference.py) is the same computation token
 by token, with `jax.grad` and the matrix form of eq. 88.
 """
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -63,6 +75,7 @@ import numpy as np
 from flax import nnx, struct
 
 from hope.layers import Dense, param
+from hope.neural_memory import clip_scale
 from hope.short_conv import ShortConv
 from hope.stream_chunks import chunk_grid, compact, compaction, from_chunks, to_chunks, uncompact
 
@@ -167,11 +180,15 @@ def unit_lower_inverse(strict: jax.Array) -> jax.Array:
   return inverse
 
 
-def _dgd_update(boundary: dict, running: dict, key, target, eta, log_alpha) -> dict:
+def _dgd_update(boundary: dict, running: dict, key, target, eta, log_alpha,
+                max_grad_norm: float | None) -> dict:
   """One memory's running weights after a chunk: gradients at the boundary weights (eq. 91),
-  the DGD recurrence (eq. 88) from the running weights. key, target [n, heads, d];
-  eta, log_alpha [n, heads]."""
+  each token's clipped to a global norm of max_grad_norm, then the DGD recurrence (eq. 88)
+  from the running weights. key, target [n, heads, d]; eta, log_alpha [n, heads]."""
   factors = gradient_factors(boundary, key, target)
+  squared = sum(jnp.sum(u * u, -1) * jnp.sum(x * x, -1) for u, x in factors.values())
+  scale = clip_scale(squared, max_grad_norm)[..., None]
+  factors = {name: (scale * u, x) for name, (u, x) in factors.items()}
   per_head = jax.vmap(dgd_chunk, in_axes=(0, 1, 1, 1, 1))
   return {name: per_head(running[name], *factors[name], eta, log_alpha) for name in running}
 
@@ -191,12 +208,14 @@ class SelfModifyingMemory(nnx.Module):
     chunk_size_memory: chunk size of M_memory (its weights change every this many tokens).
     chunk_size_other: chunk size shared by M_k, M_v, M_eta and M_alpha.
     conv_width: width of the causal depthwise convolutions on x and on q.
+    max_grad_norm: each token's inner gradient of a memory is clipped to this global norm
+      (None: no clip); see the module docstring.
     dtype: dtype of the q and output projections; the memories run in float32.
   """
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int = 0,
                chunk_size_memory: int = 16, chunk_size_other: int = 16, conv_width: int = 4,
-               rngs: nnx.Rngs, dtype=jnp.float32):
+               max_grad_norm: float | None = 1.0, rngs: nnx.Rngs, dtype=jnp.float32):
     for name, value in (("dim", dim), ("num_heads", num_heads),
                         ("chunk_size_memory", chunk_size_memory),
                         ("chunk_size_other", chunk_size_other), ("conv_width", conv_width)):
@@ -213,6 +232,10 @@ class SelfModifyingMemory(nnx.Module):
     if num_heads * head_dim != dim:
       raise ValueError(f"SelfModifyingMemory num_heads * head_dim ({num_heads} * {head_dim}) "
                        f"must equal dim ({dim}): the memories read x split into heads")
+    if max_grad_norm is not None and not (max_grad_norm > 0 and np.isfinite(max_grad_norm)):
+      raise ValueError(f"SelfModifyingMemory max_grad_norm must be a positive finite number "
+                       f"or None (no clip), got {max_grad_norm!r}")
+    self.max_grad_norm = max_grad_norm
     self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
     self.chunk_size_memory, self.chunk_size_other = int(chunk_size_memory), int(chunk_size_other)
     self.dtype = dtype
@@ -276,7 +299,8 @@ class SelfModifyingMemory(nnx.Module):
     seq = x.shape[0]
     eta_bias, alpha_bias = self.eta_bias[...], self.alpha_bias[...]
     apply_each = jax.vmap(memory_apply, in_axes=(0, None))
-    update_each = jax.vmap(_dgd_update, in_axes=(0, 0, None, 0, None, None))
+    update = functools.partial(_dgd_update, max_grad_norm=self.max_grad_norm)
+    update_each = jax.vmap(update, in_axes=(0, 0, None, 0, None, None))
 
     def other_step(carry, chunk):
       boundary, running = carry
@@ -291,7 +315,7 @@ class SelfModifyingMemory(nnx.Module):
     def memory_step(carry, chunk):
       boundary, running = carry
       q, k, v, eta, log_alpha, complete = chunk                       # zero at empty slots
-      running = _dgd_update(boundary, running, k, memory_apply(boundary, v), eta, log_alpha)
+      running = update(boundary, running, k, memory_apply(boundary, v), eta, log_alpha)
       return (_select(complete, running, boundary), running), memory_apply(boundary, q)
 
     grid = chunk_grid(count, state.other_position, self.chunk_size_other, seq)

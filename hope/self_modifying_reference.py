@@ -6,7 +6,8 @@ chunk of a grid starts when t is a multiple of its chunk size, and then the runn
 of that grid's memories become their boundary weights; then
 
     k, v, eta, alpha  from M_k, M_v, M_eta, M_alpha at their boundary weights (eqs. 83-84)
-    grad = jax.grad of 1/2 ||M(k) - M_boundary(v)||^2 at the boundary weights (eqs. 85-87, 91)
+    grad = jax.grad of 1/2 ||M(k) - M_boundary(v)||^2 at the boundary weights (eqs. 85-87, 91),
+           clipped to a global norm (over the memory's matrices) of max_grad_norm
     W <- W (alpha I - eta x^ x^^T) - eta grad   for each matrix W of each memory,
          x^ the normalised input of that matrix at the boundary weights (eq. 88)
     o_t = M_memory(q_t) at its boundary weights (eq. 94)
@@ -19,6 +20,7 @@ chunk-wise path, values and gradients. No masks, no carried state: for tests onl
 import jax
 import jax.numpy as jnp
 
+from hope.neural_memory import clip_scale
 from hope.self_modifying import NORM_EPS, SelfModifyingMemory
 
 
@@ -32,10 +34,12 @@ def _mlp(w, z):
   return z + w["w1"] @ jax.nn.silu(w["w2"] @ z)
 
 
-def _dgd_step(boundary, running, key, value, eta, alpha):
+def _dgd_step(boundary, running, key, value, eta, alpha, max_grad_norm):
   """The DGD step (eq. 88) of one memory on the token (key, its own target M(value))."""
   target = _mlp(boundary, value)
   grad = jax.grad(lambda w: 0.5 * jnp.sum((_mlp(w, key) - target) ** 2))(boundary)
+  scale = clip_scale(sum(jnp.sum(g * g) for g in grad.values()), max_grad_norm)
+  grad = jax.tree.map(lambda g: scale * g, grad)
   inputs = {"w2": key, "w1": jax.nn.silu(boundary["w2"] @ key)}
   eye = jnp.eye(key.shape[0])
   return {name: running[name] @ (alpha * eye - eta * jnp.outer(_unit(inputs[name]),
@@ -44,7 +48,7 @@ def _dgd_step(boundary, running, key, value, eta, alpha):
 
 
 def _one_head(initial_other, initial_memory, eta_bias, alpha_bias, x, q, chunk_other,
-              chunk_memory):
+              chunk_memory, max_grad_norm):
   """x, q [seq, d] of one head -> o [seq, d]."""
   def token(carry, inputs):
     other_b, other_r, memory_b, memory_r = carry
@@ -57,9 +61,9 @@ def _one_head(initial_other, initial_memory, eta_bias, alpha_bias, x, q, chunk_o
     v = _mlp(mv, x_t)
     eta = jax.nn.sigmoid(jnp.mean(_mlp(meta, x_t)) + eta_bias)
     alpha = jax.nn.sigmoid(jnp.mean(_mlp(malpha, x_t)) + alpha_bias)
-    other_r = jax.vmap(_dgd_step, in_axes=(0, 0, None, None, None, None))(
-        other_b, other_r, k, v, eta, alpha)
-    memory_r = _dgd_step(memory_b, memory_r, k, v, eta, alpha)
+    other_r = jax.vmap(_dgd_step, in_axes=(0, 0, None, None, None, None, None))(
+        other_b, other_r, k, v, eta, alpha, max_grad_norm)
+    memory_r = _dgd_step(memory_b, memory_r, k, v, eta, alpha, max_grad_norm)
     return (other_b, other_r, memory_b, memory_r), _mlp(memory_b, q_t)
 
   init = (initial_other, initial_other, initial_memory, initial_memory)
@@ -76,9 +80,9 @@ def reference_self_modifying(layer: SelfModifyingMemory, x: jax.Array) -> jax.Ar
   q, _ = layer.conv_q(layer.query(x), layer.conv_q.empty_cache(batch), mask)
   other = {"w1": layer.other_w1[...], "w2": layer.other_w2[...]}        # [4, heads, d, d]
   memory = {"w1": layer.memory_w1[...], "w2": layer.memory_w2[...]}     # [heads, d, d]
-  per_head = jax.vmap(_one_head, in_axes=(1, 0, 0, 0, 1, 1, None, None), out_axes=1)
-  per_sequence = jax.vmap(per_head, in_axes=(None, None, None, None, 0, 0, None, None))
+  per_head = jax.vmap(_one_head, in_axes=(1, 0, 0, 0, 1, 1, None, None, None), out_axes=1)
+  per_sequence = jax.vmap(per_head, in_axes=(None, None, None, None, 0, 0, None, None, None))
   o = per_sequence(other, memory, layer.eta_bias[...], layer.alpha_bias[...],
                    _unit(xm.reshape((batch, seq) + heads)), _unit(q),
-                   layer.chunk_size_other, layer.chunk_size_memory)
+                   layer.chunk_size_other, layer.chunk_size_memory, layer.max_grad_norm)
   return layer.out(o.astype(layer.dtype))

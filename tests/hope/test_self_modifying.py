@@ -45,23 +45,46 @@ def _x(seq=SEQ, seed=1):
   return jax.random.normal(jax.random.key(seed), (BATCH, seq, DIM))
 
 
-def test_chunked_path_matches_per_token_reference_values_and_gradients(layer):
+@pytest.mark.parametrize("max_grad_norm", [None, 0.2])
+def test_chunked_path_matches_per_token_reference_values_and_gradients(layer, max_grad_norm):
+  """Without the inner-gradient clip and with one that about half the tokens exceed."""
   graphdef, params = nnx.split(layer)
   x = _x()
   weights = jax.random.normal(jax.random.key(2), (BATCH, SEQ, DIM))
 
-  def loss(params, chunked):
+  def loss(params, chunked, clip):
     layer = nnx.merge(graphdef, params)
+    layer.max_grad_norm = clip
     y = layer(x)[0] if chunked else reference_self_modifying(layer, x)
     return jnp.sum(y * weights), y
 
-  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1, **QUICK)
-  (_, y), grads = value_and_grad(params, True)
-  (_, y_ref), grads_ref = value_and_grad(params, False)
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=(1, 2),
+                           **QUICK)
+  (_, y), grads = value_and_grad(params, True, max_grad_norm)
+  (_, y_ref), grads_ref = value_and_grad(params, False, max_grad_norm)
   chex.assert_trees_all_close(y, y_ref, rtol=1e-4, atol=1e-6)
   chex.assert_trees_all_close(grads, grads_ref, rtol=1e-4, atol=1e-6)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert float(jnp.max(jnp.abs(g))) > 0, f"no outer gradient reaches {path}"
+  if max_grad_norm is not None:  # the clip is engaged: the unclipped outputs differ
+    assert not np.allclose(value_and_grad(params, True, None)[0][1], y, rtol=1e-3)
+
+
+def test_inner_gradient_clip_keeps_grown_memories_finite():
+  """Memories whose weights grew (x2 the initial scale) overflow within 128 tokens with
+  unclipped inner gradients, the failure seen when streaming a trained HOPE; clipped, the
+  weights stay bounded."""
+  x = jax.random.normal(jax.random.key(1), (BATCH, 128, DIM))
+  for clip, finite in ((None, False), (1.0, True)):
+    layer = SelfModifyingMemory(DIM, num_heads=HEADS, chunk_size_memory=8, chunk_size_other=8,
+                                max_grad_norm=clip, rngs=nnx.Rngs(0))
+    for name in ("other_w1", "other_w2", "memory_w1", "memory_w2"):
+      getattr(layer, name)[...] = 2 * getattr(layer, name)[...]
+    y, state = jax.jit(lambda x: layer(x), **QUICK)(x)
+    assert bool(jnp.isfinite(y).all()) == finite, clip
+    if finite:
+      check_finite(state)
+      assert max(float(jnp.abs(w).max()) for w in jax.tree.leaves(state.other_running)) < 10
 
 
 def test_chunk_size_one_is_the_per_token_recurrence():
@@ -121,6 +144,8 @@ def test_flops_per_token_grow_with_the_chunk():
     (dict(num_heads=2, chunk_size_memory=0), "chunk_size_memory"),
     (dict(num_heads=2, chunk_size_other=-4), "chunk_size_other"),
     (dict(num_heads=2, conv_width=0), "conv_width"),
+    (dict(num_heads=2, max_grad_norm=0.0), "max_grad_norm"),
+    (dict(num_heads=2, max_grad_norm=float("nan")), "max_grad_norm"),
 ])
 def test_bad_arguments_are_refused_by_name(kwargs, match):
   with pytest.raises(ValueError, match=match):
