@@ -79,6 +79,9 @@ class ProductKeyMemory(nnx.Module):
     self.sharding_rules = None if sharding_rules is None else normalize_rules(sharding_rules)
     self.record_access = record_access
     self.values = values
+    # Row-sparse mode (memory_layers.row_sparse.value_and_grad sets a ReadTap here): the
+    # table is read without gradient and the read returned through the tap.
+    self.value_tap = None
 
     keys = iter(jax.random.split(rngs.params(), 4))
     self.query_kernel = _param(
@@ -132,11 +135,20 @@ class ProductKeyMemory(nnx.Module):
     return product_key_search(self.queries(x), self.sub_keys[...], self.top_k)
 
   def read(self, lookup: SlotLookup) -> jax.Array:
-    """y = sum_h sum_i w_{h,i} V[i]: [batch, seq, value_dim], sharded when configured."""
+    """y = sum_h sum_i w_{h,i} V[i]: [batch, seq, value_dim], sharded when configured.
+
+    In row-sparse mode (`value_tap` set) V is read through stop_gradient and y returned
+    through the tap, which adds a zero whose gradient is dL/dy (`memory_layers.row_sparse`).
+    """
     table = self.values.table[...]
+    tap = self.value_tap
+    if tap is not None:
+      table = jax.lax.stop_gradient(table)
     if self.sharding_rules is not None and not jax.sharding.get_abstract_mesh().empty:
-      return read_values_sharded(table, lookup.indices, lookup.weights, self.sharding_rules)
-    return read_values(table, lookup.indices, lookup.weights)
+      y = read_values_sharded(table, lookup.indices, lookup.weights, self.sharding_rules)
+    else:
+      y = read_values(table, lookup.indices, lookup.weights)
+    return y if tap is None else tap(y, lookup)
 
   def project_output(self, x: jax.Array, y: jax.Array) -> jax.Array:
     """Memory+'s W2 (y * silu(W1 x)) when gated, else y."""
