@@ -7,14 +7,12 @@ share the machine's cores: this measures the overhead of partitioning and collec
 a speed-up. The first step's loss on each mesh is compared with one device's.
 """
 import math
-import time
 
 import jax
 import numpy as np
 
-from experiments import training
 from experiments.benchmarks.timing import compiled_bytes, interleaved_medians, load_average, mib
-from experiments.benchmarks.train_step import load_config
+from experiments.benchmarks.train_step import compiled_step, load_config
 
 DEFAULT_MESHES = (dict(data=1), dict(data=8), dict(data=4, tensor=2))
 
@@ -39,16 +37,8 @@ def run(model: str = "transformer:tiny", *, meshes=DEFAULT_MESHES, warmup: int =
                                              dtype=np.int32)
   calls, info = {}, {}
   for sizes in meshes:
-    run_ = training.prepare(config, mesh_sizes=dict(sizes))
-    tx = training.optimizer(config, run_)
-    shardings = training.state_shardings(run_, tx)
-    step_fn = training.make_train_step(run_, tx, shardings)
+    run_, compiled, state, batch, compile_seconds = compiled_step(config, sizes, tokens)
     with jax.set_mesh(run_.mesh):
-      state = training.initial_state(run_, tx, shardings)
-      batch = training.global_batch(run_, tokens)
-      start = time.perf_counter()
-      compiled = step_fn.lower(state, batch).compile()
-      compile_seconds = time.perf_counter() - start
       # The first step (from the shared initial state) gives the loss to compare.
       carry = dict(state=state)
       carry["state"], metrics = compiled(carry["state"], batch)

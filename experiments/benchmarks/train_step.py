@@ -31,23 +31,31 @@ def load_config(entry: str) -> ml_collections.ConfigDict:
   return importlib.import_module(f"experiments.configs.{name}").get_config(size or "tiny")
 
 
-def time_config(config: ml_collections.ConfigDict, *, warmup: int, runs: int,
-                steps_per_run: int) -> dict:
-  """One row: the compiled train step of `config` on one device, timed against the reference."""
-  run = training.prepare(config, mesh_sizes=dict(data=1, fsdp=1, tensor=1))
+def compiled_step(config: ml_collections.ConfigDict, mesh_sizes: dict, tokens: np.ndarray):
+  """(run, compiled step, initial state, global batch, compile seconds) of the pretraining
+  step of `config` on a mesh of `mesh_sizes`, for the host tokens [batch, seq + 1]."""
+  run = training.prepare(config, mesh_sizes=dict(mesh_sizes))
   tx = training.optimizer(config, run)
   shardings = training.state_shardings(run, tx)
   step_fn = training.make_train_step(run, tx, shardings)
-  tokens = np.random.default_rng(0).integers(0, 256, (config.batch_size, config.seq_len + 1),
-                                             dtype=np.int32)
-  dtype = jnp.dtype(config.model.get("dtype", "float32"))
-  peak, reference = reference_description(dtype, devices=1)
   with jax.set_mesh(run.mesh):
     state = training.initial_state(run, tx, shardings)
     batch = training.global_batch(run, tokens)
     start = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
-    compile_seconds = time.perf_counter() - start
+  return run, compiled, state, batch, time.perf_counter() - start
+
+
+def time_config(config: ml_collections.ConfigDict, *, warmup: int, runs: int,
+                steps_per_run: int) -> dict:
+  """One row: the compiled train step of `config` on one device, timed against the reference."""
+  tokens = np.random.default_rng(0).integers(0, 256, (config.batch_size, config.seq_len + 1),
+                                             dtype=np.int32)
+  run, compiled, state, batch, compile_seconds = compiled_step(
+      config, dict(data=1, fsdp=1, tensor=1), tokens)
+  dtype = jnp.dtype(config.model.get("dtype", "float32"))
+  peak, reference = reference_description(dtype, devices=1)
+  with jax.set_mesh(run.mesh):
     carry = dict(state=state)
 
     def steps():
