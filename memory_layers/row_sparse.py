@@ -211,10 +211,29 @@ def unique_rows(reads: TableReads, num_slots: int, size: int | None = None):
   return rows.astype(jnp.int32), grad
 
 
-def sgd(table: jax.Array, reads: TableReads, learning_rate) -> jax.Array:
+def sgd(table: jax.Array, reads: TableReads, learning_rate, after=None) -> jax.Array:
   """V <- V - lr (*): every read's lr w g scatter-added into V (no [N, D] temporary when V's
-  buffer is donated). Equal to dense SGD up to the order of the floating-point sums."""
-  return _scan_reads(table, reads, lambda l, idx: idx, -learning_rate)
+  buffer is donated). Equal to dense SGD up to the order of the floating-point sums.
+
+  after: a pytree computed from V that must be done before V changes (e.g. the gradients
+  of the other parameters, whose backward pass re-reads V); see `zero_after`.
+  """
+  return _scan_reads(table, reads, lambda l, idx: idx, zero_after(after) - learning_rate)
+
+
+def zero_after(tree) -> jax.Array:
+  """A float32 zero that depends on every leaf of `tree` (0 for finite, inf or nan leaves).
+
+  Adding it to the scale of an in-place table update makes the update come after all of
+  `tree`. Without such a data dependency, XLA (CPU) copies a donated table twice when some
+  read of it (here the backward pass's re-reads for the slot weights' gradient) is not an
+  input of the update; an optimization barrier does not prevent that copy.
+  """
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  total = sum(jnp.sum(x).astype(jnp.float32) for x in leaves)
+  return 0.0 * jnp.where(jnp.isfinite(total), total, 0.0)
 
 
 class LazyAdamState(NamedTuple):
