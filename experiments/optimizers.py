@@ -9,6 +9,9 @@
                                  group per CMS level; patterns are globs over parameter paths
                                  ("blocks/*/mlp/levels/1/*"; "*" also crosses "/")
   config.optimizer.value_lr_multiplier  1.0: extra factor on memory-layer value tables' updates
+  config.optimizer.sparse_value_updates False: train the value tables with a row-sparse lazy
+                                 AdamW (memory_layers.row_sparse) outside the rule above, which
+                                 then never sees them; see `build_row_sparse`
 
 Every rule gets `learning_rate` (the schedule, times the group's lr_scale; for a group updated
 every k steps the schedule is read at the global step of each of its updates), and, if it
@@ -16,17 +19,20 @@ takes them, `weight_decay` and `mask` (decay on matrices only). Clipping by glob
 first. With no groups and every = 1 the result is `optax.chain(clip, rule)`: the defaults give
 exactly the AdamW that `experiments.training.optimizer` built before this module.
 """
+import dataclasses
 import fnmatch
 import inspect
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 from experiments.cli import UsageError
 from hope import optimizers as nested
 from hope.optimizers.multi_frequency import ACCUMULATE
-from hope.optimizers.tree_paths import named_leaves
+from hope.optimizers.tree_paths import named_leaves, path_name
+from memory_layers import row_sparse
 from memory_layers.value_learning_rate import VALUE_TABLE
 
 NESTED_RULES = {name: getattr(nested, name) for name in (
@@ -40,7 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
   """`config.optimizer` with the zoo's default: AdamW(b1 = 0.9, b2 = 0.95) for everything."""
   return ml_collections.ConfigDict(dict(
       rule="adamw", kwargs=dict(b1=0.9, b2=0.95), every=1, accumulate="sum", groups={},
-      value_lr_multiplier=1.0))
+      value_lr_multiplier=1.0, sparse_value_updates=False))
 
 
 def rule_factory(name: str, field: str):
@@ -162,6 +168,9 @@ def build(optimizer_config, params, *, learning_rate, weight_decay: float = 0.0,
     value_lr_multiplier != 1.
   """
   c = optimizer_config
+  if c.get("sparse_value_updates", False):
+    return build_row_sparse(c, params, learning_rate=learning_rate, weight_decay=weight_decay,
+                            grad_clip=grad_clip, value_tables=value_tables)
   if c.accumulate not in ACCUMULATE:
     raise UsageError(f"config.optimizer.accumulate must be one of {ACCUMULATE}, got "
                      f"{c.accumulate!r}")
@@ -190,6 +199,138 @@ def build(optimizer_config, params, *, learning_rate, weight_decay: float = 0.0,
   if grad_clip:
     return optax.chain(optax.clip_by_global_norm(grad_clip), tx)
   return tx
+
+
+FLAG = "config.optimizer.sparse_value_updates"
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSparseValueOptimizer:
+  """The outer optimizer with row-sparse value tables (`FLAG` = True).
+
+  `dense` (the config's rule, groups and periods) updates every parameter but the value
+  tables, which it never sees: its state and updates have None there. Each table V gets
+  `values`, a lazy AdamW (memory_layers.row_sparse.LazyAdamW) on the rows read this step,
+  from the row-sparse gradient (*) of `row_sparse.value_and_grad`. Global-norm clipping,
+  when on, is over all gradients together, the tables' (*) included, as with dense updates.
+
+  State: {"dense": dense's state, "values": {"count", "mu", "nu"}}, mu and nu holding one
+  [N, D] moment per table at the table's own parameter path (so they take its sharding).
+  """
+  dense: optax.GradientTransformation
+  values: row_sparse.LazyAdamW
+  table_paths: tuple
+  grad_clip: float
+
+  def init(self, params) -> dict:
+    rest, tables = row_sparse.split_tables(params, list(self.table_paths))
+    moments = _nested({p: jnp.zeros(t.shape, t.dtype) for p, t in tables.items()})
+    return dict(dense=self.dense.init(rest),
+                values=dict(count=jnp.zeros((), jnp.int32), mu=moments, nu=moments))
+
+  def update(self, *args, **kwargs):
+    raise TypeError(f"{FLAG}=True: the optimizer takes row-sparse table gradients; use "
+                    "experiments.training.make_train_step (it calls .step), not optax's update")
+
+  def step(self, params: dict, grads: dict, reads: dict, state: dict, loss: jax.Array):
+    """(params, state, finite, grad_norm) after one update, with the train step's guard.
+
+    grads: the gradients of all but the tables (None there); reads: {table path: TableReads}.
+    finite: [1 + 2 P] bools, the loss, every gradient (a table's: its distinct-row gradient)
+    and every updated parameter (a table's: its updated rows), in `jax.tree.leaves(params)`
+    order; when one is False nothing changes (the rows written are none, so even then no
+    [N, D] select runs). grad_norm: the global norm before clipping.
+    """
+    paths = list(self.table_paths)
+    if set(reads) != set(paths):
+      raise ValueError(f"row-sparse gradients for tables {sorted(reads)}, expected {paths}")
+    rest, tables = row_sparse.split_tables(params, paths)
+    rows = {p: row_sparse.unique_rows(reads[p], tables[p].shape[0]) for p in paths}
+    table_grads = {p: g for p, (_, g) in rows.items()}
+    norm = jnp.sqrt(optax.tree.norm(grads, squared=True) +
+                    sum(jnp.sum(g * g) for g in table_grads.values()))
+    all_grads = row_sparse.merge_tables(grads, table_grads)
+    if self.grad_clip:  # as optax.clip_by_global_norm
+      clip = lambda t: jnp.where(norm < self.grad_clip, t,
+                                 (t / norm.astype(t.dtype)) * self.grad_clip)
+      grads, table_grads = jax.tree.map(clip, (grads, table_grads))
+    updates, dense_state = self.dense.update(grads, state["dense"], rest)
+    new_rest = optax.apply_updates(rest, updates)
+    v = state["values"]
+    table_states = {p: row_sparse.LazyAdamState(v["count"], row_sparse._get(v["mu"], p),
+                                                row_sparse._get(v["nu"], p)) for p in paths}
+    new_rows = {p: self.values.new_rows(tables[p], table_states[p], rows[p][0], table_grads[p])
+                for p in paths}
+    updated = row_sparse.merge_tables(new_rest, {p: r[0] for p, r in new_rows.items()})
+    finite = jnp.stack([jnp.isfinite(loss)] + [jnp.isfinite(x).all() for x in
+                                               jax.tree.leaves(all_grads) + jax.tree.leaves(updated)])
+    ok = finite.all()
+    keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    new_tables, mu, nu = {}, v["mu"], v["nu"]
+    for p in paths:
+      new_tables[p], s = self.values.write(tables[p], table_states[p], rows[p][0], *new_rows[p],
+                                           commit=ok)
+      mu, nu = row_sparse._set(mu, p, s.mu), row_sparse._set(nu, p, s.nu)
+    state = dict(dense=keep_if_bad(dense_state, state["dense"]),
+                 values=dict(count=v["count"] + ok.astype(jnp.int32), mu=mu, nu=nu))
+    params = row_sparse.merge_tables(keep_if_bad(new_rest, rest), new_tables)
+    return params, state, finite, norm
+
+
+def _nested(leaves: dict) -> dict:
+  """{path: leaf} as nested dicts."""
+  tree = {}
+  for path, leaf in leaves.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = leaf
+  return tree
+
+
+def build_row_sparse(c, params, *, learning_rate, weight_decay: float, grad_clip: float,
+                     value_tables) -> RowSparseValueOptimizer:
+  """`RowSparseValueOptimizer` for config.optimizer `c` with `FLAG` set.
+
+  The tables' lazy AdamW takes b1, b2 and eps from c.kwargs when given there (else 0.9, 0.999,
+  1e-8), weight_decay (decoupled, on the rows updated) unless c.rule is "adam" (none), and
+  learning rate = the schedule times c.value_lr_multiplier (what the multiplier does to dense
+  Adam updates too). The rule, groups and periods apply to everything else. A model without
+  value tables, a group that claims a table, or a period other than 1 for the tables is a
+  UsageError.
+  """
+  if value_tables is None or VALUE_TABLE not in jax.tree.leaves(value_tables):
+    raise UsageError(f"{FLAG}=True needs a model with memory-layer value tables (e.g. "
+                     "model.name=memory_lm); this model has none")
+  labels = jax.tree_util.tree_flatten_with_path(value_tables)[0]
+  paths = tuple(tuple(k.key for k in path) for path, label in labels if label == VALUE_TABLE)
+  named = [path_name(path) for path, label in labels if label == VALUE_TABLE]
+  groups = _check_groups(_plain(c.get("groups", {})))
+  if groups:
+    claimed = {name: group for name, group in named_leaves(group_labels(groups, params))
+               if group != DEFAULT_GROUP}
+    taken = [(n, claimed[n]) for n in named if n in claimed]
+    if taken:
+      raise UsageError(f"{FLAG}=True trains the value tables with its own row-sparse lazy "
+                       f"AdamW, but config.optimizer.groups claim {taken}; drop those patterns")
+  if c.every != 1:
+    raise UsageError(f"{FLAG}=True updates the value tables every step, so "
+                     f"config.optimizer.every must be 1, got {c.every!r} (use groups for "
+                     "slower parameters)")
+  multiplier = c.get("value_lr_multiplier", 1.0)
+  if not multiplier > 0:
+    raise UsageError(f"config.optimizer.value_lr_multiplier must be positive, got {multiplier!r}")
+  kwargs = _plain(c.kwargs)
+  values = row_sparse.LazyAdamW(
+      _scaled(learning_rate, multiplier, 1), b1=kwargs.get("b1", 0.9),
+      b2=kwargs.get("b2", 0.999), eps=kwargs.get("eps", 1e-8),
+      weight_decay=0.0 if c.rule == "adam" else kwargs.get("weight_decay", weight_decay))
+  dense_config = ml_collections.ConfigDict(_plain(c))
+  dense_config.sparse_value_updates = False
+  dense_config.value_lr_multiplier = 1.0
+  rest, _ = row_sparse.split_tables(params, list(paths))
+  dense = build(dense_config, rest, learning_rate=learning_rate, weight_decay=weight_decay)
+  return RowSparseValueOptimizer(dense, values, paths, grad_clip)
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, param_shardings,

@@ -26,6 +26,7 @@ from experiments.checkpointing import RESTORE_ERRORS, Checkpoints
 from experiments.cli import RunStopped, UsageError
 from experiments.metrics_writer import MetricsWriter
 from experiments.performance import reference_flops
+from memory_layers import row_sparse
 from memory_layers.value_learning_rate import value_table_labels
 
 
@@ -113,7 +114,12 @@ def init_state(run: Run, tx) -> dict:
 
 def loss_fn(run: Run, params, tokens, rng=None):
   """Mean next-token cross-entropy (nats) of tokens[:, 1:] given tokens[:, :-1]."""
-  logits = run.apply(params, tokens[:, :-1], rng)
+  return model_loss(nnx.merge(run.graphdef, params), tokens, rng)
+
+
+def model_loss(model, tokens, rng=None):
+  """`loss_fn` of a merged model."""
+  logits = model(tokens[:, :-1], rng)
   return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
 
@@ -124,24 +130,38 @@ def make_train_step(run: Run, tx, shardings: dict):
   keeps the previous parameters and optimizer state (only `step` advances), so no poisoned
   state is ever produced or checkpointed. `metrics["nonfinite"]` is -1 for a good step, else
   the index in `nonfinite_names(run)` of the first non-finite quantity.
+
+  With `config.optimizer.sparse_value_updates` (tx a `RowSparseValueOptimizer`) the value
+  tables get row-sparse gradients and updates (`memory_layers.row_sparse`): nothing of their
+  N rows is touched but the rows read this step.
   """
   schedule = learning_rate_schedule(run.config)
+  sparse = isinstance(tx, optimizers.RowSparseValueOptimizer)
 
   def train_step(state, tokens):
     rng = jax.random.fold_in(state["rng"], state["step"])
-    loss, grads = jax.value_and_grad(lambda p: loss_fn(run, p, tokens, rng))(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    finite = jnp.stack([jnp.isfinite(loss)] + [jnp.isfinite(x).all() for x in
-                                               jax.tree.leaves(grads) + jax.tree.leaves(params)])
-    ok = finite.all()
-    keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
+    if sparse:
+      loss, grads, reads = row_sparse.value_and_grad(
+          lambda model: model_loss(model, tokens, rng), run.graphdef, state["params"])
+      params, opt_state, finite, grad_norm = tx.step(state["params"], grads, reads,
+                                                     state["opt_state"], loss)
+      ok = finite.all()  # tx.step has already kept the previous state if not
+    else:
+      loss, grads = jax.value_and_grad(lambda p: loss_fn(run, p, tokens, rng))(state["params"])
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+      params = optax.apply_updates(state["params"], updates)
+      grad_norm = optax.tree.norm(grads)
+      finite = jnp.stack([jnp.isfinite(loss)] + [jnp.isfinite(x).all() for x in
+                                                 jax.tree.leaves(grads) + jax.tree.leaves(params)])
+      ok = finite.all()
+      keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+      params = keep_if_bad(params, state["params"])
+      opt_state = keep_if_bad(opt_state, state["opt_state"])
+    metrics = dict(loss=loss, grad_norm=grad_norm,
                    learning_rate=schedule(state["step"]),
                    nonfinite=jnp.where(ok, -1, jnp.argmin(finite)))
-    return dict(params=keep_if_bad(params, state["params"]),
-                opt_state=keep_if_bad(opt_state, state["opt_state"]),
-                step=state["step"] + 1, rng=state["rng"]), metrics
+    return dict(params=params, opt_state=opt_state, step=state["step"] + 1,
+                rng=state["rng"]), metrics
 
   return jax.jit(train_step, in_shardings=(shardings, run.batch_sharding),
                  out_shardings=(shardings, NamedSharding(run.mesh, P())), donate_argnums=0)
