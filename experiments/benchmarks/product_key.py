@@ -1,11 +1,15 @@
 """Suite `pkm`: product-key memory time per token as N grows, and per-device table bytes.
 
 1. Time: on the default device, per token, the jitted forward pass, forward+backward with
-   respect to all parameters, and forward+backward with the value table frozen, for each
-   number of slots N. The last isolates what the dense [N, value_dim] gradient of the table
-   costs (a zero table of N rows that the reads scatter-add into, written in full every
-   step); the rest grows with sqrt(N) (sub-key scores and top-k) and with the cache misses
-   of reading rows from a larger table, while the read's FLOPs do not grow.
+   respect to all parameters, forward+backward with the value table frozen, and
+   forward+backward with a row-sparse table (`memory_layers.row_sparse`: every other
+   parameter's gradient, the table's gradient as (indices, weights, dL/dy), and a row-sparse
+   SGD step scatter-added into the donated table), for each number of slots N. The frozen
+   variant isolates what the dense [N, value_dim] gradient of the table costs (a zero table
+   of N rows that the reads scatter-add into, written in full every step); the row-sparse
+   one trains the table without it; the rest grows with sqrt(N) (sub-key scores and top-k)
+   and with the cache misses of reading rows from a larger table, while the read's FLOPs do
+   not grow.
 2. Memory (8 devices needed): the forward+backward step of a `memory_slots`-slot table
    compiled from abstract shapes (nothing allocated) in three layouts of the table, with
    the table's shard bytes and the compiled executable's per-device bytes.
@@ -20,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments.benchmarks.timing import interleaved_medians, load_average
 from memory_layers import ProductKeyMemory, ValuePool, logical_to_mesh_spec, param_shardings
+from memory_layers import row_sparse
 
 AXES = ("data", "fsdp", "tensor")
 BASE_RULES = (("batch", ("data", "fsdp")), ("embed", None), ("heads", None))
@@ -29,6 +34,9 @@ LAYOUTS = {  # name: (mesh shape (data, fsdp, tensor), rules for the table's axe
     "rows x columns, fsdp=2 x tensor=4": ((1, 2, 4), (("slots", "fsdp"), ("value", "tensor"))),
 }
 DEFAULT_SIZES = (128 ** 2, 256 ** 2, 512 ** 2, 1024 ** 2)
+VARIANTS = ("forward", "forward+backward", "forward+backward, table frozen",
+            "forward+backward, row-sparse table")
+SPARSE_LR = 1e-3  # the row-sparse variant's SGD step on the table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +96,8 @@ def table_memory(shape: Shape, num_slots: int, mesh_shape, table_rules) -> dict:
 
 
 def step_calls(shape: Shape, num_slots: int) -> dict:
-  """{variant: call}: the jitted forward, forward+backward, and forward+backward with the
-  table frozen, on fixed random inputs."""
+  """{variant: call}: the jitted forward, forward+backward, forward+backward with the table
+  frozen, and forward+backward with a row-sparse table update, on fixed random inputs."""
   graphdef, state = nnx.split(build(shape, num_slots))
   params = nnx.to_pure_dict(state)
   keys = jax.random.split(jax.random.key(1))
@@ -108,6 +116,28 @@ def step_calls(shape: Shape, num_slots: int) -> dict:
   for name, fn in functions.items():
     compiled = jax.jit(fn).lower(params, x, target).compile()
     calls[name] = lambda compiled=compiled: compiled(params, x, target)
+
+  path = ("values", "table")
+  rest, tables = row_sparse.split_tables(params, [path])
+
+  def sparse_step(table, rest, x, target):
+    """Other parameters' gradients, and the table after a row-sparse SGD step."""
+    merged = row_sparse.merge_tables(rest, {path: table})
+    _, grads, reads = row_sparse.value_and_grad(
+        lambda model, x, target: jnp.sum(model(x) * target), graphdef, merged, x, target)
+    # after=grads: update the table in place only once the backward pass has read it.
+    return grads, row_sparse.sgd(table, reads[path], SPARSE_LR, after=grads)
+
+  # The table is donated and updated in place; each call passes on the last call's table.
+  held = {"table": tables[path] + 0}
+  compiled = jax.jit(sparse_step, donate_argnums=0).lower(held["table"], rest, x,
+                                                          target).compile()
+
+  def sparse_call():
+    grads, held["table"] = compiled(held["table"], rest, x, target)
+    return grads, held["table"]
+
+  calls["forward+backward, row-sparse table"] = sparse_call
   return calls
 
 
@@ -120,10 +150,8 @@ def run(*, sizes=DEFAULT_SIZES, memory_slots: int | None = 1024 ** 2, shape: Sha
   seconds = interleaved_medians(calls, warmup, runs)
   tokens = shape.batch * shape.seq_len
   load = load_average()
-  time_rows = [dict(slots=n, **{name: 1e6 * seconds[n, name] / tokens
-                                for name in ("forward", "forward+backward",
-                                             "forward+backward, table frozen")}, load=load)
-               for n in sizes]
+  time_rows = [dict(slots=n, **{name: 1e6 * seconds[n, name] / tokens for name in VARIANTS},
+                    load=load) for n in sizes]
   memory_rows, note = [], None
   if memory_slots and jax.device_count() >= 8:
     memory_rows = [dict(layout=name, slots=memory_slots,
@@ -140,15 +168,17 @@ def table(result: dict) -> str:
   lines = [f"Product-key memory, {result['tokens_per_step']} tokens per step, embed {s['embed']}, "
            f"value {s['value_dim']}, {s['heads']} heads x top-{s['top_k']}, key_dim "
            f"{s['key_dim']}; microseconds per token",
-           f"{'slots N':>9}{'forward':>10}{'fwd+bwd':>10}{'fwd+bwd, table frozen':>23}{'load':>6}"]
+           f"{'slots N':>9}{'forward':>10}{'fwd+bwd':>10}{'fwd+bwd, table frozen':>23}"
+           f"{'fwd+bwd, row-sparse table':>27}{'load':>6}"]
   rows = result["rows"]
   for r in rows:
     lines.append(f"{r['slots']:>9}{r['forward']:>10.2f}{r['forward+backward']:>10.2f}"
-                 f"{r['forward+backward, table frozen']:>23.2f}{r['load']:>6.1f}")
+                 f"{r['forward+backward, table frozen']:>23.2f}"
+                 f"{r.get('forward+backward, row-sparse table', float('nan')):>27.2f}"
+                 f"{r['load']:>6.1f}")
   if len(rows) > 1:
     lines.append(f"N = {rows[-1]['slots']} / N = {rows[0]['slots']}: " + ", ".join(
-        f"{k} {rows[-1][k] / rows[0][k]:.2f}x" for k in ("forward", "forward+backward",
-                                                          "forward+backward, table frozen")))
+        f"{k} {rows[-1][k] / rows[0][k]:.2f}x" for k in VARIANTS if k in rows[0]))
   mib = 2 ** 20
   for m in result["memory_rows"]:
     lines.append(f"{m['layout']:34s} N={m['slots']}: table {m['table_bytes'] / mib:.0f} MiB, "
