@@ -107,9 +107,11 @@ def _branch(w_in, w_out, scale, h, dtype):
 
 
 def _adaptive_level(level: dict, lr: float, chunk: int, h: jax.Array, count: jax.Array,
-                    state: CMSLevelState, dtype) -> tuple[jax.Array, CMSLevelState]:
-  """One sequence through an adaptive level: a scan over its chunks (eq. 71)."""
-  grid = chunk_grid(count, state.position, chunk, h.shape[0])
+                    state: CMSLevelState, dtype, at_boundary: bool
+                    ) -> tuple[jax.Array, CMSLevelState]:
+  """One sequence through an adaptive level: a scan over its chunks (eq. 71);
+  `at_boundary`: the state is fresh (its clock at 0)."""
+  grid = chunk_grid(count, state.position, chunk, h.shape[0], at_boundary=at_boundary)
 
   def step(carry, xs):
     w_in, w_out, g_in, g_out = carry
@@ -188,7 +190,8 @@ class ContinuumMemory(nnx.Module):
     """
     chex.assert_rank(x, 3)
     batch, seq, _ = x.shape
-    state = self.init_state(batch) if state is None else state
+    fresh = state is None
+    state = self.init_state(batch) if fresh else state
     mask = jnp.ones((batch, seq), bool) if mask is None else mask
     chex.assert_shape(mask, (batch, seq))
     levels = [dict(scale=l.norm.scale[...], w_in=l.w_in[...], w_out=l.w_out[...],
@@ -202,7 +205,7 @@ class ContinuumMemory(nnx.Module):
         if chunk is None:
           h = h + _branch(level["w_in"], level["w_out"], level["scale"], h, self.dtype)[3]
         else:
-          h, s = _adaptive_level(level, lr, chunk, h, comp.count, s, self.dtype)
+          h, s = _adaptive_level(level, lr, chunk, h, comp.count, s, self.dtype, fresh)
         new_states.append(s)
       return uncompact(h, comp), tuple(new_states)
 

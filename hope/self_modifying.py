@@ -280,7 +280,8 @@ class SelfModifyingMemory(nnx.Module):
     batch, seq, dim = x.shape
     if dim != self.dim:
       raise ValueError(f"SelfModifyingMemory expects inputs of width {self.dim}, got {dim}")
-    state = self.init_state(batch) if state is None else state
+    fresh = state is None
+    state = self.init_state(batch) if fresh else state
     mask = jnp.ones((batch, seq), bool) if mask is None else mask.astype(bool)
     chex.assert_shape(mask, (batch, seq))
     comp = jax.vmap(compaction)(mask)
@@ -289,13 +290,14 @@ class SelfModifyingMemory(nnx.Module):
     xm, conv_x = self.conv_x(xc, state.conv_x, valid)
     q, conv_q = self.conv_q(self.query(xc), state.conv_q, valid)
     heads = (self.num_heads, self.head_dim)
-    o, memories = jax.vmap(self._one_sequence)(
+    o, memories = jax.vmap(functools.partial(self._one_sequence, at_boundary=fresh))(
         l2_normalize(xm.reshape((batch, seq) + heads)), l2_normalize(q), comp.count, state)
     y = jax.vmap(uncompact)(self.out(o.astype(self.dtype)), comp)
     return y, SelfModifyingState(**memories, conv_x=conv_x, conv_q=conv_q)
 
-  def _one_sequence(self, x, q, count, state):
-    """The memories over one compacted sequence: x, q [seq, heads, d] -> o [seq, heads, d]."""
+  def _one_sequence(self, x, q, count, state, at_boundary: bool):
+    """The memories over one compacted sequence: x, q [seq, heads, d] -> o [seq, heads, d];
+    `at_boundary`: the state is fresh (both clocks at 0)."""
     seq = x.shape[0]
     eta_bias, alpha_bias = self.eta_bias[...], self.alpha_bias[...]
     apply_each = jax.vmap(memory_apply, in_axes=(0, None))
@@ -318,12 +320,14 @@ class SelfModifyingMemory(nnx.Module):
       running = update(boundary, running, k, memory_apply(boundary, v), eta, log_alpha)
       return (_select(complete, running, boundary), running), memory_apply(boundary, q)
 
-    grid = chunk_grid(count, state.other_position, self.chunk_size_other, seq)
+    grid = chunk_grid(count, state.other_position, self.chunk_size_other, seq,
+                      at_boundary=at_boundary)
     (other_boundary, other_running), generated = jax.lax.scan(
         jax.checkpoint(other_step), (state.other_boundary, state.other_running),
         (to_chunks(x, grid), grid.valid, grid.complete))
     k, v, eta, log_alpha = (from_chunks(a, grid) for a in generated)
-    memory_grid = chunk_grid(count, state.memory_position, self.chunk_size_memory, seq)
+    memory_grid = chunk_grid(count, state.memory_position, self.chunk_size_memory, seq,
+                             at_boundary=at_boundary)
     (memory_boundary, memory_running), o = jax.lax.scan(
         jax.checkpoint(memory_step), (state.memory_boundary, state.memory_running),
         tuple(to_chunks(a, memory_grid) for a in (q, k, v, eta, log_alpha))

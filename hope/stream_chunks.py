@@ -14,7 +14,9 @@ whole stream:
   holds, in a buffer of min(chunk, seq) slots, so a `lax.scan` over steps sees every valid
   token once and crosses a boundary exactly when the stream has consumed a multiple of
   `chunk` tokens. A call has ceil((seq + chunk - 1) / chunk) steps: at most one step more
-  than the tokens need when chunk <= seq, two half-used buffers when chunk > seq.
+  than the tokens need when chunk <= seq, two half-used buffers when chunk > seq. A caller
+  that knows the clock is at a boundary (a fresh state, as in training) passes
+  `at_boundary=True` and gets ceil(seq / chunk) steps, none of them wasted.
 
 Everything here is per sequence (no batch axis); callers `vmap` over the batch.
 """
@@ -71,11 +73,12 @@ class ChunkGrid:
   next_position: jax.Array
 
 
-def chunk_grid(count: jax.Array, position: jax.Array, chunk: int, length: int) -> ChunkGrid:
+def chunk_grid(count: jax.Array, position: jax.Array, chunk: int, length: int, *,
+               at_boundary: bool = False) -> ChunkGrid:
   """The grid of a call of `length` compacted positions, `count` of them valid, whose first
-  token is token `position` of its chunk."""
+  token is token `position` of its chunk; `at_boundary=True` promises position == 0."""
   width = min(chunk, length)
-  steps = -(-(length + chunk - 1) // chunk)
+  steps = -(-(length + (0 if at_boundary else chunk - 1)) // chunk)
   step = jnp.arange(steps)
   chunk_end = (step + 1) * chunk - position           # first compacted position after the chunk
   start = jnp.maximum(0, step * chunk - position)

@@ -8,6 +8,7 @@ from flax import nnx
 
 from hope.cms import ContinuumMemory, check_finite
 from hope.cms_reference import reference_cms
+from hope.stream_chunks import chunk_grid
 
 DIM, HIDDEN, BATCH, SEQ = 16, 32, 2, 32
 # XLA backend optimisation level 0: the same numbers, about half the compile time of
@@ -94,6 +95,20 @@ def test_streaming_in_pieces_of_any_length_equals_one_call(cms, apply):
     pieces.append(y)
   chex.assert_trees_all_close(jnp.concatenate(pieces, axis=1), y_full, atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(state, s_full, atol=1e-5, rtol=1e-5)
+
+
+def test_a_fresh_state_scans_only_the_chunks_the_tokens_need_and_agrees(cms, apply):
+  """state=None (the clocks known to be at 0, as in training) takes ceil(seq / C) chunk
+  steps instead of one more; outputs and final state equal the general grid's."""
+  x = _x()
+  y, state = jax.jit(lambda x: cms(x), **QUICK)(x)
+  y_general, state_general = apply(x, cms.init_state(BATCH))
+  chex.assert_trees_all_close(y, y_general, atol=1e-6, rtol=1e-6)
+  chex.assert_trees_all_close(state, state_general, atol=1e-6, rtol=1e-6)
+  count, zero = jnp.int32(SEQ), jnp.int32(0)
+  assert chunk_grid(count, zero, 3, SEQ, at_boundary=True).valid.shape[0] == 11   # 32 / 3
+  assert chunk_grid(count, zero, 3, SEQ).valid.shape[0] == 12
+  assert chunk_grid(count, zero, 8, SEQ, at_boundary=True).valid.shape[0] == 4
 
 
 def test_outputs_are_causal(cms, apply):
