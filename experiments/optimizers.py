@@ -319,7 +319,9 @@ def build_row_sparse(c, params, *, learning_rate, weight_decay: float, grad_clip
                      "slower parameters)")
   multiplier = c.get("value_lr_multiplier", 1.0)
   if not multiplier > 0:
-    raise UsageError(f"config.optimizer.value_lr_multiplier must be positive, got {multiplier!r}")
+    raise UsageError(f"{FLAG}=True scales the tables' lazy AdamW learning rate by "
+                     f"config.optimizer.value_lr_multiplier, which must be positive; got "
+                     f"{multiplier!r}")
   kwargs = _plain(c.kwargs)
   values = row_sparse.LazyAdamW(
       _scaled(learning_rate, multiplier, 1), b1=kwargs.get("b1", 0.9),

@@ -38,6 +38,8 @@ def _config(**overrides):
      r"config.optimizer.sparse_value_updates=True needs a model with memory-layer value tables"),
     (_config(**{"optimizer.groups": {"mem": dict(patterns=("blocks/0/mlp/*",))}}),
      r"sparse_value_updates=True .* config.optimizer.groups claim \[\('blocks/0/mlp/values/table'"),
+    (_config(**{"optimizer.value_lr_multiplier": 0.0}),
+     r"sparse_value_updates=True scales the tables' lazy AdamW learning rate by "),
     (_config(**{"optimizer.every": 2}),
      r"sparse_value_updates=True updates the value tables every step, so config.optimizer.every"),
 ])
