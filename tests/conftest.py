@@ -1,6 +1,11 @@
 """Test-wide setup: every test sees 8 fake CPU devices, so sharding is exercised on each run.
 
-The flag must be set before jax creates its CPU backend, hence at import time here.
+The flags must be set before jax creates its CPU backend, hence at import time here.
+The flags also set XLA's CPU backend optimisation level to 0: the programs of this
+suite are tiny, their compiles dominate its time, and level 0 compiles them in about 60% of
+the CPU time with the same results to test tolerance (tests/experiments/test_configs_train.py:
+3m02s -> 1m48s of CPU). Subprocesses started by the tests get the same flags
+(`tests.xla_test_flags`).
 
 The suite runs on 2 pytest-xdist workers (pyproject.toml: `-n 2 --dist loadgroup`). Each
 module's tests stay on one worker, so a module-scoped fixture (a trained run, a compiled
@@ -8,9 +13,9 @@ model) is built once; a module that sets `SPREAD_OVER_WORKERS = True` has its te
 """
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+from tests.xla_test_flags import xla_flags
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

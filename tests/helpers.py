@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from experiments.configs import transformer
+from tests.xla_test_flags import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +28,7 @@ def tiny_config(**overrides):
 def run_cli(module: str, *args: str, devices: int = 8, timeout: float = 240,
             env: dict | None = None) -> subprocess.CompletedProcess:
   """Runs `python -m module args` in a fresh process with `devices` fake CPU devices."""
-  full_env = dict(os.environ, JAX_PLATFORMS="cpu",
-                  XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  full_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
   full_env.update(env or {})
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
                         capture_output=True, text=True, timeout=timeout)

@@ -16,8 +16,6 @@ HPARAMS = dict(buffer_size=20, alpha=1.0, beta=0.5, strength=10.0, gamma=1.0, da
                importance_samples=2, decoder_std=0.2)
 
 
-# These runs are a few steps long: compile time dominates, so compile with less optimization.
-QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +65,7 @@ def test_every_other_method_runs_through_the_runner(digits):
     stream = "task_based" if entry.needs_boundaries else "task_free"
     settings = runner.RunSettings(steps_per_context=2, batch_size=8, eval_every=2,
                                   curve_examples=32, consolidation_examples=16, stream=stream,
-                                  boundary_width=1.0, compiler_options=QUICK_COMPILE)
+                                  boundary_width=1.0)
     if entry.needs_boundaries:
       with pytest.raises(ValueError, match="needs context boundaries"):
         runner.check_compatible(entry, "task_free")

@@ -9,15 +9,14 @@ import time
 import portpicker
 import pytest
 
-from tests.helpers import ROOT, TINY_FLAGS, run_cli
+from tests.helpers import ROOT, TINY_FLAGS, run_cli, xla_flags
 
 
 def test_two_processes_train_get_killed_and_resume(tmp_path):
   """Two processes joined by jax.distributed on loopback (4 CPU devices each, one 4x2 mesh)
   train and checkpoint; both are SIGKILLed; the same two commands resume and finish."""
   workdir = tmp_path / "multi"
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(4))
 
   def start(port):
     return [subprocess.Popen(

@@ -40,8 +40,7 @@ def _steps(tx, n=3):
     return (optax.apply_updates(params, updates), state), updates
 
   stacked = jax.tree.map(lambda *g: np.stack(g), *GRADS[:n])
-  run = jax.jit(lambda p, g: jax.lax.scan(body, (p, tx.init(p)), g),
-                compiler_options={"xla_backend_optimization_level": 0})
+  run = jax.jit(lambda p, g: jax.lax.scan(body, (p, tx.init(p)), g))
   (_, state), updates = run(PARAMS, stacked)
   return [jax.tree.map(lambda u: u[t], updates) for t in range(n)], state
 
@@ -108,6 +107,9 @@ def test_pretraining_with_groups_resumes_exactly(tmp_path):
   shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")  # as if killed after step 3
   resumed = training.train(config, str(tmp_path / "resumed"))
   chex.assert_trees_all_equal(jax.device_get(resumed["params"]), jax.device_get(whole["params"]))
-  start = training.init_state(RUN, training.optimizer(CONFIG, RUN))["params"]
+  run = training.prepare(config)  # the initial state exactly as training.train makes it
+  tx = training.optimizer(config, run)
+  with jax.set_mesh(run.mesh):
+    start = training.initial_state(run, tx, training.state_shardings(run, tx))["params"]
   chex.assert_trees_all_equal(whole["params"]["blocks"][0]["mlp"],
                               jax.device_get(start["blocks"][0]["mlp"]))

@@ -11,9 +11,6 @@ from hope.cms_reference import reference_cms
 from hope.stream_chunks import chunk_grid
 
 DIM, HIDDEN, BATCH, SEQ = 16, 32, 2, 32
-# XLA backend optimisation level 0: the same numbers, about half the compile time of
-# these tiny programs (compiles dominate the run time of this file).
-QUICK = dict(compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _cms(chunk_sizes=(3, 8, None), inner_lr=(0.05, 0.02, 0.0)):
@@ -24,7 +21,7 @@ def _cms(chunk_sizes=(3, 8, None), inner_lr=(0.05, 0.02, 0.0)):
 def _jitted(module):
   """module(x, state, mask) as one jitted function of the arrays (one compile per shape)."""
   graphdef, params = nnx.split(module)
-  apply = jax.jit(lambda p, x, s, m: nnx.merge(graphdef, p)(x, s, m), **QUICK)
+  apply = jax.jit(lambda p, x, s, m: nnx.merge(graphdef, p)(x, s, m))
   return lambda x, state, mask=None: apply(params, x, state,
                                            jnp.ones(x.shape[:2], bool) if mask is None else mask)
 
@@ -74,7 +71,7 @@ def test_frozen_level_never_changes_and_outer_gradients_reach_initial_weights(cm
     y, _ = nnx.merge(graphdef, params)(x, None, None)
     return jnp.sum(y[:, -8:] ** 2)
 
-  grads = jax.jit(jax.grad(loss), **QUICK)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert float(jnp.max(jnp.abs(g))) > 0, f"no outer gradient reaches {path}"
   # A frozen level alone is a plain residual MLP: token t's output ignores the other tokens.
@@ -101,7 +98,7 @@ def test_a_fresh_state_scans_only_the_chunks_the_tokens_need_and_agrees(cms, app
   """state=None (the clocks known to be at 0, as in training) takes ceil(seq / C) chunk
   steps instead of one more; outputs and final state equal the general grid's."""
   x = _x()
-  y, state = jax.jit(lambda x: cms(x), **QUICK)(x)
+  y, state = jax.jit(lambda x: cms(x))(x)
   y_general, state_general = apply(x, cms.init_state(BATCH))
   chex.assert_trees_all_close(y, y_general, atol=1e-6, rtol=1e-6)
   chex.assert_trees_all_close(state, state_general, atol=1e-6, rtol=1e-6)

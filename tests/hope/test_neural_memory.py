@@ -1,9 +1,9 @@
 """Titans neural memory: the chunked dual form against the per-token reference, streaming,
 padding, retrieval and bad input.
 
-Shapes are tiny, so compilation dominates the run time: every test compiles through `_jit`,
-which skips XLA's LLVM optimisation passes (the numbers are the same, the compile is about
-twice as fast), and the equivalence cases are a pairwise cover rather than a full product.
+Shapes are tiny, so compilation dominates the run time (the suite compiles at XLA backend
+optimisation level 0, see tests/conftest.py), and the equivalence cases are a pairwise
+cover rather than a full product.
 """
 import chex
 import jax
@@ -25,15 +25,13 @@ def _inputs(seq=SEQ, seed=1):
   return jax.random.normal(jax.random.key(seed), (BATCH, seq, DIM))
 
 
-def _jit(fn):
-  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _runner(memory: NeuralMemory, implementation: str | None = None):
   """A jitted pure function (params, x, state, mask) -> (y, state) of the memory's structure."""
   graphdef, params = nnx.split(memory)
 
-  @_jit
+  @jax.jit
   def run(params, x, state, mask):
     module = nnx.merge(graphdef, params)
     if implementation is not None:
@@ -80,14 +78,14 @@ def test_chunked_matches_reference_outputs_and_gradients(chunk_size, depth, mome
     final = sum(jnp.sum(jnp.sin(w)) for w in state.weights + state.momentum)
     return jnp.sum(y * targets) + final, (y, state)
 
-  @_jit
+  @jax.jit
   def both(params):
     return [jax.value_and_grad(loss, has_aux=True)(params, implementation)
             for implementation in ("chunked", "reference")]
 
   ((_, (y_c, state_c)), grads_c), ((_, (y_r, state_r)), grads_r) = both(params)
   if max_grad_norm is not None:  # the clip is engaged: without it the outputs differ
-    _, (y_unclipped, _) = _jit(lambda p: loss(p, "reference", None))(params)
+    _, (y_unclipped, _) = jax.jit(lambda p: loss(p, "reference", None))(params)
     assert not np.allclose(y_unclipped, y_r, rtol=1e-3)
   chex.assert_trees_all_close(y_c, y_r, rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(state_c, state_r, rtol=1e-4, atol=1e-6)
@@ -154,7 +152,7 @@ def test_retrieve_reads_without_writing():
   memory = _memory(chunk_size=4, depth=1, momentum=False, decay=False)
   run, params = _runner(memory)
   graphdef = nnx.graphdef(memory)
-  retrieve = _jit(lambda params, x, state: nnx.merge(graphdef, params).retrieve(x, state))
+  retrieve = jax.jit(lambda params, x, state: nnx.merge(graphdef, params).retrieve(x, state))
   ones = jnp.ones((BATCH, 8), bool)
   # A state with written weights and full conv caches.
   _, state = run(params, _inputs(seq=8), memory.init_state(BATCH), ones)

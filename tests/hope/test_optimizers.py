@@ -22,9 +22,6 @@ MEAN_GRADS = [jax.tree.map(lambda a, b: (a + b) / 2, GRADS[2 * i], GRADS[2 * i +
 
 
 
-def _jit(fn):
-  """jax.jit without XLA's LLVM optimisation passes: same numbers, about half the compile."""
-  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
 
 def np_orthogonalize(x, steps=5, coeffs=(3.4445, -4.7750, 2.0315), eps=1e-7):
   tall = x.shape[0] > x.shape[1]
@@ -130,7 +127,7 @@ def run_together(*runs, params=PARAMS):
     stacked = jax.tree.map(lambda *g: jnp.stack(g), *grads)
     return jax.lax.scan(body, (params, tx.init(params)), stacked)[1]
 
-  outs = _jit(lambda: [scan(tx, grads) for tx, grads in runs])()
+  outs = jax.jit(lambda: [scan(tx, grads) for tx, grads in runs])()
   return [[jax.tree.map(lambda x: x[t], out) for t in range(len(grads))]
           for out, (_, grads) in zip(outs, runs)]
 
@@ -224,7 +221,7 @@ def test_multi_frequency_state_restores_mid_cycle_with_orbax(tmp_path):
   rules = {"fast": optax.adam(0.1), "mid": optax.sgd(0.1, momentum=0.9),
            "slow": H.preconditioned_momentum(0.1), "frozen": optax.sgd(1.0)}
   tx = H.multi_frequency(rules, MF_LABELS, LEVELS)
-  update = _jit(tx.update)
+  update = jax.jit(tx.update)
   state, params = tx.init(MF_PARAMS), MF_PARAMS
   for g in MF_GRADS[:3]:  # step 3: the slow level is three gradients into its window of 4
     u, state = update(g, state, params)

@@ -14,9 +14,6 @@ SEQ, DIM = 6, 4
 
 
 
-def _jit(fn):
-  """jax.jit without XLA's LLVM optimisation passes: same numbers, about half the compile."""
-  return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
 
 def _inputs(seed=0):
   keys = jax.random.split(jax.random.key(seed), 8)
@@ -36,7 +33,7 @@ def test_momentum_sgd_through_the_memory_equals_optax_sgd_step_by_step():
   ones = jnp.ones((SEQ,))
   rule = optax.sgd(0.05, momentum=0.9)
 
-  @_jit
+  @jax.jit
   def both(weights):
     through_memory = reference_memory(weights, rule.init(weights), q, k, v, ones, ones, ones,
                                       ones, chunk_size=1, use_momentum=True, rule=rule)
@@ -59,7 +56,7 @@ def test_titans_rule_as_optax_chain_equals_the_direct_recurrence(chunk_size):
   weights, q, k, v, lr, eta, retain, write = _inputs(1)
   rule = H.titans_rule()
 
-  @_jit
+  @jax.jit
   def both(weights):
     direct = reference_memory(weights, jax.tree.map(jnp.zeros_like, weights), q, k, v, lr, eta,
                               retain, write, chunk_size=chunk_size, use_momentum=True)
@@ -79,7 +76,7 @@ def test_neural_memory_module_takes_a_rule():
   graphdef, params = nnx.split(memory)
   x = jax.random.normal(jax.random.key(0), (2, 3, 16))
 
-  @_jit
+  @jax.jit
   def both(params, x):
     plain, chained = nnx.merge(graphdef, params), nnx.merge(graphdef, params)
     chained.rule = H.titans_rule()

@@ -11,9 +11,6 @@ from hope.self_modifying import SelfModifyingMemory, check_finite
 from hope.self_modifying_reference import reference_self_modifying
 
 DIM, HEADS, BATCH, SEQ = 16, 2, 2, 32
-# XLA backend optimisation level 0: the same numbers, about half the compile time of
-# these tiny programs (compiles dominate the run time of this file).
-QUICK = dict(compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _layer(chunk_size_memory=8, chunk_size_other=3):
@@ -24,7 +21,7 @@ def _layer(chunk_size_memory=8, chunk_size_other=3):
 def _jitted(layer):
   """layer(x, state, mask) as one jitted function of the arrays (one compile per shape)."""
   graphdef, params = nnx.split(layer)
-  run = jax.jit(lambda p, x, s, m: nnx.merge(graphdef, p)(x, s, m), **QUICK)
+  run = jax.jit(lambda p, x, s, m: nnx.merge(graphdef, p)(x, s, m))
   return lambda x, state, mask=None: run(params, x, state,
                                          jnp.ones(x.shape[:2], bool) if mask is None else mask)
 
@@ -58,8 +55,7 @@ def test_chunked_path_matches_per_token_reference_values_and_gradients(layer, ma
     y = layer(x)[0] if chunked else reference_self_modifying(layer, x)
     return jnp.sum(y * weights), y
 
-  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=(1, 2),
-                           **QUICK)
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=(1, 2))
   (_, y), grads = value_and_grad(params, True, max_grad_norm)
   (_, y_ref), grads_ref = value_and_grad(params, False, max_grad_norm)
   chex.assert_trees_all_close(y, y_ref, rtol=1e-4, atol=1e-6)
@@ -80,7 +76,7 @@ def test_inner_gradient_clip_keeps_grown_memories_finite():
                                 max_grad_norm=clip, rngs=nnx.Rngs(0))
     for name in ("other_w1", "other_w2", "memory_w1", "memory_w2"):
       getattr(layer, name)[...] = 2 * getattr(layer, name)[...]
-    y, state = jax.jit(lambda x: layer(x), **QUICK)(x)
+    y, state = jax.jit(lambda x: layer(x))(x)
     assert bool(jnp.isfinite(y).all()) == finite, clip
     if finite:
       check_finite(state)
@@ -90,8 +86,8 @@ def test_inner_gradient_clip_keeps_grown_memories_finite():
 def test_chunk_size_one_is_the_per_token_recurrence():
   layer = _layer(1, 1)
   x = _x()
-  y, _ = jax.jit(lambda x: layer(x), **QUICK)(x)
-  y_ref = jax.jit(lambda x: reference_self_modifying(layer, x), **QUICK)(x)
+  y, _ = jax.jit(lambda x: layer(x))(x)
+  y_ref = jax.jit(lambda x: reference_self_modifying(layer, x))(x)
   chex.assert_trees_all_close(y, y_ref, rtol=1e-4, atol=1e-6)
 
 
