@@ -2,15 +2,17 @@
 
 Each level's weights are held per sequence; token t goes through the levels with the weights
 in force, each adaptive level adds jax.grad of its inner objective (`inner_loss`) to a
-running sum, and when the level has seen a multiple of C_l tokens the sum times lr_l is
-subtracted from its weights (eq. 71). It shares only the parameters with `ContinuumMemory`
-(no gradient formula, no chunk layout), so comparing the two tests the chunked scan, the
-hand-written gradients and the streaming clock. For tests only.
+running sum (each token's gradient clipped to a norm of max_grad_norm * dim), and when the
+level has seen a multiple of C_l tokens the sum times lr_l is subtracted from its weights
+(eq. 71). It shares only the parameters with `ContinuumMemory` (no gradient formula, no
+chunk layout), so comparing the two tests the chunked scan, the hand-written gradients and
+the streaming clock. For tests only.
 """
 import jax
 import jax.numpy as jnp
 
 from hope.cms import ContinuumMemory
+from hope.neural_memory import clip_scale
 
 
 def _mlp(w_in, w_out, scale, h):
@@ -41,6 +43,9 @@ def reference_cms(cms: ContinuumMemory, x: jax.Array) -> tuple[jax.Array, list]:
       _, m = mlp(*weights[l], scale, h)
       if chunk is not None:
         g = grad(weights[l], scale, level.target[...], h)
+        clip = cms.max_grad_norm and cms.max_grad_norm * cms.dim
+        factor = clip_scale(sum(jnp.sum(a * a, axis=(1, 2)) for a in g), clip)
+        g = jax.tree.map(lambda a: factor[:, None, None] * a, g)
         pending[l] = jax.tree.map(jnp.add, pending[l], g)
         if (t + 1) % chunk == 0:
           weights[l] = jax.tree.map(lambda w, s: w - lr * s, weights[l], pending[l])

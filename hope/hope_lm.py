@@ -28,7 +28,8 @@ def hope_lm(*, vocab_size: int, dim: int, num_layers: int, num_heads: int, mlp_d
             rngs: nnx.Rngs, mixer: str = "self_modifying", head_dim: int = 0,
             chunk_size_memory: int = 16, chunk_size_other: int = 16,
             cms_chunk_sizes: Sequence[int | None] = (16, 64, None), cms_hidden: int = 0,
-            cms_inner_lr: float = 1e-2, max_grad_norm: float | None = 1.0, window: int = 0, rope_base: float = 10_000.0,
+            cms_inner_lr: float = 1e-2, max_grad_norm: float | None = 1.0,
+            cms_max_grad_norm: float | None = 8.0, window: int = 0, rope_base: float = 10_000.0,
             dtype: str = "float32", dropout_rate: float = 0.0) -> DecoderLM:
   """Builds HOPE (`mixer='self_modifying'`) or HOPE-Attention (`mixer='attention'`)."""
   head_dim = check_shape(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
@@ -51,8 +52,8 @@ def hope_lm(*, vocab_size: int, dim: int, num_layers: int, num_heads: int, mlp_d
 
   blocks = [
       Block(dim, sequence_mixer(),
-            ContinuumMemory(dim, hidden=hidden, chunk_sizes=chunks, inner_lr=lrs, rngs=rngs,
-                            dtype=compute_dtype),
+            ContinuumMemory(dim, hidden=hidden, chunk_sizes=chunks, inner_lr=lrs,
+                            max_grad_norm=cms_max_grad_norm, rngs=rngs, dtype=compute_dtype),
             rngs=rngs, dropout_rate=dropout_rate, mlp_owns_residual=True)
       for _ in range(num_layers)
   ]

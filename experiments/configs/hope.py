@@ -9,7 +9,8 @@ from experiments.configs import common
 # frequency, the last (None) changing only in the outer loop.
 MODEL = dict(name="hope", mixer="self_modifying", head_dim=0, chunk_size_memory=16,
              chunk_size_other=16, cms_chunk_sizes=(16, 64, None), cms_hidden=0,
-             cms_inner_lr=1e-2, max_grad_norm=1.0, window=0, rope_base=10_000.0)
+             cms_inner_lr=1e-2, max_grad_norm=1.0, cms_max_grad_norm=8.0, window=0,
+             rope_base=10_000.0)
 SIZES = {
     "small": dict(cms_chunk_sizes=(32, 256, None)),
     "340m": dict(chunk_size_memory=64, cms_chunk_sizes=(64, 512, 2048, None)),

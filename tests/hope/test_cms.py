@@ -63,6 +63,27 @@ def test_levels_change_exactly_at_their_boundaries_by_lr_times_summed_gradient(c
   chex.assert_trees_all_close(y, expected_y, atol=1e-5, rtol=1e-5)
 
 
+def test_inner_gradient_clip_matches_the_reference_and_bounds_a_diverging_level():
+  """With a clip that about half the tokens exceed, the chunked scan equals the per-token
+  reference (outputs and weights) and differs from the unclipped run; with a step size at
+  which plain gradient descent on the inner objective overflows, the clip keeps it finite."""
+  x = _x()
+  clipped = _cms()
+  clipped.max_grad_norm = 0.8                                  # 0.8 * dim = 12.8
+  y, state = jax.jit(lambda x: clipped(x))(x)
+  y_ref, history = reference_cms(clipped, x)
+  chex.assert_trees_all_close(y, y_ref, atol=1e-5, rtol=1e-5)
+  for l in (0, 1):
+    chex.assert_trees_all_close((state.levels[l].w_in, state.levels[l].w_out), history[-1][l],
+                                atol=1e-6, rtol=1e-5)
+  assert not np.allclose(reference_cms(_cms(), x)[0], y_ref, rtol=1e-4)
+  for clip, finite in ((None, False), (8.0, True)):
+    level = ContinuumMemory(DIM, hidden=HIDDEN, chunk_sizes=(1,), inner_lr=0.5,
+                            max_grad_norm=clip, rngs=nnx.Rngs(0))
+    y, _ = jax.jit(lambda x: level(x))(_x(seq=64))
+    assert bool(jnp.isfinite(y).all()) == finite, clip
+
+
 def test_frozen_level_never_changes_and_outer_gradients_reach_initial_weights(cms):
   x = _x()
   graphdef, params = nnx.split(cms)
@@ -145,6 +166,7 @@ def test_flops_per_token_counts_mlps_and_inner_gradients():
     (dict(chunk_sizes=(2.5,)), "chunk_sizes"),
     (dict(chunk_sizes=(4,), hidden=0), "hidden"),
     (dict(chunk_sizes=(4, 8), inner_lr=(0.1,)), "inner_lr"),
+    (dict(chunk_sizes=(4,), max_grad_norm=-1.0), "max_grad_norm"),
 ])
 def test_bad_arguments_are_refused_by_name(kwargs, match):
   kwargs = dict(dict(hidden=HIDDEN), **kwargs)
