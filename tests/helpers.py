@@ -16,6 +16,11 @@ def tiny_config(**overrides):
   config.update(dict(steps=12, batch_size=8, seq_len=32, log_every=4, checkpoint_every=4,
                      warmup_steps=2, eval_batches=2))
   config.model.update(dict(dim=32, num_layers=2, num_heads=4, mlp_dim=64))
+  return override(config, overrides)
+
+
+def override(config, overrides: dict):
+  """Sets dotted keys ("optimizer.kwargs.eps": 1e-3) of `config` in place; returns it."""
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

@@ -11,7 +11,7 @@ from experiments import data, training
 from experiments.checkpointing import Checkpoints
 from experiments.cli import UsageError
 from experiments.configs import memory_lm
-from tests.helpers import tiny_config
+from tests.helpers import override, tiny_config
 
 # Without weight decay, Adam's first step moves an unread row by 0, lazily or not; eps 1e-3
 # makes the first step (about lr * sign(g) at eps 1e-8, which float summation order flips for
@@ -28,13 +28,7 @@ def _config(**overrides):
                            num_slots=64 ** 2, key_dim=16, top_k=4, memory_heads=2))
   config.optimizer.sparse_value_updates = True
   config.mesh.update(dict(data=2, fsdp=2, tensor=2))  # table rows over fsdp, columns over tensor
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return override(config, overrides)
 
 
 @pytest.mark.parametrize("config, message", [
