@@ -257,8 +257,8 @@ class RowSparseValueOptimizer:
     updates, dense_state = self.dense.update(grads, state["dense"], rest)
     new_rest = optax.apply_updates(rest, updates)
     v = state["values"]
-    table_states = {p: row_sparse.LazyAdamState(v["count"], row_sparse._get(v["mu"], p),
-                                                row_sparse._get(v["nu"], p)) for p in paths}
+    table_states = {p: row_sparse.LazyAdamState(v["count"], row_sparse.get_path(v["mu"], p),
+                                                row_sparse.get_path(v["nu"], p)) for p in paths}
     new_rows = {p: self.values.new_rows(tables[p], table_states[p], rows[p][0], table_grads[p])
                 for p in paths}
     updated = row_sparse.merge_tables(new_rest, {p: r[0] for p, r in new_rows.items()})
@@ -270,7 +270,7 @@ class RowSparseValueOptimizer:
     for p in paths:
       new_tables[p], s = self.values.write(tables[p], table_states[p], rows[p][0], *new_rows[p],
                                            commit=ok)
-      mu, nu = row_sparse._set(mu, p, s.mu), row_sparse._set(nu, p, s.nu)
+      mu, nu = row_sparse.set_path(mu, p, s.mu), row_sparse.set_path(nu, p, s.nu)
     state = dict(dense=keep_if_bad(dense_state, state["dense"]),
                  values=dict(count=v["count"] + ok.astype(jnp.int32), mu=mu, nu=nu))
     params = row_sparse.merge_tables(keep_if_bad(new_rest, rest), new_tables)

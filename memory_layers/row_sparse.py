@@ -67,16 +67,16 @@ class TableReads(NamedTuple):
   cotangents: tuple
 
 
-def _get(tree, path: Path):
+def get_path(tree, path: Path):
   for key in path:
     tree = tree[key]
   return tree
 
 
-def _set(tree: dict, path: Path, value) -> dict:
+def set_path(tree: dict, path: Path, value) -> dict:
   """A copy of the nested dict `tree` with `value` at `path` (the dicts on the path copied)."""
   tree = dict(tree)
-  tree[path[0]] = value if len(path) == 1 else _set(tree[path[0]], path[1:], value)
+  tree[path[0]] = value if len(path) == 1 else set_path(tree[path[0]], path[1:], value)
   return tree
 
 
@@ -105,14 +105,14 @@ def split_tables(params: dict, paths: list[Path]) -> tuple[dict, dict]:
   """(params with None at the value tables, {path: table})."""
   rest = params
   for path in paths:
-    rest = _set(rest, path, None)
-  return rest, {path: _get(params, path) for path in paths}
+    rest = set_path(rest, path, None)
+  return rest, {path: get_path(params, path) for path in paths}
 
 
 def merge_tables(rest: dict, tables: dict) -> dict:
   """Inverse of `split_tables`."""
   for path, table in tables.items():
-    rest = _set(rest, path, table)
+    rest = set_path(rest, path, table)
   return rest
 
 

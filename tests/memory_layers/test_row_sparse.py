@@ -57,19 +57,19 @@ def test_gradients_equal_dense_for_shared_and_own_tables():
   assert len(np.unique(flat)) < flat.size  # duplicate slots occur
   for path in paths:
     chex.assert_trees_all_close(row_sparse.densify(reads[path], N),
-                                row_sparse._get(dense, path), rtol=1e-5, atol=1e-6)
+                                row_sparse.get_path(dense, path), rtol=1e-5, atol=1e-6)
     # unique_rows: distinct, ascending, padded with N, and the same sums.
     rows, g = row_sparse.unique_rows(reads[path], N)
     rows, g = np.asarray(rows), np.asarray(g)
     used = rows < N
     assert (np.diff(rows[used]) > 0).all() and (rows[~used] == N).all()
     assert (g[~used] == 0).all()
-    np.testing.assert_allclose(g[used], np.asarray(row_sparse._get(dense, path))[rows[used]],
+    np.testing.assert_allclose(g[used], np.asarray(row_sparse.get_path(dense, path))[rows[used]],
                                rtol=1e-5, atol=1e-6)
   # Every other parameter's gradient is unchanged by the mode; the tables get none.
   rest, _ = row_sparse.split_tables(dense, paths)
   chex.assert_trees_all_close(grads, rest, rtol=1e-5, atol=1e-6)
-  assert all(row_sparse._get(grads, p) is None for p in paths)
+  assert all(row_sparse.get_path(grads, p) is None for p in paths)
 
 
 def _dyadic_reads(seed):
