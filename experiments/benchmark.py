@@ -52,9 +52,9 @@ MODELS = flags.DEFINE_list("models", None, "lm: only these config:size entries, 
 SEQ_LEN = flags.DEFINE_integer("seq_len", None, "lm: override every config's seq_len.")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "lm: override every config's batch_size.")
 STEPS_PER_RUN = flags.DEFINE_integer("steps_per_run", 5, "lm: train steps per timed run.")
-MEMORY_HEADS = flags.DEFINE_list("memory_heads", ["1", "4"],
+MEMORY_HEADS = flags.DEFINE_list("memory_heads", ["1", "2", "4", "8"],
                                  "memory: head counts (head_dim = 256 / heads).")
-MEMORY_CHUNK_SIZES = flags.DEFINE_list("memory_chunk_sizes", ["16", "64"],
+MEMORY_CHUNK_SIZES = flags.DEFINE_list("memory_chunk_sizes", ["16", "64", "128"],
                                        "memory: chunk sizes of the chunked path.")
 PKM_SIZES = flags.DEFINE_list("pkm_sizes", [str(n) for n in product_key.DEFAULT_SIZES],
                               "pkm: numbers of slots N (perfect squares) to time.")

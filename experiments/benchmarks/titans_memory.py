@@ -70,8 +70,8 @@ def compiled_gradient(memory: NeuralMemory, shape: tuple[int, int, int], segment
   return jax.jit(jax.grad(loss)).lower(params, x, x).compile(), params
 
 
-def run(*, batch: int = 8, seq_len: int = 2048, dim: int = 256, heads=(1, 4),
-        chunk_sizes=(16, 64), warmup: int = 1, runs: int = 3) -> dict:
+def run(*, batch: int = 8, seq_len: int = 2048, dim: int = 256, heads=(1, 2, 4, 8),
+        chunk_sizes=(16, 64, 128), warmup: int = 1, runs: int = 3) -> dict:
   """Rows per head layout and implementation: median seconds, speed-up, compiled GiB."""
   for h in heads:
     if h <= 0 or dim % h:
