@@ -96,3 +96,16 @@ def _assert_clean_error(result, expected):
   assert result.returncode == 2, result.stderr[-3000:]
   assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+GOLDEN_METRICS = ROOT / "tests" / "experiments" / "golden" / "transformer_tiny_12_steps.metrics.jsonl"
+
+
+def test_pretrain_metrics_match_the_recorded_run(tmp_path):
+  """`pretrain` on transformer.py:tiny (12 steps, 8 fake devices, XLA level 0) writes the
+  metrics.jsonl recorded before the training runtime was restructured, byte for byte."""
+  result = run_cli("experiments.pretrain", "--config=experiments/configs/transformer.py:tiny",
+                   "--config.steps=12", "--config.log_every=2", "--config.warmup_steps=4",
+                   "--config.checkpoint_every=6", f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (tmp_path / "metrics.jsonl").read_bytes() == GOLDEN_METRICS.read_bytes()
