@@ -8,7 +8,8 @@ and saves df(i) = number of batches that read slot i as the orbax item DIR/backg
 """
 from absl import flags
 
-from experiments import background_statistics, cli
+from runtime import slot_statistics
+from experiments import cli
 
 BATCHES = flags.DEFINE_integer("batches", None, "Background batches |B| (default: the config's "
                                "background_batches, else 100).")
@@ -20,7 +21,7 @@ def main(argv):
     raise cli.UsageError(f"unexpected arguments {argv[1:]}")
   if not WORKDIR.value:
     raise cli.UsageError("--workdir is required")
-  background_statistics.compute(WORKDIR.value, BATCHES.value)
+  slot_statistics.compute(WORKDIR.value, BATCHES.value)
 
 
 if __name__ == "__main__":

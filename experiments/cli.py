@@ -1,28 +1,50 @@
-"""Command-line plumbing shared by the entry points.
+"""Command-line plumbing of the entry points (only they import this module).
 
 Bad input (an unknown flag or config field, an invalid value, a missing file) is reported as
 one line on stderr, `error: <what is wrong>`, with exit code 2, before anything is compiled
 or written. Entry points raise `UsageError` for such problems and start with `cli.run(main)`.
 A run that has to stop midway (`RunStopped`) is reported the same way with exit status 3.
+
+Multi-host: `--coordinator_address`, `--num_processes`, `--process_id`; every process runs
+the same command, and `initialize_distributed()` joins them with `jax.distributed.initialize`
+before any device is touched. Without `--coordinator_address` the run is single-process.
 """
+import errno
+import importlib.util
 import logging as std_logging
+import os
 import sys
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging
+
+from runtime.errors import RunStopped, UsageError
 
 # Libraries whose INFO lines (per-save orbax chatter, backend probing) drown the run's own log;
 # their warnings and errors still show, and --verbosity=1 shows everything.
 _QUIET_LIBRARIES = ("/orbax/", "/grain/", "/jax/_src/", "/etils/")
 
 
-class UsageError(Exception):
-  """Bad input from the user: names the flag, config field or file, and what was expected."""
+COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-host runs.")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 
 
-class RunStopped(Exception):
-  """A run that cannot go on (e.g. a non-finite loss): one `error:` line, exit status 3."""
+def initialize_distributed() -> None:
+  """Joins the processes of a multi-host run (a no-op without --coordinator_address)."""
+  if COORDINATOR.value is None:
+    if NUM_PROCESSES.value is not None or PROCESS_ID.value is not None:
+      raise UsageError("--num_processes and --process_id need --coordinator_address")
+    return
+  n, i = NUM_PROCESSES.value, PROCESS_ID.value
+  if n is None or n <= 0:
+    raise UsageError(f"--num_processes must be a positive integer with --coordinator_address, got {n}")
+  if i is None or not 0 <= i < n:
+    raise UsageError(f"--process_id must be in [0, {n}), got {i}")
+  jax.distributed.initialize(coordinator_address=COORDINATOR.value, num_processes=n, process_id=i)
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -32,40 +54,51 @@ def fail(message: str, status: int = 2) -> None:
 
 
 def _parse_flags(argv):
+  problem = _config_flag_problem(argv)
+  if problem:
+    fail(problem)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, ValueError, KeyError, AttributeError, TypeError, OSError) as e:
-    # Config files are loaded during flag parsing; their errors arrive here too.
-    fail(_describe(e, argv))
+    fail(f"{type(e).__name__}: {e}" if isinstance(e, (KeyError, AttributeError)) else e)
 
 
-def _config_load_error(e: BaseException) -> str | None:
-  """ml_collections defers a config file's load error to the first use of the config."""
-  if isinstance(e, OSError) and "earlier failure to load" in str(e) and e.__cause__ is not None:
-    return f"--config: {e.__cause__}"
+def _load_config_file(value: str):
+  """The config that `--config=PATH[:ARG]` names (the file's get_config(ARG)), loaded as
+  ml_collections' config flag loads it."""
+  path, _, arg = value.partition(":")
+  if not path:
+    raise ValueError("Path to config file is an empty string")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+  spec = importlib.util.spec_from_file_location("_config_file", path)
+  if spec is None:
+    raise ValueError(f"{path!r} is not a Python config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _config_flag_problem(argv) -> str | None:
+  """What is wrong with the config file (it does not load) or with an override that names
+  a field the config lacks, found before absl parses the flags; None if nothing."""
+  value = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("--config=")), None)
+  if value is None:
+    return None
+  try:
+    config = _load_config_file(value)
+  except Exception as e:  # the user's config file may raise anything: report it in one line
+    return f"--config: {e}"
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    flag = arg.split("=", 1)[0]
+    node = config
+    for part in flag[len("--config."):].split("."):
+      if not hasattr(node, "keys") or part not in node:
+        return f"{flag}: the config has no field {part!r}"
+      node = node[part]
   return None
-
-
-def _describe(e: BaseException, argv) -> str:
-  """The message of a flag-parsing error, without any traceback text embedded in it."""
-  if _config_load_error(e) is not None:
-    return _config_load_error(e)
-  missing = e if isinstance(e, KeyError) else e.__context__
-  if isinstance(e, (KeyError, AttributeError)) and isinstance(missing, KeyError):
-    # ml_collections: a --config.A.B=V override names a field the config does not have.
-    name = str(missing.args[0]).strip("'\"")
-    flag = next((a.split("=")[0] for a in argv
-                 if a.startswith("--config.") and a.split("=")[0].endswith(f".{name}")),
-                f"--config...{name}")
-    return f"{flag}: the config has no field {name!r}"
-  text = str(e).strip()
-  if "Traceback (most recent call last)" in text:
-    # ml_collections embeds the config file's traceback: keep what precedes it and the
-    # exception's own last line.
-    head = text.split("Traceback (most recent call last)")[0].rstrip(": \n")
-    last = [line for line in text.splitlines() if line.strip()][-1].strip()
-    text = f"{head}: {last}"
-  return text
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -87,9 +120,5 @@ def run(main) -> None:
       fail(str(e))
     except RunStopped as e:
       fail(str(e), status=3)
-    except OSError as e:
-      if _config_load_error(e) is None:
-        raise
-      fail(_config_load_error(e))
 
   app.run(guarded_main, flags_parser=_parse_flags)

@@ -15,8 +15,8 @@ attention-only models see each piece alone. The default is one piece (T = seq_le
 """
 from absl import flags
 
-from experiments import cli, distributed
-from experiments.evaluation import evaluate
+from experiments import cli
+from runtime.evaluation import evaluate
 
 WORKDIR = flags.DEFINE_string("workdir", None, "The pretraining run's workdir.")
 STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
@@ -42,7 +42,7 @@ def main(argv):
     raise cli.UsageError(f"unexpected arguments {argv[1:]}")
   if not WORKDIR.value:
     raise cli.UsageError("--workdir is required")
-  distributed.initialize()
+  cli.initialize_distributed()
   evaluate(WORKDIR.value, STEP.value, parse_mesh(MESH.value), CONTEXT.value)
 
 

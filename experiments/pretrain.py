@@ -9,7 +9,8 @@ the workdir's latest checkpoint. Multi-host: add --coordinator_address=HOST:PORT
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import cli, distributed, training
+from experiments import cli
+from runtime import loop
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (FILE.py:SIZE).",
                                          lock_config=True)
@@ -23,8 +24,8 @@ def main(argv):
     raise cli.UsageError("--config is required, e.g. --config=experiments/configs/transformer.py:tiny")
   if not WORKDIR.value:
     raise cli.UsageError("--workdir is required")
-  distributed.initialize()
-  training.train(CONFIG.value, WORKDIR.value)
+  cli.initialize_distributed()
+  loop.pretrain(CONFIG.value, WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from flax import nnx
 
 from memory_layers.access_stats import SlotAccess, slot_access_counts
 from memory_layers.product_keys import SlotLookup, product_key_search
-from memory_layers.sharding_rules import normalize_rules
+from hope.sharding import normalize_rules
 from memory_layers.value_pool import ValuePool
 from memory_layers.value_read import read_values, read_values_sharded
 
@@ -44,7 +44,7 @@ class ProductKeyMemory(nnx.Module):
     gated_output: Memory+'s out = W2 (y * silu(W1 x)); without it the value dim must
       equal embed_dim and the output is y.
     query_norm: per-head RMSNorm on the queries.
-    sharding_rules: a rules table (see `memory_layers.sharding_rules`). When given and a
+    sharding_rules: a rules table (see `hope.sharding`). When given and a
       mesh is set with `jax.set_mesh`, the value read runs sharded over that mesh
       (`read_values_sharded`); otherwise it reads on one device (`read_values`).
     record_access: sow a `SlotAccess` record (counts and indices) on every call.

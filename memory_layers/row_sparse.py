@@ -22,13 +22,16 @@ touched rows only, at a cost independent of N:
 - `unique_rows`: (*) on the distinct rows touched, duplicates summed (jnp.unique with a static
   size; padding rows carry the out-of-range id N and zero gradient).
 - `sgd`: V <- V - lr (*), scatter-added into V (donate it to update in place).
-- `lazy_adamw`: Adam / AdamW on the touched rows only, described there.
+- `LazyAdamW`: Adam / AdamW on the touched rows only, described there.
+- `RowSparseValueOptimizer`: a train-step optimizer with the tables on `LazyAdamW` and every
+  other parameter on any optax rule.
 """
 import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from memory_layers.product_key_memory import ProductKeyMemory
@@ -301,3 +304,88 @@ class LazyAdamW:
     put = lambda a, x: a.at[rows].set(x.astype(a.dtype), mode="drop")
     count = state.count + jnp.asarray(commit, jnp.int32)
     return put(table, p), LazyAdamState(count, put(state.mu, m), put(state.nu, v))
+
+
+def nested(leaves: dict) -> dict:
+  """{path: leaf} as nested dicts."""
+  tree = {}
+  for path, leaf in leaves.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = leaf
+  return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSparseValueOptimizer:
+  """A train-step optimizer whose value tables get row-sparse gradients and a lazy AdamW.
+
+  `dense` (any optax transformation) updates every parameter but the value tables at
+  `table_paths`, which it never sees: its state and updates have None there. Each table V
+  gets `values` (`LazyAdamW`) on the rows read this step, from the row-sparse gradient (*) of
+  `value_and_grad`. Global-norm clipping (`grad_clip` > 0) is over all gradients together,
+  the tables' (*) included, as optax.clip_by_global_norm does with dense gradients.
+
+  State: {"dense": dense's state, "values": {"count", "mu", "nu"}}, mu and nu holding one
+  [N, D] moment per table at the table's own parameter path (so they take its sharding).
+
+  The interface is that of `runtime.optimizers.StepOptimizer`: `value_and_grad` returns
+  (loss, (grads, reads)) and `update` (checked, grad_norm, commit); commit(False) writes no
+  row, so even a rejected step never runs an [N, D] select.
+  """
+  dense: Any  # optax.GradientTransformation
+  values: LazyAdamW
+  table_paths: tuple
+  grad_clip: float
+
+  def init(self, params) -> dict:
+    rest, tables = split_tables(params, list(self.table_paths))
+    moments = nested({p: jnp.zeros(t.shape, t.dtype) for p, t in tables.items()})
+    return dict(dense=self.dense.init(rest),
+                values=dict(count=jnp.zeros((), jnp.int32), mu=moments, nu=moments))
+
+  def value_and_grad(self, loss_of_model: Callable, graphdef: nnx.GraphDef, params: dict):
+    loss, grads, reads = value_and_grad(loss_of_model, graphdef, params)
+    return loss, (grads, reads)
+
+  def update(self, gradients, state: dict, params: dict):
+    """(checked, grad_norm, commit) for gradients = (grads of all but the tables, None there;
+    {table path: TableReads}). checked: every gradient (a table's: its distinct-row gradient)
+    and every updated parameter (a table's: its updated rows), in `jax.tree.leaves(params)`
+    order; grad_norm: the global norm before clipping."""
+    grads, reads = gradients
+    paths = list(self.table_paths)
+    if set(reads) != set(paths):
+      raise ValueError(f"row-sparse gradients for tables {sorted(reads)}, expected {paths}")
+    rest, tables = split_tables(params, paths)
+    rows = {p: unique_rows(reads[p], tables[p].shape[0]) for p in paths}
+    table_grads = {p: g for p, (_, g) in rows.items()}
+    norm = jnp.sqrt(optax.tree.norm(grads, squared=True) +
+                    sum(jnp.sum(g * g) for g in table_grads.values()))
+    all_grads = merge_tables(grads, table_grads)
+    if self.grad_clip:  # as optax.clip_by_global_norm
+      clip = lambda t: jnp.where(norm < self.grad_clip, t,
+                                 (t / norm.astype(t.dtype)) * self.grad_clip)
+      grads, table_grads = jax.tree.map(clip, (grads, table_grads))
+    updates, dense_state = self.dense.update(grads, state["dense"], rest)
+    new_rest = optax.apply_updates(rest, updates)
+    v = state["values"]
+    table_states = {p: LazyAdamState(v["count"], get_path(v["mu"], p), get_path(v["nu"], p))
+                    for p in paths}
+    new_rows = {p: self.values.new_rows(tables[p], table_states[p], rows[p][0], table_grads[p])
+                for p in paths}
+    updated = merge_tables(new_rest, {p: r[0] for p, r in new_rows.items()})
+
+    def commit(ok):
+      keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+      new_tables, mu, nu = {}, v["mu"], v["nu"]
+      for p in paths:
+        new_tables[p], s = self.values.write(tables[p], table_states[p], rows[p][0],
+                                             *new_rows[p], commit=ok)
+        mu, nu = set_path(mu, p, s.mu), set_path(nu, p, s.nu)
+      new_state = dict(dense=keep_if_bad(dense_state, state["dense"]),
+                       values=dict(count=v["count"] + ok.astype(jnp.int32), mu=mu, nu=nu))
+      return merge_tables(keep_if_bad(new_rest, rest), new_tables), new_state
+
+    return jax.tree.leaves(all_grads) + jax.tree.leaves(updated), norm, commit

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from memory_layers.sharding_rules import Rules, logical_to_mesh_spec, spec_axes
+from hope.sharding import Rules, logical_to_mesh_spec, spec_axes
 
 
 def read_values(table: jax.Array, indices: jax.Array, weights: jax.Array) -> jax.Array:

@@ -1,4 +1,1 @@
-"""The suites of `python -m experiments.benchmark`: library functions, no flags.
-
-Each suite module has `run(...) -> dict` (its parameters and `rows`) and `table(result) -> str`.
-"""
+"""The suites of `python -m experiments.benchmark` (see suites.py)."""

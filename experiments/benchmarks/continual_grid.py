@@ -11,7 +11,7 @@ import contextlib
 import io
 import tempfile
 
-from experiments import continual_runs
+from experiments.continual import study as continual_runs
 from experiments.benchmarks.timing import interleaved_medians, load_average
 from experiments.configs import continual
 

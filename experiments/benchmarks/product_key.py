@@ -23,7 +23,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments.benchmarks.timing import interleaved_medians, load_average
-from memory_layers import ProductKeyMemory, ValuePool, logical_to_mesh_spec, param_shardings
+from hope.sharding import logical_to_mesh_spec, param_shardings
+from memory_layers import ProductKeyMemory, ValuePool
 from memory_layers import row_sparse
 
 AXES = ("data", "fsdp", "tensor")

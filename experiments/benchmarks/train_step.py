@@ -6,7 +6,6 @@ of `steps_per_run` steps interleaved with a dense matmul (CPU: the utilisation r
 timed in the same rounds so that both see the same load). Model FLOPs are analytic,
 3 x `flops_per_token` per token (DESIGN.md sec. 8).
 """
-import importlib
 import time
 
 import jax
@@ -14,21 +13,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import training
+from experiments import configs
+from runtime import training
 from experiments.benchmarks.timing import compiled_bytes, interleaved_medians, load_average, mib
-from experiments.performance import dense_matmul, reference_description
+from runtime.performance import dense_matmul, reference_description
 
-LM_CONFIGS = ("transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "hope",
-              "hope_attention", "memory_lm")
-DEFAULT_MODELS = tuple(f"{name}:{size}" for size in ("tiny", "small") for name in LM_CONFIGS)
+DEFAULT_MODELS = tuple(f"{name}:{size}" for size in ("tiny", "small")
+                       for name in configs.LM_CONFIGS)
 
 
 def load_config(entry: str) -> ml_collections.ConfigDict:
   """The pretraining config of `name:size` (size defaults to tiny); ValueError if unknown."""
   name, _, size = entry.partition(":")
-  if name not in LM_CONFIGS:
-    raise ValueError(f"unknown config {name!r}; choose from {list(LM_CONFIGS)}")
-  return importlib.import_module(f"experiments.configs.{name}").get_config(size or "tiny")
+  return configs.lm_config(name, size or "tiny")
 
 
 def compiled_step(config: ml_collections.ConfigDict, mesh_sizes: dict, tokens: np.ndarray):

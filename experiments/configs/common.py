@@ -4,12 +4,28 @@ The training contract (keys users override with --config.KEY=VALUE):
   seed, steps, batch_size (global, in sequences), seq_len, learning_rate, warmup_steps,
   weight_decay, grad_clip, log_every, checkpoint_every, keep_checkpoints, async_checkpoints,
   eval_batches, on_nonfinite ('stop' or 'skip'), max_consecutive_skips,
-  optimizer.* (experiments/optimizers.py), mesh.{data,fsdp,tensor} (-1: the remaining devices), axis_rules.<logical> (mesh axis,
-  tuple of mesh axes, or None), data.{source,validation_percent}.
+  optimizer.* (runtime/optimizers.py), mesh.{data,fsdp,tensor} (-1: the remaining devices),
+  axis_rules.<logical> (mesh axis, tuple of mesh axes, or None),
+  data.{source,validation_percent}.
 """
 import ml_collections
 
-from experiments import optimizers
+
+def optimizer_config() -> ml_collections.ConfigDict:
+  """`config.optimizer` (fields in runtime/optimizers.py): AdamW (b1 = 0.9, b2 = 0.95) for
+  every parameter, updated every step."""
+  return ml_collections.ConfigDict(dict(
+      rule="adamw", kwargs=dict(b1=0.9, b2=0.95), every=1, accumulate="sum", groups={},
+      value_lr_multiplier=1.0, sparse_value_updates=False))
+
+
+def layered_optimizer_config(num_layers: int, every: list[int]) -> ml_collections.ConfigDict:
+  """`optimizer_config()` with one group per block, block i updated every every[i % len]
+  steps (embeddings and the head every step)."""
+  c = optimizer_config()
+  c.groups = {f"layer{i}": dict(patterns=(f"blocks/{i}/*",), every=every[i % len(every)])
+              for i in range(num_layers)}
+  return c
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,8 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_consecutive_skips = 10
 
   # The outer optimizer: a rule (AdamW by default, b2 = 0.95) per parameter group, each at
-  # its own period; see experiments/optimizers.py.
-  c.optimizer = optimizers.default_config()
+  # its own period; see runtime/optimizers.py.
+  c.optimizer = optimizer_config()
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Logical parameter/activation axes -> mesh axes (a name, a tuple of names, or None).

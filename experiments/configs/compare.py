@@ -14,10 +14,6 @@ with the same settings (`train`), steps and data order, so token budgets match t
 """
 import ml_collections
 
-ARM_CONFIGS = ("transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "hope",
-               "hope_attention")
-STUDIES = ("lm", "continual", "recall", "ttl")
-
 # Per size: the shapes' name in experiments/configs/common.py and each arm's overrides.
 # mlp_dim is solved so every arm is within ~3% of HOPE's parameter count (HOPE first
 # after the Transformer, so a run cut short still holds the main comparison).
@@ -52,10 +48,12 @@ for _size, _mlp in _PAPER.items():
       titans_mag=dict(mlp_dim=_mlp["titans_mac"]),
       titans_mac=dict(mlp_dim=_mlp["titans_mac"]))
 
+# A non-finite step keeps the previous state and training goes on; the results count them.
+_SKIP_NONFINITE = dict(on_nonfinite="skip", max_consecutive_skips=1_000_000)
 _CPU = dict(
     shape="tiny",
     train=dict(batch_size=8, seq_len=128, learning_rate=3e-3, warmup_steps=10,
-               checkpoint_every=100, log_every=20),
+               checkpoint_every=100, log_every=20, **_SKIP_NONFINITE),
     mesh=dict(data=1, fsdp=1, tensor=1),
     lm=dict(steps=160, eval_batches=32),  # = steps_a + steps_b: one compiled step
     continual=dict(steps_a=80, steps_b=80, eval_batches=16),
@@ -65,7 +63,7 @@ _CPU = dict(
 )
 _ACCELERATOR = dict(
     train=dict(batch_size=256, seq_len=2048, learning_rate=4e-4, warmup_steps=2000,
-               checkpoint_every=1000, log_every=100),
+               checkpoint_every=1000, log_every=100, **_SKIP_NONFINITE),
     mesh=dict(data=-1, fsdp=1, tensor=1),
     lm=dict(steps=30_000, eval_batches=16),
     continual=dict(steps_a=5_000, steps_b=5_000, eval_batches=16),
@@ -86,7 +84,7 @@ def get_config(arg: str | None = None):
   c = ml_collections.ConfigDict()
   c.size = size
   c.arms = ",".join(_ARMS[size])            # comma-separated names from arm_models
-  c.studies = ",".join(STUDIES)             # lm, continual, recall, ttl
+  c.studies = "lm,continual,recall,ttl"     # comma-separated
   c.seed = 0
   c.param_tolerance = 0.10                  # max/min parameter count across arms, minus 1
   c.shape = s["shape"]                      # sizes in experiments/configs/common.py SHAPES

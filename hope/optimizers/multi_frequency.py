@@ -11,7 +11,7 @@ always zero and it keeps no state. Between its steps a group's update is exactly
 weight decay either), and its rule sees one step per group update, so the rule's own count
 (bias corrections, schedules) advances k_l times slower than the global step; to follow the
 global step, give the rule the schedule `lambda n: schedule(k_l * (n + 1) - 1)`
-(experiments.optimizers does this).
+(runtime.optimizers does this).
 
 Groups follow optax.partition's convention: each rule sees the parameter tree with the other
 groups' leaves replaced by optax.MaskedNode(). The state is a plain pytree,

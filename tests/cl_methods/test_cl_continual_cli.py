@@ -1,4 +1,4 @@
-"""experiments.continual (and its library half, continual_runs): validation of bad input, one
+"""experiments.continual (and its library half, experiments/continual/study.py): validation of bad input, one
 run end to end through the command line, grid and sweep outputs."""
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from experiments import cli
-from experiments import continual_runs
+from experiments.continual import study
 from experiments.configs import continual as continual_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -19,7 +19,7 @@ TINY = ["--config.n_contexts=2", "--config.steps_per_context=4", "--config.eval_
 def _config(**overrides):
   config = continual_config.get_config()
   for path, value in overrides.items():
-    continual_runs._set(config, path.replace("__", "."), value)
+    study._set(config, path.replace("__", "."), value)
   return config
 
 
@@ -51,29 +51,29 @@ def _config(**overrides):
 ])
 def test_bad_config_is_rejected_before_anything_runs(overrides, message):
   with pytest.raises(cli.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
-    continual_runs.validate(_config(**overrides))
+    study.validate(_config(**overrides))
 
 
 def test_the_grid_keeps_what_fits_each_scenario():
-  pairs, kind, dataset = continual_runs.validate(_config(method="all", scenario="all"))
+  pairs, kind, dataset = study.validate(_config(method="all", scenario="all"))
   assert (kind, dataset) == ("split", "digits")
   by_scenario = {s: [n for n, t in pairs if t == s] for s in ("task", "domain", "class")}
   assert len(by_scenario["task"]) == 15
   assert {"xdg", "separate_heads", "packnet", "icarl", "generative_classifier"}.isdisjoint(
       by_scenario["domain"])
   assert "icarl" in by_scenario["class"] and "separate_heads" not in by_scenario["class"]
-  free, _, _ = continual_runs.validate(_config(method="all", scenario="class",
+  free, _, _ = study.validate(_config(method="all", scenario="class",
                                                stream="task_free"))
-  assert continual_runs.validate(_config(method="xdg"))[0] == [("xdg", "task")]
+  assert study.validate(_config(method="xdg"))[0] == [("xdg", "task")]
   assert {n for n, _ in free} == {"finetune", "joint", "er", "derpp", "agem",
                                   "generative_classifier"}
 
 
 def test_hyperparameter_table_matches_the_registry():
   from cl_methods import registry
-  assert set(continual_runs.HPARAM_PATHS) == set(registry.METHOD_NAMES)
+  assert set(study.HPARAM_PATHS) == set(registry.METHOD_NAMES)
   for name, entry in registry.ENTRIES.items():
-    assert set(continual_runs.HPARAM_PATHS[name]) == set(entry.hparams), name
+    assert set(study.HPARAM_PATHS[name]) == set(entry.hparams), name
 
 
 def _cli(*args, workdir):
@@ -118,8 +118,8 @@ def _tiny_config(**overrides):
 def test_grid_writes_a_markdown_table(tmp_path):
   config = _tiny_config(method="all", scenario="class")
   pairs = [("er", "class"), ("joint", "class")]
-  contexts = continual_runs.load_contexts(config, "split", "digits")
-  continual_runs.run_grid(config, contexts, pairs, str(tmp_path),
+  contexts = study.load_contexts(config, "split", "digits")
+  study.run_grid(config, contexts, pairs, str(tmp_path),
                           "python -m experiments.continual")
   table = (tmp_path / "results.md").read_text()
   assert "| method | family | Class-IL |" in table
@@ -134,9 +134,9 @@ def test_grid_writes_a_markdown_table(tmp_path):
 def test_sweep_writes_the_plasticity_stability_plot(tmp_path):
   config = _tiny_config(method="er", scenario="class", sweep__knob="replay.buffer_size",
                         sweep__points=(4, 32))
-  pairs, kind, dataset = continual_runs.validate(config)
-  contexts = continual_runs.load_contexts(config, kind, dataset)
-  continual_runs.run_sweep(config, contexts, *pairs[0], str(tmp_path))
+  pairs, kind, dataset = study.validate(config)
+  contexts = study.load_contexts(config, kind, dataset)
+  study.run_sweep(config, contexts, *pairs[0], str(tmp_path))
   with open(tmp_path / "sweep.json") as f:
     sweep = json.load(f)
   assert [r["value"] for r in sweep["runs"]] == [4, 32]
@@ -146,7 +146,7 @@ def test_sweep_writes_the_plasticity_stability_plot(tmp_path):
 
 def test_context_count_that_does_not_split_the_classes():
   config = _config(n_contexts=3)
-  pairs, kind, dataset = continual_runs.validate(config)
+  pairs, kind, dataset = study.validate(config)
   with pytest.raises(cli.UsageError, match="config.n_contexts: 10 classes of digits cannot be "
                                            "split evenly into 3 contexts"):
-    continual_runs.load_contexts(config, kind, dataset)
+    study.load_contexts(config, kind, dataset)

@@ -83,16 +83,16 @@ CASES = {
     "continual missing data folder": (
         "experiments.continual", ["--config.benchmark=split_idx",
                                   "--config.data_dir={inputs}/nowhere"], "does not exist"),
-    # benchmark and the kill test
+    # benchmark and the crash check
     "benchmark unknown model": ("experiments.benchmark", ["--models=gpt:tiny"],
                                 "--models: unknown config 'gpt'"),
     "benchmark unknown size": ("experiments.benchmark", ["--models=transformer:huge"],
                                "--models transformer:huge"),
     "benchmark zero runs": ("experiments.benchmark", ["--runs=0"],
                             "--runs and --steps_per_run must be positive"),
-    "kill_test zero kills": ("experiments.kill_test", [TRANSFORMER, "--workdir={workdir}",
+    "crash_check zero kills": ("experiments.crash_check", [TRANSFORMER, "--workdir={workdir}",
                                                       "--kills=0"], "--kills must be at least 1"),
-    "kill_test used workdir": ("experiments.kill_test", [TRANSFORMER, "--workdir={inputs}"],
+    "crash_check used workdir": ("experiments.crash_check", [TRANSFORMER, "--workdir={inputs}"],
                                "is not empty"),
 }
 

@@ -5,8 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from experiments import compare_runs, data, recall
-from experiments.cli import UsageError
+from experiments.compare import study
+from runtime import text_data
+from runtime import recall
+from runtime.errors import UsageError
 from experiments.configs import compare
 
 
@@ -40,14 +42,14 @@ def test_accuracy_scores_only_the_queried_values():
 
 
 def test_stdlib_domains_are_disjoint_and_split_by_file():
-  a = data.load_stdlib_domain(("json", "email"), 10)
-  b = data.load_stdlib_domain(("asyncio",), 10)
+  a = text_data.load_stdlib_domain(("json", "email"), 10)
+  b = text_data.load_stdlib_domain(("asyncio",), 10)
   docs = lambda tokens: set(bytes(tokens).split(b"\0")) - {b""}
   assert not docs(a.train) & docs(b.train) and not docs(a.train) & docs(b.validation)
   assert not docs(a.train) & docs(a.validation)
   assert len(docs(a.train)) + len(docs(a.validation)) > 20
   with pytest.raises(UsageError, match="no_such_package"):
-    data.load_stdlib_domain(("no_such_package",), 10)
+    text_data.load_stdlib_domain(("no_such_package",), 10)
 
 
 def _micro(**overrides):
@@ -79,12 +81,12 @@ def test_bad_input_is_refused_before_any_compile(overrides, message):
   if "titans_mac" in overrides.get("arms", ""):
     config.arm_models.titans_mac.model.mlp_dim = 512  # not matched: ~+25%
   with pytest.raises(UsageError, match=message):
-    compare_runs.validate(config)
+    study.validate(config)
 
 
 def test_end_to_end_writes_results_and_a_rerun_skips_finished_arms(tmp_path, capsys):
   config = _micro()
-  results = compare_runs.run(config, str(tmp_path), "test")
+  results = study.run(config, str(tmp_path), "test")
   printed = capsys.readouterr().out
   assert "| transformer | transformer |" in printed and "lm tokens" in printed
   saved = json.loads((tmp_path / "results.json").read_text())
@@ -96,6 +98,6 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_arms(tmp_path, cap
                                    "interleaved_a", "interleaved_b"}
   assert (tmp_path / "results.md").exists() and (tmp_path / "continual.png").exists()
   first = (tmp_path / "arms" / "transformer" / "lm.json").stat().st_mtime_ns
-  again = compare_runs.run(config, str(tmp_path), "test")
+  again = study.run(config, str(tmp_path), "test")
   assert (tmp_path / "arms" / "transformer" / "lm.json").stat().st_mtime_ns == first
   assert again["arms"]["transformer"]["lm"] == results["arms"]["transformer"]["lm"]

@@ -7,7 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import data, evaluation, training
+from runtime import text_data
+from runtime import evaluation
+from runtime import loop
+from runtime import training
 
 CONFIGS = ["transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "memory_lm",
            "hope", "hope_attention"]
@@ -32,7 +35,7 @@ def shrunk(name):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_trains_sharded_and_loss_falls(name, tmp_path):
   config = shrunk(name)
-  training.train(config, str(tmp_path))
+  loop.pretrain(config, str(tmp_path))
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["loss"] < rows[0]["loss"] - 0.3, rows
   assert (tmp_path / "checkpoints" / "16" / "params").is_dir()
@@ -41,9 +44,9 @@ def test_config_trains_sharded_and_loss_falls(name, tmp_path):
 def test_memory_lm_resumes_and_evaluates(tmp_path):
   config = shrunk("memory_lm")
   config.steps = 8
-  training.train(config, str(tmp_path))
+  loop.pretrain(config, str(tmp_path))
   config.steps = 12  # the same command with more steps resumes from step 8
-  training.train(config, str(tmp_path))
+  loop.pretrain(config, str(tmp_path))
   steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert steps == [8, 12]
   result = evaluation.evaluate(str(tmp_path), mesh_sizes=dict(data=2, fsdp=2, tensor=2))
@@ -74,8 +77,8 @@ def test_titans_forward_is_finite_on_real_text_at_the_tiny_size():
   config.update(dict(batch_size=8))
   run = training.prepare(config)
   params = training.init_state(run, training.optimizer(config, run))["params"]
-  corpus = data.load_corpus("stdlib", config.data.validation_percent)
-  batches = data.lm_dataset(corpus.validation, seq_len=config.seq_len, batch_size=8, seed=0,
+  corpus = text_data.load_corpus("stdlib", config.data.validation_percent)
+  batches = text_data.lm_dataset(corpus.validation, seq_len=config.seq_len, batch_size=8, seed=0,
                             shuffle=False, repeat=False)
   loss = jax.jit(lambda p, tokens: training.loss_fn(run, p, tokens))
   for tokens in itertools.islice(batches, 2):

@@ -2,23 +2,23 @@
 import numpy as np
 import pytest
 
-from experiments import data
-from experiments.cli import UsageError
+from runtime import text_data
+from runtime.errors import UsageError
 
 
 def test_stdlib_split_is_by_file_deterministic_and_disjoint():
-  corpus = data.load_corpus("stdlib", 5)
+  corpus = text_data.load_corpus("stdlib", 5)
   assert "train" in corpus.description and len(corpus.train) > 5_000_000
   assert 0 < len(corpus.validation) < len(corpus.train) / 5
-  files = data._stdlib_files(data.stdlib_root())
-  assert not any("test" in f.relative_to(data.stdlib_root()).parts[:-1] for f in files)
+  files = text_data._stdlib_files(text_data.stdlib_root())
+  assert not any("test" in f.relative_to(text_data.stdlib_root()).parts[:-1] for f in files)
 
 
 def test_folder_source_skips_binary_files_and_splits_by_file(tmp_path):
   for i in range(40):
     (tmp_path / f"doc{i}.txt").write_text(f"document {i} " * 50)
   (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 10)
-  corpus = data.load_corpus(str(tmp_path), 10)
+  corpus = text_data.load_corpus(str(tmp_path), 10)
   both = bytes(corpus.train) + bytes(corpus.validation)
   assert b"document 39" in both and bytes(range(1, 40)) not in both
   assert len(corpus.validation) > 0
@@ -31,13 +31,13 @@ def test_folder_source_skips_binary_files_and_splits_by_file(tmp_path):
 def test_single_file_is_split_by_position(tmp_path):
   f = tmp_path / "one.txt"
   f.write_text("abcdefghij" * 100)
-  corpus = data.load_corpus(str(f), 10)
+  corpus = text_data.load_corpus(str(f), 10)
   assert len(corpus.train) == 900 + 1 and len(corpus.validation) == 100 + 1
 
 
 def test_windows_are_inputs_and_shifted_targets():
   tokens = np.arange(100, dtype=np.uint8)
-  batches = data.lm_dataset(tokens, seq_len=8, batch_size=4, seed=0, shuffle=False, repeat=False)
+  batches = text_data.lm_dataset(tokens, seq_len=8, batch_size=4, seed=0, shuffle=False, repeat=False)
   first = next(iter(batches))
   assert first.shape == (4, 9)
   np.testing.assert_array_equal(first[1], np.arange(8, 17))
@@ -45,7 +45,7 @@ def test_windows_are_inputs_and_shifted_targets():
 
 def test_iterator_state_resumes_exactly():
   tokens = np.arange(200, dtype=np.uint8)
-  ds = data.lm_dataset(tokens, seq_len=4, batch_size=2, seed=3, shuffle=True, repeat=True)
+  ds = text_data.lm_dataset(tokens, seq_len=4, batch_size=2, seed=3, shuffle=True, repeat=True)
   it = iter(ds)
   for _ in range(30):  # past one epoch
     next(it)
@@ -58,5 +58,5 @@ def test_iterator_state_resumes_exactly():
 
 def test_too_little_data_is_refused():
   with pytest.raises(UsageError, match="fewer than one batch"):
-    data.lm_dataset(np.zeros(20, np.uint8), seq_len=8, batch_size=4, seed=0, shuffle=False,
+    text_data.lm_dataset(np.zeros(20, np.uint8), seq_len=8, batch_size=4, seed=0, shuffle=False,
                     repeat=False)

@@ -2,9 +2,12 @@
 one-line errors (t above the table, no background statistics, no memory layer)."""
 import pytest
 
-from experiments import background_statistics, fact_injection, facts, training
-from experiments.cli import UsageError
-from experiments.configs import inject_facts
+from runtime import slot_statistics
+from experiments.fact_injection import study as fact_injection
+from runtime import facts
+from runtime import training
+from runtime.errors import UsageError
+from experiments.configs import fact_injection as fact_injection_config
 from tests.helpers import run_cli
 
 TINY = dict(batch_size=8, seq_len=64)
@@ -13,7 +16,7 @@ TINY_MODEL = dict(dim=32, num_layers=2, num_heads=2, mlp_dim=64, memory_layers=(
 
 
 def _config(**model):
-  config = inject_facts.get_config()
+  config = fact_injection_config.get_config()
   config.update(TINY)
   config.model.update({**TINY_MODEL, **model})
   config.facts.update(dict(num_known=20, num_new=4))
@@ -58,11 +61,11 @@ def test_a_model_without_memory_layer_is_a_usage_error():
 def test_missing_background_statistics_name_the_command(tmp_path):
   with pytest.raises(UsageError, match="run `python -m experiments.background_stats "
                                        f"--workdir={tmp_path}`"):
-    background_statistics.load(tmp_path, 10, 256)
+    slot_statistics.load(tmp_path, 10, 256)
 
 
 def test_cli_reports_bad_t_in_one_line_before_compiling(tmp_path):
-  result = run_cli("experiments.inject_facts", "--config=experiments/configs/inject_facts.py",
+  result = run_cli("experiments.fact_injection", "--config=experiments/configs/fact_injection.py",
                    "--config.smf.t=(100,5000)", f"--workdir={tmp_path}", devices=1)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (

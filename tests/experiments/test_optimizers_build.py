@@ -1,4 +1,4 @@
-"""experiments.optimizers: config.optimizer -> optax, per parameter group and frequency."""
+"""runtime.optimizers: config.optimizer -> optax, per parameter group and frequency."""
 import shutil
 
 import chex
@@ -9,8 +9,11 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from experiments import optimizers, training
-from experiments.cli import UsageError
+from experiments.configs import common
+from runtime import optimizers
+from runtime import loop
+from runtime import training
+from runtime.errors import UsageError
 from tests.helpers import tiny_config
 
 CONFIG = tiny_config()
@@ -51,11 +54,11 @@ def test_default_config_is_exactly_the_training_adamw():
       optax.clip_by_global_norm(CONFIG.grad_clip),
       optax.adamw(SCHEDULE, b1=0.9, b2=0.95, weight_decay=CONFIG.weight_decay,
                   mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)))
-  chex.assert_trees_all_equal(_steps(_build(optimizers.default_config())), _steps(adamw))
+  chex.assert_trees_all_equal(_steps(_build(common.optimizer_config())), _steps(adamw))
 
 
 def test_groups_get_their_rule_and_period_and_sharded_state():
-  c = optimizers.default_config()
+  c = common.optimizer_config()
   c.groups = dict(
       slow=dict(patterns=("blocks/0/mlp/*",), rule="sgd", kwargs=dict(momentum=0.9), every=2),
       frozen=dict(patterns=("blocks/1/mlp/*", "embed/*"), every=None),
@@ -90,7 +93,7 @@ def test_groups_get_their_rule_and_period_and_sharded_state():
     ("value_lr_multiplier", 10.0, r"needs the value tables"),
 ])
 def test_bad_optimizer_config_names_the_field(field, value, match):
-  c = optimizers.default_config()
+  c = common.optimizer_config()
   c[field] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
   with pytest.raises(UsageError, match=match):
     _build(c)
@@ -102,10 +105,10 @@ def test_pretraining_with_groups_resumes_exactly(tmp_path):
   config = tiny_config(steps=6, checkpoint_every=3, log_every=3)
   config.optimizer.groups = {"slow": dict(patterns=("blocks/1/*",), every=2),
                              "frozen": dict(patterns=("blocks/0/mlp/*",), every=None)}
-  whole = training.train(config, str(tmp_path / "whole"))
+  whole = loop.pretrain(config, str(tmp_path / "whole"))
   shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
   shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")  # as if killed after step 3
-  resumed = training.train(config, str(tmp_path / "resumed"))
+  resumed = loop.pretrain(config, str(tmp_path / "resumed"))
   chex.assert_trees_all_equal(jax.device_get(resumed["params"]), jax.device_get(whole["params"]))
   run = training.prepare(config)  # the initial state exactly as training.train makes it
   tx = training.optimizer(config, run)

@@ -9,7 +9,8 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import kill_test, training
+from experiments.benchmarks import restarts
+from runtime import training
 from tests.helpers import TINY_FLAGS, run_cli, tiny_config
 
 
@@ -22,8 +23,8 @@ def test_kills_at_random_moments_resume_exactly(tmp_path):
   """The reduced kill test: two SIGKILLs (one during a save), synchronous saves."""
   flags = [*TINY_FLAGS, "--config.steps=40", "--config.checkpoint_every=10",
            "--config.async_checkpoints=False"]
-  report = kill_test.run_kills(flags, tmp_path, kills=2, seed=0, steps=40, checkpoint_every=10,
-                               async_saves=False)
+  report = restarts.run_kills(flags, tmp_path, kills=2, seed=0, steps=40, checkpoint_every=10,
+                                 async_saves=False)
   assert report["kills"][0]["moment"] == "during a save"
   assert all(k["resumed_at"] is not None for k in report["kills"])
   assert report["params_equal"] and report["metrics_equal"], report

@@ -7,9 +7,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import data, training
-from experiments.checkpointing import Checkpoints
-from experiments.cli import UsageError
+from runtime import text_data
+from runtime import loop, training
+from runtime.checkpoints import Checkpoints
+from runtime.errors import UsageError
 from experiments.configs import memory_lm
 from tests.helpers import override, tiny_config
 
@@ -59,8 +60,8 @@ def _first_step(config, tokens):
 
 
 def _batches(config):
-  corpus = data.load_corpus(config.data.source, config.data.validation_percent)
-  return iter(data.lm_dataset(corpus.train, seq_len=config.seq_len,
+  corpus = text_data.load_corpus(config.data.source, config.data.validation_percent)
+  return iter(text_data.lm_dataset(corpus.train, seq_len=config.seq_len,
                               batch_size=config.batch_size, seed=config.seed, shuffle=True,
                               repeat=True))
 
@@ -71,7 +72,7 @@ def trained(tmp_path_factory):
   every step."""
   workdir = tmp_path_factory.mktemp("sparse_values")
   config = _config(**COMPARABLE)
-  state = jax.device_get(training.train(config, str(workdir)))
+  state = jax.device_get(loop.pretrain(config, str(workdir)))
   metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   return config, workdir, state, metrics
 
@@ -105,7 +106,7 @@ def test_trains_and_restores_identical_state_on_the_mesh(trained):
   shardings = training.state_shardings(run, tx)
   ckpt = Checkpoints(workdir / "checkpoints", read_only=True)
   with jax.set_mesh(run.mesh):
-    restored = training.restore_latest(ckpt, run, tx, shardings, _batches(config), 4)
+    restored, _ = loop.restore_latest(ckpt, loop.Trainer(run), 4, lambda step: _batches(config))
   for tree in (restored["params"], restored["opt_state"]["values"]["mu"]):
     table = tree["blocks"][0]["mlp"]["values"]["table"]
     assert table.sharding.shard_shape(table.shape) == (2048, 16)

@@ -6,7 +6,10 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from experiments import data, evaluation, training
+from runtime import text_data
+from runtime import evaluation
+from runtime import loop
+from runtime import training
 from tests.helpers import tiny_config
 
 
@@ -24,8 +27,8 @@ def _loss_and_grads(config, mesh_sizes, tokens):
 @pytest.mark.parametrize("mesh_sizes", [dict(data=4, tensor=2), dict(data=2, fsdp=2, tensor=2)])
 def test_sharded_step_matches_one_device(mesh_sizes):
   config = tiny_config()
-  corpus = data.load_corpus("stdlib", 5)
-  tokens = next(iter(data.lm_dataset(corpus.train, seq_len=32, batch_size=8, seed=0,
+  corpus = text_data.load_corpus("stdlib", 5)
+  tokens = next(iter(text_data.lm_dataset(corpus.train, seq_len=32, batch_size=8, seed=0,
                                      shuffle=True, repeat=True)))
   _, loss1, grads1 = _loss_and_grads(config, dict(data=1), tokens)
   run8, loss8, grads8 = _loss_and_grads(config, mesh_sizes, tokens)
@@ -41,7 +44,7 @@ def test_sharded_step_matches_one_device(mesh_sizes):
 def trained_workdir(tmp_path_factory):
   """A tiny run trained on a 4 x 2 (data x tensor) mesh."""
   workdir = tmp_path_factory.mktemp("run4x2")
-  training.train(tiny_config(**{"mesh.data": 4, "mesh.tensor": 2}), str(workdir))
+  loop.pretrain(tiny_config(**{"mesh.data": 4, "mesh.tensor": 2}), str(workdir))
   return workdir
 
 

@@ -5,7 +5,8 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from memory_layers import ProductKeyMemory, ValuePool, logical_to_mesh_spec, normalize_rules
+from hope.sharding import logical_to_mesh_spec, normalize_rules
+from memory_layers import ProductKeyMemory, ValuePool
 
 RULES = (("batch", ("data", "fsdp")), ("embed", None), ("heads", "tensor"), ("slots", "fsdp"),
          ("value", "tensor"))

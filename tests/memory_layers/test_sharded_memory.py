@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from memory_layers import ProductKeyMemory, ValuePool, logical_to_mesh_spec, param_shardings
+from hope.sharding import logical_to_mesh_spec, param_shardings
+from memory_layers import ProductKeyMemory, ValuePool
 
 EMBED, SLOTS, VALUE_DIM = 16, 128 * 128, 32
 BASE_RULES = (("batch", ("data", "fsdp")), ("embed", None), ("heads", "tensor"))

@@ -12,7 +12,7 @@ ordinary next-token loss; `accuracy` scores only the queried values.
 import grain
 import numpy as np
 
-from experiments.cli import UsageError
+from runtime.errors import UsageError
 
 KEYS = range(1, 65)
 VALUES = range(65, 129)

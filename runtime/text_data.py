@@ -18,7 +18,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from experiments.cli import UsageError
+from runtime.errors import UsageError
 
 VOCAB_SIZE = 256
 SEPARATOR = 0

@@ -18,8 +18,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from experiments import cli, data, facts, training
-from experiments.checkpointing import Checkpoints
+from runtime.errors import UsageError
+from runtime import text_data
+from runtime import facts
+from runtime import training
+from runtime.checkpoints import Checkpoints
 from memory_layers import sparse_finetuning, tfidf
 
 COMMAND = "python -m experiments.background_stats --workdir={workdir}"
@@ -29,13 +32,13 @@ ITEM = "background_stats"
 def pretraining_batches(config: ml_collections.ConfigDict, seed: int, batch_size: int):
   """Batches [batch_size, seq_len + 1] of the run's pretraining distribution, drawn from
   `seed`: the fact/text mixture for a fact-injection run, else the corpus' training split."""
-  corpus = data.load_corpus(config.data.source, config.data.validation_percent)
+  corpus = text_data.load_corpus(config.data.source, config.data.validation_percent)
   if "facts" in config:
     world = facts.make_world(config.facts.seed, config.facts.num_known, config.facts.num_new)
     return facts.mixture_dataset(world, corpus.train, seq_len=config.seq_len,
                                  batch_size=batch_size,
                                  text_fraction=config.facts.text_fraction, seed=seed)
-  return data.lm_dataset(corpus.train, seq_len=config.seq_len, batch_size=batch_size,
+  return text_data.lm_dataset(corpus.train, seq_len=config.seq_len, batch_size=batch_size,
                          seed=seed, shuffle=True, repeat=True)
 
 
@@ -44,7 +47,7 @@ def memory_slots(run: training.Run) -> int:
   try:
     layers = sparse_finetuning.memory_layers_of(nnx.merge(run.graphdef, run.abstract_params))
   except ValueError as e:
-    raise cli.UsageError(f"config.model: {e}") from e
+    raise UsageError(f"config.model: {e}") from e
   return layers[0].num_slots
 
 
@@ -81,11 +84,11 @@ def load(workdir: Path, step: int, num_slots: int) -> tuple[np.ndarray, int]:
   path = Path(workdir).absolute() / ITEM
   make = COMMAND.format(workdir=workdir)
   if not path.is_dir():
-    raise cli.UsageError(f"no background statistics in {str(path)!r}; sparse memory "
+    raise UsageError(f"no background statistics in {str(path)!r}; sparse memory "
                          f"finetuning needs them: run `{make}`")
   stats = ocp.StandardCheckpointer().restore(path)
   if int(stats["step"]) != step or stats["df"].shape != (num_slots,):
-    raise cli.UsageError(f"{str(path)!r} holds statistics of step {int(stats['step'])} with "
+    raise UsageError(f"{str(path)!r} holds statistics of step {int(stats['step'])} with "
                          f"{stats['df'].shape[0]} slots, not of the checkpoint at step {step} "
                          f"with {num_slots}: rerun `{make}`")
   return np.asarray(stats["df"]), int(stats["num_batches"])
@@ -97,13 +100,13 @@ def compute(workdir: str, num_batches: int | None = None) -> dict:
   ckpt_dir = workdir / "checkpoints"
   step = Checkpoints(ckpt_dir, read_only=True).latest_step() if ckpt_dir.is_dir() else None
   if step is None:
-    raise cli.UsageError(f"--workdir {str(workdir)!r} holds no checkpoint (no {ckpt_dir})")
+    raise UsageError(f"--workdir {str(workdir)!r} holds no checkpoint (no {ckpt_dir})")
   ckpt = Checkpoints(ckpt_dir, read_only=True)
   config = ml_collections.ConfigDict(ckpt.config(step))
   num_batches = num_batches or config.get("background_batches", 100)
   batch_size = config.get("background_batch_size", config.batch_size)
   if num_batches < 1:
-    raise cli.UsageError(f"--batches must be a positive integer, got {num_batches}")
+    raise UsageError(f"--batches must be a positive integer, got {num_batches}")
   run = training.prepare(config, mesh_sizes={"data": -1})
   memory_slots(run)
   params = restore_params(run, ckpt, step)

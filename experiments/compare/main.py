@@ -9,7 +9,7 @@ recall by context length), ttl (loss by position with memory carried). The arms'
 counts and token budgets are printed first; results go to DIR/results.json, DIR/results.md
 and DIR/*.png, each arm's finished studies to DIR/arms/<arm>/ (a rerun skips them).
 
-The work is done by `experiments/compare_runs.py`; bad input is one line on stderr and exit
+The work is done by `experiments/study.py`; bad input is one line on stderr and exit
 status 2 before anything is compiled (see experiments/cli.py).
 """
 import sys
@@ -17,7 +17,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import cli, compare_runs
+from experiments import cli
+from experiments.compare import study
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to experiments/configs/compare.py[:cpu|340m|760m|1.3b].",
@@ -34,7 +35,7 @@ def main(argv):
     raise cli.UsageError("--workdir is required: the folder for results and checkpoints")
   command = "python -m experiments.compare " + " ".join(
       a for a in sys.argv[1:] if not a.startswith("--workdir"))
-  compare_runs.run(_CONFIG.value, _WORKDIR.value, command)
+  study.run(_CONFIG.value, _WORKDIR.value, command)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""The device mesh (`data`, `fsdp`, `tensor`) and the logical-to-mesh sharding rules."""
+"""The device mesh (`data`, `fsdp`, `tensor`) from the config, and the config's
+logical-to-mesh rules checked and applied (the table's semantics are `hope.sharding`'s)."""
 import math
 
 from absl import logging
 import jax
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, PartitionSpec as P
 
-from experiments.cli import UsageError
+from hope import sharding
+from runtime.errors import UsageError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -58,41 +60,23 @@ def check_rules(rules: dict, field: str = "config.axis_rules") -> dict:
   return dict(rules)
 
 
+def _table(rules: dict, logical_names, field: str) -> dict:
+  missing = [n for n in logical_names if n is not None and n not in rules]
+  if missing:
+    raise UsageError(f"{field} has no entry for logical axis {missing[0]!r}; "
+                     f"add --{field}.{missing[0]}=<mesh axis or None>")
+  return rules
+
+
 def logical_to_mesh(spec: P, rules: dict, field: str = "config.axis_rules") -> P:
-  """Maps a PartitionSpec of logical names to one of mesh axes; a mesh axis is used once."""
-  used, out = set(), []
-  for logical in spec:
-    if logical is None:
-      out.append(None)
-      continue
-    if logical not in rules:
-      raise UsageError(f"{field} has no entry for logical axis {logical!r}; "
-                       f"add --{field}.{logical}=<mesh axis or None>")
-    target = rules[logical]
-    targets = tuple(target) if isinstance(target, (tuple, list)) else (target,)
-    targets = tuple(t for t in targets if t is not None and t not in used)
-    used.update(targets)
-    out.append(targets[0] if len(targets) == 1 else (targets or None))
-  return P(*out)
+  """Maps a PartitionSpec of logical names to one of mesh axes (`hope.sharding`)."""
+  return sharding.logical_to_mesh_spec(spec, _table(rules, spec, field), MESH_AXES)
 
 
-def shardings(abstract_tree, logical_specs, rules: dict, mesh: jax.sharding.Mesh):
-  """NamedShardings for a pytree of arrays (shapes) and its pytree of logical PartitionSpecs.
-
-  A dimension that its mesh axes do not divide evenly is replicated instead (with a warning),
-  so odd sizes such as a vocabulary of 257 still run on any mesh.
-  """
-  def one(x, spec):
-    mesh_spec = logical_to_mesh(spec, rules)
-    dims = []
-    for size, axes in zip(x.shape, tuple(mesh_spec) + (None,) * (len(x.shape) - len(mesh_spec))):
-      names = axes if isinstance(axes, tuple) else (axes,)
-      n = math.prod(mesh.shape[a] for a in names if a is not None)
-      if size % n:
-        logging.warning("dimension of size %d (logical %s) does not divide over mesh axes %s; "
-                        "replicating it", size, spec, axes)
-        axes = None
-      dims.append(axes)
-    return NamedSharding(mesh, P(*dims))
-
-  return jax.tree.map(one, abstract_tree, logical_specs)
+def shardings(abstract_tree, logical_specs, rules: dict, mesh: jax.sharding.Mesh,
+              field: str = "config.axis_rules"):
+  """NamedShardings for a pytree of arrays (shapes) and its pytree of logical PartitionSpecs
+  (`hope.sharding.named_shardings`: a dimension its mesh axes do not divide is replicated)."""
+  used = {n for spec in jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, P))
+          for n in spec}
+  return sharding.named_shardings(abstract_tree, logical_specs, _table(rules, used, field), mesh)

@@ -30,6 +30,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from hope.optimizers.tree_paths import named_leaves
+
 MANIFEST = "sha256sums.json"
 # What a restore of damaged files raises (tensorstore: ValueError; a missing file: OSError).
 RESTORE_ERRORS = (ValueError, OSError)
@@ -88,17 +90,25 @@ class Checkpoints:
   def param_shapes(self, step: int) -> dict:
     """{path: shape} of the saved parameters, read from metadata (no arrays are loaded)."""
     meta = self.manager.item_metadata(step)["params"]
-    flat = {}
+    return {name: tuple(x.shape) for name, x in named_leaves(
+        jax.tree.map(lambda m: m, dict(meta), is_leaf=lambda m: hasattr(m, "shape")))}
 
-    def walk(node, prefix):
-      if isinstance(node, dict):
-        for k, v in node.items():
-          walk(v, f"{prefix}/{k}" if prefix else str(k))
-      else:
-        flat[prefix] = tuple(node.shape)
-
-    walk(dict(meta), "")
-    return flat
+  def latest_intact(self, check=None) -> tuple[int | None, dict]:
+    """(step, corrupt): the newest step whose files match their checksums and for which
+    `check(step)` raises none of RESTORE_ERRORS (a step without checksums whose metadata is
+    damaged), or None; and {step: what is wrong} for each newer step passed over."""
+    corrupt = {}
+    for step in sorted(self.all_steps(), reverse=True):
+      problem = self.problem(step)
+      if problem is None and check is not None:
+        try:
+          check(step)
+        except RESTORE_ERRORS as e:
+          problem = does_not_restore(e)
+      if problem is None:
+        return step, corrupt
+      corrupt[step] = problem
+    return None, corrupt
 
   def _write_manifest(self) -> None:
     step, self._saving = self._saving, None
@@ -145,6 +155,11 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def does_not_restore(e: Exception) -> str:
+  """What is wrong with a step whose restore raised `e` (one of RESTORE_ERRORS)."""
+  return f"it does not restore: {' '.join(str(e).split())[:300]}"
 
 
 def _digests(step_dir: Path) -> dict:

@@ -1,7 +1,7 @@
-"""Config for experiments/inject_facts.py: the fact-injection study (Sparse Memory Finetuning
+"""Config for `python -m experiments.fact_injection`: the fact-injection study (Sparse Memory Finetuning
 against full finetuning and LoRA, Lin et al. 2025, at CPU scale).
 
-    python -m experiments.inject_facts --config=experiments/configs/inject_facts.py --workdir=DIR
+    python -m experiments.fact_injection --config=experiments/configs/fact_injection.py --workdir=DIR
 
 The pretraining fields are those of every LM config (experiments/configs/common.py); the model
 is a small byte-level memory_lm (one product-key memory layer). Sized so the whole study runs

@@ -1,5 +1,5 @@
-"""Evaluation of a pretraining checkpoint on the validation split (the library behind
-`experiments.evaluate`; see that module for the command line).
+"""Scoring a language model on held-out text: a checkpoint's validation loss (the library
+behind the `experiments.evaluate` command), and the loss with in-context state carried.
 
 `evaluate` reads the run's config from the latest intact checkpoint (one whose files fail
 their checksums is skipped with a warning), restores the parameters onto any
@@ -9,7 +9,6 @@ scores documents of T tokens read in pieces of seq_len, carrying every in-contex
 state from piece to piece (`DecoderLM.stream`).
 """
 import itertools
-import json
 import math
 from pathlib import Path
 
@@ -22,8 +21,11 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from experiments import cli, data, training
-from experiments.checkpointing import Checkpoints
+from runtime import text_data
+from runtime import training
+from runtime.checkpoints import Checkpoints
+from runtime.errors import UsageError
+from runtime.workdir import write_json
 
 
 def piece_losses(run: training.Run, params, tokens: jax.Array, pieces: int) -> jax.Array:
@@ -43,41 +45,35 @@ def piece_losses(run: training.Run, params, tokens: jax.Array, pieces: int) -> j
   return jax.lax.scan(read_piece, model.init_state(batch), windows)[1]
 
 
-def _latest_intact(ckpt: Checkpoints, steps: list[int]) -> int:
-  """The newest step whose files match their checksums; newer corrupt ones are named."""
-  for step in sorted(steps, reverse=True):
-    problem = ckpt.problem(step)
-    if problem is None:
-      return step
-    logging.warning("skipping checkpoint step %d: it is corrupt (%s)", step, problem)
-  raise cli.UsageError(f"every checkpoint in {str(ckpt.directory)!r} is corrupt")
-
-
 def evaluate(workdir: str, step: int | None = None, mesh_sizes: dict | None = None,
              context: int | None = None) -> dict:
   workdir = str(Path(workdir).expanduser().absolute())  # orbax needs absolute paths
   checkpoints = Path(workdir) / "checkpoints"
   if not checkpoints.is_dir():
-    raise cli.UsageError(f"--workdir {workdir!r} holds no checkpoints (no {checkpoints})")
+    raise UsageError(f"--workdir {workdir!r} holds no checkpoints (no {checkpoints})")
   ckpt = Checkpoints(checkpoints, read_only=True)
   steps = ckpt.all_steps()
   if not steps:
-    raise cli.UsageError(f"--workdir {workdir!r} holds no finished checkpoint")
+    raise UsageError(f"--workdir {workdir!r} holds no finished checkpoint")
   if step is None:
-    step = _latest_intact(ckpt, steps)
+    step, corrupt = ckpt.latest_intact()
+    for skipped, problem in sorted(corrupt.items(), reverse=True):
+      logging.warning("skipping checkpoint step %d: it is corrupt (%s)", skipped, problem)
+    if step is None:
+      raise UsageError(f"every checkpoint in {str(checkpoints)!r} is corrupt")
   elif step not in steps:
-    raise cli.UsageError(f"--step {step}: no such checkpoint in {str(checkpoints)!r}; "
+    raise UsageError(f"--step {step}: no such checkpoint in {str(checkpoints)!r}; "
                          f"saved steps are {sorted(steps)}")
   elif problem := ckpt.problem(step):
-    raise cli.UsageError(f"--step {step}: the checkpoint is corrupt ({problem})")
+    raise UsageError(f"--step {step}: the checkpoint is corrupt ({problem})")
   config = ml_collections.ConfigDict(ckpt.config(step))
   context = context or config.seq_len
   if context <= 0 or context % config.seq_len:
-    raise cli.UsageError(f"--context ({context}) must be a positive multiple of the training "
+    raise UsageError(f"--context ({context}) must be a positive multiple of the training "
                          f"seq_len ({config.seq_len})")
   run = training.prepare(config, mesh_sizes=mesh_sizes or {"data": -1})
-  corpus = data.load_corpus(config.data.source, config.data.validation_percent)
-  batches = data.lm_dataset(corpus.validation, seq_len=context,
+  corpus = text_data.load_corpus(config.data.source, config.data.validation_percent)
+  batches = text_data.lm_dataset(corpus.validation, seq_len=context,
                             batch_size=config.batch_size, seed=config.seed, shuffle=False,
                             repeat=False, process_index=jax.process_index(),
                             process_count=jax.process_count())
@@ -102,9 +98,7 @@ def evaluate(workdir: str, step: int | None = None, mesh_sizes: dict | None = No
   if jax.process_index() == 0:
     out = Path(workdir) / "eval" / f"step_{step}.json"
     out.parent.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_json(out, result)
     logging.info("step %d: loss %.4f, perplexity %.3f, %.4f bits/byte over %d tokens -> %s",
                  step, loss, result["perplexity"], result["bits_per_byte"], tokens, out)
   return result

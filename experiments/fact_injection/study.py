@@ -1,10 +1,10 @@
-"""The fact-injection study (the library behind `experiments.inject_facts`): learning new facts
-against forgetting old ones, for Sparse Memory Finetuning, full finetuning and LoRA
-(Lin et al. 2025, sec. 5, at CPU scale; protocol in reference/memory_layers.md sec. 5).
+"""The fact-injection study (run by `python -m experiments.fact_injection`): learning new
+facts against forgetting old ones, for Sparse Memory Finetuning, full finetuning and LoRA
+(Lin et al. 2025, sec. 5, at CPU scale).
 
 1. Pretrain a byte-level memory-layer LM on the known people's facts mixed with generic text
-   (checkpointed with `experiments.checkpointing`, resumable), or load it.
-2. Background df of its memory slots (`experiments.background_statistics`).
+   (`runtime.loop`: checkpointed, resumable), or load it.
+2. Background df of its memory slots (`runtime.slot_statistics`).
 3. For each method and each setting of its sweep, start from the pretrained weights and
    stream the new people's facts, one fact per step (the batch: that fact's paraphrases,
    padded, padding masked out of the loss and of the slot counts). Then measure
@@ -15,7 +15,6 @@ against forgetting old ones, for Sparse Memory Finetuning, full finetuning and L
    (" value\\n") have the highest log-likelihood after the question prompt; chance is 1/16.
 4. Write results.json and frontier.png (learning against forgetting).
 """
-import json
 import time
 from pathlib import Path
 
@@ -29,94 +28,69 @@ from flax import nnx
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from experiments import background_statistics, cli, data, facts, training
-from experiments.checkpointing import Checkpoints
 from memory_layers import lora, sparse_finetuning, tfidf
+from runtime import config_schema, facts, loop, slot_statistics, text_data, training
+from runtime.config_schema import Field, Relation, positive_int
+from runtime.errors import UsageError
+from runtime.workdir import check_workdir, write_json
 
 METHODS = ("smf", "smf_tf", "smf_all", "full", "lora")
 
 
-def _positive_numbers(config, field: str, integer: bool = False) -> tuple:
-  values = config
-  for key in field.split("."):
-    values = values[key]
-  values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
-  ok = all((isinstance(v, int) if integer else isinstance(v, (int, float)))
-           and not isinstance(v, bool) and v > 0 for v in values)
-  if not values or not ok:
-    kind = "positive integers" if integer else "positive numbers"
-    raise cli.UsageError(f"config.{field} must be a non-empty list of {kind}, got {values!r}")
-  return values
+_POSITIVE = dict(low=0, low_open=True)
+SCHEMA = (
+    Field("facts.seed", "int", low=0), positive_int("facts.num_known"),
+    positive_int("facts.num_new"), Field("facts.text_fraction", "float", low=0, high=1),
+    positive_int("background_batches"), positive_int("background_batch_size"),
+    Field("include_qa", "bool"), positive_int("known_eval_people"),
+    positive_int("heldout_text_batches"), positive_int("eval_batch"),
+    Field("smf.learning_rates", "floats", **_POSITIVE), Field("smf.t", "ints", low=1),
+    positive_int("smf.ablation_t"), Field("smf.ablation_lr", "float", **_POSITIVE),
+    Field("full.learning_rates", "floats", **_POSITIVE),
+    Field("full.weight_decay", "float", low=0),
+    Field("lora.ranks", "ints", low=1), Field("lora.alpha", "float", low=0, note="0: the rank"),
+    Field("lora.learning_rates", "floats", **_POSITIVE),
+    Field("lora.weight_decay", "float", low=0),
+    positive_int("model.num_slots"), positive_int("model.top_k"),
+    positive_int("model.memory_heads"), positive_int("model.key_dim"),
+    Field("model.memory_layers", "ints", low=0),
+    Relation("known_eval_people", "<=", "facts.num_known"),
+)
 
 
 def check_config(config: ml_collections.ConfigDict, run: training.Run) -> int:
   """Validates the study's fields (before any compile); returns the memory table's N."""
-  num_slots = background_statistics.memory_slots(run)
-  for field in ("smf.t", "lora.ranks"):
-    _positive_numbers(config, field, integer=True)
+  config_schema.check(config, SCHEMA)
+  num_slots = slot_statistics.memory_slots(run)
   for t in (*config.smf.t, config.smf.ablation_t):
     try:
       tfidf.check_top_t(t, num_slots, "config.smf.t")
     except ValueError as e:
-      raise cli.UsageError(str(e)) from e
-  for field in ("smf.learning_rates", "smf.ablation_lr", "full.learning_rates",
-                "lora.learning_rates"):
-    _positive_numbers(config, field)
-  for field in ("known_eval_people", "heldout_text_batches", "eval_batch",
-                "background_batches", "background_batch_size"):
-    _positive_numbers(config, field, integer=True)
-  if config.known_eval_people > config.facts.num_known:
-    raise cli.UsageError(f"config.known_eval_people ({config.known_eval_people}) exceeds "
-                         f"config.facts.num_known ({config.facts.num_known})")
+      raise UsageError(str(e)) from e
   try:
     world = facts.make_world(config.facts.seed, config.facts.num_known, config.facts.num_new)
     lora.lora_targets(nnx.merge(run.graphdef, run.abstract_params), tuple(config.lora.targets))
   except ValueError as e:
-    raise cli.UsageError(f"config: {e}") from e
+    raise UsageError(f"config: {e}") from e
   longest = max(len(s) for f in world.facts(world.new) for s in facts.statements(f))
   if longest + 1 > config.seq_len + 1:
-    raise cli.UsageError(f"config.seq_len ({config.seq_len}) is shorter than the longest "
-                         f"statement ({longest + 1} bytes)")
+    raise UsageError(f"config.seq_len ({config.seq_len}) is shorter than the longest "
+                     f"statement ({longest + 1} bytes)")
   return num_slots
 
 
 # ---------------------------------------------------------------- pretraining
 
 
-def pretrain(config, run: training.Run, workdir: Path, world: facts.World) -> tuple[dict, int]:
-  """Trains on the fact/text mixture up to config.steps, resuming; returns (host params, start)."""
-  corpus = data.load_corpus(config.data.source, config.data.validation_percent)
+def pretrain(config, run: training.Run, workdir: Path, world: facts.World) -> dict:
+  """Trains on the fact/text mixture up to config.steps in `workdir` (`runtime.loop`,
+  resuming); returns the final parameters on the host."""
+  corpus = text_data.load_corpus(config.data.source, config.data.validation_percent)
   dataset = facts.mixture_dataset(world, corpus.train, seq_len=config.seq_len,
                                   batch_size=config.batch_size,
                                   text_fraction=config.facts.text_fraction, seed=config.seed)
-  resume_step, corrupt = training.check_resumable(workdir / "checkpoints", run)
-  tx = training.optimizer(config, run)
-  shardings = training.state_shardings(run, tx)
-  ckpt = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
-  for step, problem in sorted(corrupt.items()):
-    ckpt.quarantine(step, problem)
-  iterator = iter(dataset)
-  with jax.set_mesh(run.mesh):
-    state = training.restore_latest(ckpt, run, tx, shardings, iterator, resume_step)
-    if state is None:
-      state = training.initial_state(run, tx, shardings)
-    start = int(state["step"])
-    if start < config.steps:
-      train_step = training.make_train_step(run, tx, shardings)
-      began = time.perf_counter()
-      for step in range(start, config.steps):
-        state, metrics = train_step(state, training.global_batch(run, next(iterator)))
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-          logging.info("pretrain step %d/%d loss %.4f (%.1fs)", done, config.steps,
-                       float(metrics["loss"]), time.perf_counter() - began)
-        if done % config.checkpoint_every == 0 or done == config.steps:
-          ckpt.save(done, params=state["params"],
-                    train_state={k: state[k] for k in ("opt_state", "step", "rng")},
-                    data_iterator=iterator, config=config.to_dict())
-    ckpt.wait()
-    ckpt.close()
-    return jax.device_get(state["params"]), start
+  state, _ = loop.train(run, [loop.Phase("pretrain", dataset, config.steps)], workdir)
+  return jax.device_get(state["params"])
 
 
 # ---------------------------------------------------------------- evaluation
@@ -331,36 +305,30 @@ def plot_frontier(rows: list[dict], baseline: dict, path: Path) -> None:
   fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
-def _write_json(path: Path, obj) -> None:
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(obj, indent=2) + "\n")
-  tmp.replace(path)
-
-
 def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the whole study in `workdir`; returns what results.json holds."""
   began = time.perf_counter()
   run = training.prepare(config, mesh_sizes={"data": -1})
   num_slots = check_config(config, run)
-  workdir = training.check_workdir(workdir)
-  resume_step, _ = training.check_resumable(workdir / "checkpoints", run)
+  workdir = check_workdir(workdir)
+  resume_step, _ = loop.resumable_step(workdir / "checkpoints", run)
   pretrained = resume_step is not None and resume_step >= config.steps
-  if pretrained and not (workdir / background_statistics.ITEM).is_dir():
-    background_statistics.load(workdir, resume_step, num_slots)  # raises, naming the command
+  if pretrained and not (workdir / slot_statistics.ITEM).is_dir():
+    slot_statistics.load(workdir, resume_step, num_slots)  # raises, naming the command
   world = facts.make_world(config.facts.seed, config.facts.num_known, config.facts.num_new)
 
-  params, start = pretrain(config, run, workdir, world)
-  if start < config.steps:
-    stats = background_statistics.compute(str(workdir), config.background_batches)
+  params = pretrain(config, run, workdir, world)
+  if not pretrained:
+    stats = slot_statistics.compute(str(workdir), config.background_batches)
     df, num_batches = stats["df"], stats["num_batches"]
   else:
-    df, num_batches = background_statistics.load(workdir, config.steps, num_slots)
+    df, num_batches = slot_statistics.load(workdir, config.steps, num_slots)
   pretrain_seconds = time.perf_counter() - began
 
   model = nnx.merge(run.graphdef, params)
   reads = sparse_finetuning.reading_apply(run.graphdef, num_slots)
-  corpus = data.load_corpus(config.data.source, config.data.validation_percent)
-  heldout = np.stack(list(data.lm_dataset(
+  corpus = text_data.load_corpus(config.data.source, config.data.validation_percent)
+  heldout = np.stack(list(text_data.lm_dataset(
       corpus.validation, seq_len=config.seq_len, batch_size=config.batch_size, seed=0,
       shuffle=False, repeat=False))[:config.heldout_text_batches])
   evaluator = Evaluator(run.apply, config, world, heldout)
@@ -392,7 +360,7 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  background_batches=num_batches, pretrain_seconds=pretrain_seconds,
                  total_seconds=time.perf_counter() - began,
                  qa_metric="answer ranking among 16 candidates (chance 1/16)")
-  _write_json(workdir / "results.json", results)
+  write_json(workdir / "results.json", results)
   plot_frontier(rows, baseline, workdir / "frontier.png")
   logging.info("matched learning: %s; wrote %s and %s", results["matched"],
                workdir / "results.json", workdir / "frontier.png")

@@ -18,7 +18,6 @@ what is there and resumes unfinished training from its orbax checkpoints. Finall
 writes WORKDIR/results.json, results.md and the plots.
 """
 import dataclasses
-import importlib
 import itertools
 import json
 import math
@@ -29,21 +28,50 @@ from pathlib import Path
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import compare_report, config_checks, data, evaluation, recall, training
-from experiments.checkpointing import Checkpoints
-from experiments.cli import UsageError
-from experiments.configs.compare import ARM_CONFIGS, STUDIES
-from experiments.metrics_writer import MetricsWriter
+from experiments import configs
+from experiments.compare import report
+from runtime import config_schema, evaluation, loop, recall, text_data, training
+from runtime.config_schema import Field, Relation, positive_int
+from runtime.errors import UsageError
+from runtime.workdir import check_workdir, write_json
 
-_POSITIVE_INTS = ("train.batch_size", "train.seq_len", "train.checkpoint_every", "train.log_every",
-                  "lm.steps", "lm.eval_batches", "continual.steps_a", "continual.steps_b",
+STUDIES = ("lm", "continual", "recall", "ttl")
+
+_POSITIVE_INTS = ("lm.steps", "lm.eval_batches", "continual.steps_a", "continual.steps_b",
                   "continual.eval_batches", "recall.train_context", "recall.steps",
                   "recall.eval_sequences", "recall.eval_batch_size", "ttl.context", "ttl.batches")
+
+
+def schema(config) -> tuple:
+  """Every field of the compare config (`runtime.config_schema`); `train` and `mesh` take the
+  pretraining fields' rules."""
+  train_fields = tuple(f for f in config_schema.LM_TRAINING if isinstance(f, config_schema.Field)
+                       and f.path in config.train)
+  return (
+      Field("arms", "names", choices=tuple(config.arm_models)),
+      Field("studies", "names", choices=STUDIES),
+      Field("seed", "int", low=0), Field("param_tolerance", "float", low=0),
+      Field("shape", "str"), Field("size", "str"),
+      *config_schema.prefixed("train.", train_fields),
+      Field("mesh.*", "int", low=1, special=(-1,), note="-1: the remaining devices"),
+      *(positive_int(path) for path in _POSITIVE_INTS),
+      Field("lm.source", "str"),
+      Field("lm.validation_percent", "int", low=1, high=99),
+      Field("continual.validation_percent", "int", low=1, high=99),
+      Field("continual.domain_a", "str"), Field("continual.domain_b", "str"),
+      Field("recall.num_pairs", "int", low=1, high=len(recall.KEYS)),
+      Field("recall.contexts", "ints", low=1),
+      Field("arm_models.*.config", "str", choices=configs.LM_CONFIGS),
+      Field("arm_models.*.model.mlp_dim", "int", low=1),
+      Field("arm_models.*.model.window", "int", low=0, note="0: full attention"),
+      Relation("ttl.context", "multiple of", "train.seq_len",
+               when=lambda c: "ttl" in config_schema.split_names(c.studies)),
+      Relation("recall.eval_sequences", "multiple of", "recall.eval_batch_size"),
+  )
 
 
 @dataclasses.dataclass
@@ -58,34 +86,16 @@ class Arm:
     return self.run.num_params
 
 
-def _get(config, path: str):
-  node = config
-  for part in path.split("."):
-    node = node[part]
-  return node
-
-
-def _names(value, field: str, choices) -> list[str]:
-  names = [n.strip() for n in str(value).split(",") if n.strip()]
-  unknown = [n for n in names if n not in choices]
-  if not names or unknown:
-    raise UsageError(f"{field}: unknown name(s) {unknown or [value]}; choose from "
-                     f"{sorted(choices)} (comma-separated)")
-  if len(set(names)) != len(names):
-    raise UsageError(f"{field}: {value!r} names an entry twice")
-  return names
-
-
 def arm_config(config, arm: str, study: str) -> ml_collections.ConfigDict:
   """The pretraining config of `arm` for `study`: the base file at config.shape, the arm's
   model overrides, the shared training settings and the study's steps."""
   spec = config.arm_models[arm]
   base = spec.get("config")
-  if base not in ARM_CONFIGS:
+  if base not in configs.LM_CONFIGS:
     raise UsageError(f"config.arm_models.{arm}.config: unknown {base!r}; choose from "
-                     f"{list(ARM_CONFIGS)}")
+                     f"{list(configs.LM_CONFIGS)}")
   try:
-    c = importlib.import_module(f"experiments.configs.{base}").get_config(config.shape)
+    c = configs.lm_config(base, config.shape)
   except ValueError as e:
     raise UsageError(f"config.shape: {e}") from e
   for key, value in spec.get("model", {}).items():
@@ -112,48 +122,33 @@ def validate(config) -> tuple[list[Arm], list[str]]:
   """Every check before any compile: names, numbers, data, shapes, matched parameters."""
   if not isinstance(config.arm_models, ml_collections.ConfigDict):
     raise UsageError("config.arm_models must map arm names to {config, model}")
-  arms = _names(config.arms, "config.arms", list(config.arm_models))
-  studies = _names(config.studies, "config.studies", STUDIES)
-  for path in _POSITIVE_INTS:
-    v = _get(config, path)
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-      raise UsageError(f"config.{path} must be a positive integer, got {v!r}")
+  config_schema.check(config, schema(config))
+  arms = config_schema.split_names(config.arms)
+  studies = config_schema.split_names(config.studies)
   tol = config.param_tolerance
-  if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-    raise UsageError(f"config.param_tolerance must be a number >= 0, got {tol!r}")
-  seq = config.train.seq_len
-  if "ttl" in studies and config.ttl.context % seq:
-    raise UsageError(f"config.ttl.context ({config.ttl.context}) must be a multiple of "
-                     f"config.train.seq_len ({seq})")
   if "recall" in studies:
-    contexts = tuple(config.recall.contexts)
-    if not contexts or any(isinstance(n, bool) or not isinstance(n, int) or n <= 0
-                           for n in contexts):
-      raise UsageError(f"config.recall.contexts must be positive integers, got {contexts!r}")
-    for n in (config.recall.train_context,) + contexts:
+    for n in (config.recall.train_context,) + tuple(config.recall.contexts):
       recall.check(n, config.recall.num_pairs)
-    if config.recall.eval_sequences % config.recall.eval_batch_size:
-      raise UsageError(f"config.recall.eval_sequences ({config.recall.eval_sequences}) must be a "
-                       f"multiple of config.recall.eval_batch_size "
-                       f"({config.recall.eval_batch_size})")
   if "continual" in studies:
-    a, b = (tuple(_names(config.continual[k], f"config.continual.{k}", _stdlib_packages()))
-            for k in ("domain_a", "domain_b"))
+    packages = _stdlib_packages()
+    for k in ("domain_a", "domain_b"):
+      config_schema.check(config, (Field(f"continual.{k}", "names", choices=tuple(packages)),))
+    a, b = (set(config_schema.split_names(config.continual[k])) for k in ("domain_a", "domain_b"))
     shared = sorted(set(a) & set(b))
     if shared:
       raise UsageError(f"config.continual: domain_a and domain_b share packages {shared}")
   for study in studies:
-    for arm in arms:  # config_checks and the warm-up bound, per study
-      config_checks.check(arm_config(config, arm, study))
+    for arm in arms:  # the pretraining fields and the warm-up bound, per study
+      config_schema.check_lm(arm_config(config, arm, study))
   prepared = []
   for arm in arms:
-    configs = {s: arm_config(config, arm, s) for s in studies}
-    run = training.prepare(configs.get("lm") or next(iter(configs.values())))
+    arm_configs = {s: arm_config(config, arm, s) for s in studies}
+    run = training.prepare(arm_configs.get("lm") or next(iter(arm_configs.values())))
     if "recall" in studies and config.recall.eval_batch_size % (
         run.mesh.shape["data"] * run.mesh.shape["fsdp"]):
       raise UsageError(f"config.recall.eval_batch_size ({config.recall.eval_batch_size}) must "
                        f"be divisible by the mesh's data x fsdp size")
-    prepared.append(Arm(arm, config.arm_models[arm].config, configs, run))
+    prepared.append(Arm(arm, config.arm_models[arm].config, arm_configs, run))
   counts = [a.params for a in prepared]
   spread = max(counts) / min(counts) - 1
   if spread > tol:
@@ -166,18 +161,18 @@ def validate(config) -> tuple[list[Arm], list[str]]:
 
 
 def _stdlib_packages() -> set:
-  root = data.stdlib_root()
-  return {data.stdlib_package(f, root) for f in data._stdlib_files(root)}
+  root = text_data.stdlib_root()
+  return {text_data.stdlib_package(f, root) for f in text_data._stdlib_files(root)}
 
 
 def _load_data(config, studies) -> dict:
   corpora = {}
   if {"lm", "ttl"} & set(studies):
-    corpora["lm"] = data.load_corpus(config.lm.source, config.lm.validation_percent, "config.lm")
+    corpora["lm"] = text_data.load_corpus(config.lm.source, config.lm.validation_percent, "config.lm")
   if "continual" in studies:
     for k in ("a", "b"):
       packages = tuple(n.strip() for n in config.continual[f"domain_{k}"].split(","))
-      corpora[k] = data.load_stdlib_domain(packages, config.continual.validation_percent,
+      corpora[k] = text_data.load_stdlib_domain(packages, config.continual.validation_percent,
                                            f"config.continual.domain_{k}")
   return corpora
 
@@ -210,27 +205,11 @@ def arms_table(arms: list[Arm], budget: dict) -> str:
   return "\n".join(lines)
 
 
-def _write_json(path: Path, value) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(value, indent=1) + "\n")
-  tmp.replace(path)
-
-
-@dataclasses.dataclass
-class Phase:
-  name: str
-  dataset: grain.IterDataset
-  steps: int
-
-
 @dataclasses.dataclass
 class Compiled:
-  """The jitted functions of one training setup, shared by the runs that train identically
+  """The compiled functions of one training setup, shared by the runs that train identically
   (so the LM and continual runs of an arm compile their step once)."""
-  tx: object
-  shardings: dict
-  step: object
-  init: dict  # the initial train state on the host (the step donates its input)
+  trainer: loop.Trainer
   loss: object
   predict: object
   pieces: dict = dataclasses.field(default_factory=dict)
@@ -243,84 +222,24 @@ def compiled(run: training.Run) -> Compiled:
   key = json.dumps({k: v for k, v in run.config.to_dict().items()
                     if k not in ("eval_batches", "data")}, sort_keys=True, default=str)
   if key not in _COMPILED:
-    tx = training.optimizer(run.config, run)
-    shardings = training.state_shardings(run, tx)
-    with jax.set_mesh(run.mesh):
-      init = jax.device_get(training.initial_state(run, tx, shardings))
-    _COMPILED[key] = Compiled(
-        tx, shardings, training.make_train_step(run, tx, shardings), init,
-        jax.jit(lambda p, t: training.loss_fn(run, p, t)),
-        jax.jit(lambda p, t: run.apply(p, t).argmax(-1)))
+    _COMPILED[key] = Compiled(loop.Trainer(run), jax.jit(lambda p, t: training.loss_fn(run, p, t)),
+                              jax.jit(lambda p, t: run.apply(p, t).argmax(-1)))
   return _COMPILED[key]
 
 
-def train_phases(run: training.Run, phases: list[Phase], directory: Path,
+def train_phases(run: training.Run, phases: list[loop.Phase], directory: Path,
                  evaluate) -> tuple[dict, dict]:
-  """Trains through `phases` in order under one optimizer and schedule (run.config.steps =
-  the phases' total); after each phase `evaluate(params)` is saved to DIRECTORY/<phase>.json.
-  Resumes from the latest checkpoint in DIRECTORY/checkpoints. Returns ({phase: result},
-  the final parameters)."""
-  config = run.config
-  directory.mkdir(parents=True, exist_ok=True)
-  ends = list(itertools.accumulate(p.steps for p in phases))
-  resume, corrupt = training.check_resumable(directory / "checkpoints", run)
-  fns = compiled(run)
-  tx, shardings, step_fn = fns.tx, fns.shardings, fns.step
-  ckpt = Checkpoints(directory / "checkpoints", keep=config.keep_checkpoints)
-  for step, problem in corrupt.items():
-    ckpt.quarantine(step, problem)
-  start = resume or 0
-  current = next((i for i, end in enumerate(ends) if end > start), len(phases) - 1)
-  iterator = iter(phases[current].dataset)
-  results = {}
-  with jax.set_mesh(run.mesh):
-    if resume is None:
-      state = jax.device_put(fns.init, shardings)
-    else:
-      target = training.abstract_state(run, tx, shardings)
-      params, rest = ckpt.restore(resume, params=target["params"], data_iterator=iterator,
-                                  train_state={k: target[k] for k in ("opt_state", "step", "rng")})
-      state = dict(params=params, **rest)
-      logging.info("%s: resumed at step %d", directory, resume)
-    writer = MetricsWriter(directory, resume_step=start)
-    for i in range(current, len(phases)):
-      began, nonfinite = time.perf_counter(), 0
-      for step in range(start, ends[i]):
-        state, metrics = step_fn(state, training.global_batch(run, next(iterator)))
-        nonfinite += ~jnp.isfinite(metrics["loss"])  # on device: no sync per step
-        done = step + 1
-        if done % config.log_every == 0 or done == ends[i]:
-          metrics = jax.device_get(metrics)
-          writer.write("metrics.jsonl", done, metrics)
-          rate = (done - start) / (time.perf_counter() - began)
-          logging.info("%s %s: step %d/%d loss %.4f (%.2f steps/s incl. compile)", directory.name,
-                       phases[i].name, done, ends[-1], metrics["loss"], rate)
-        if done % config.checkpoint_every == 0 and done < ends[i]:
-          ckpt.save(done, params=state["params"], data_iterator=iterator, config=config.to_dict(),
-                    train_state={k: state[k] for k in ("opt_state", "step", "rng")})
-      out = directory / f"{phases[i].name}.json"
-      if out.exists():
-        results[phases[i].name] = json.loads(out.read_text())
-      else:
-        seconds = time.perf_counter() - began
-        results[phases[i].name] = dict(evaluate(state["params"]), steps=phases[i].steps,
-                                       nonfinite_steps=int(nonfinite), seconds=seconds)
-        _write_json(out, results[phases[i].name])
-      if i + 1 < len(phases):
-        iterator = iter(phases[i + 1].dataset)  # saved with the step that begins the next phase
-      if resume is None or ends[i] > resume:
-        ckpt.save(ends[i], params=state["params"], data_iterator=iterator, config=config.to_dict(),
-                  train_state={k: state[k] for k in ("opt_state", "step", "rng")})
-      start = ends[i]
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+  """`runtime.loop.train` of `phases` in DIRECTORY (one schedule over all of them), with
+  `evaluate(params)` saved to DIRECTORY/<phase>.json after each phase. Returns ({phase:
+  result}, the final parameters)."""
+  state, results = loop.train(run, phases, directory, trainer=compiled(run).trainer,
+                              evaluate=evaluate, label=f"{directory.parent.name}/{directory.name} ")
   return results, state["params"]
 
 
 def _lm_batches(tokens, config, *, shuffle: bool, seq_len: int | None = None) -> grain.IterDataset:
   """Training batches (shuffled, endless) or validation batches (in order, once)."""
-  return data.lm_dataset(tokens, seq_len=seq_len or config.seq_len, batch_size=config.batch_size,
+  return text_data.lm_dataset(tokens, seq_len=seq_len or config.seq_len, batch_size=config.batch_size,
                          seed=config.seed, shuffle=shuffle, repeat=shuffle)
 
 
@@ -398,43 +317,43 @@ def run_arm(config, arm: Arm, studies: list[str], corpora: dict, workdir: Path) 
                                         config.ttl.batches)
         return out
 
-      phase, params = train_phases(run, [Phase("lm", _lm_batches(lm.train, cfg, shuffle=True),
+      phase, params = train_phases(run, [loop.Phase("lm", _lm_batches(lm.train, cfg, shuffle=True),
                                                cfg.steps)], folder / "lm_run", evaluate)
       done = dict(phase["lm"])
       if "ttl" in todo:
         with jax.set_mesh(run.mesh):  # an lm run finished before ttl was asked for
           results["ttl"] = done.pop("ttl", None) or loss_by_position(
               run, params, lm.validation, config.ttl.context, config.ttl.batches)
-        _write_json(folder / "ttl.json", results["ttl"])
+        write_json(folder / "ttl.json", results["ttl"])
       if "lm" in todo:
         done.pop("ttl", None)
         results["lm"] = dict(done, seconds=time.perf_counter() - began)
-        _write_json(folder / "lm.json", results["lm"])
+        write_json(folder / "lm.json", results["lm"])
     elif study == "continual":
       a, b = corpora["a"], corpora["b"]
       evaluate = lambda p: dict(a=validation_loss(run, p, a.validation),
                                 b=validation_loss(run, p, b.validation))
       ds_a = _lm_batches(a.train, cfg, shuffle=True)
       ds_b = _lm_batches(b.train, cfg, shuffle=True)
-      seq, _ = train_phases(run, [Phase("after_a", ds_a, config.continual.steps_a),
-                                  Phase("after_b", ds_b, config.continual.steps_b)],
+      seq, _ = train_phases(run, [loop.Phase("after_a", ds_a, config.continual.steps_a),
+                                  loop.Phase("after_b", ds_b, config.continual.steps_b)],
                             folder / "continual_run", evaluate)
       mixed = grain.IterDataset.mix([_lm_batches(a.train, cfg, shuffle=True),
                                      _lm_batches(b.train, cfg, shuffle=True)])
-      both, _ = train_phases(run, [Phase("interleaved", mixed, cfg.steps)],
+      both, _ = train_phases(run, [loop.Phase("interleaved", mixed, cfg.steps)],
                              folder / "interleaved_run", evaluate)
       results["continual"] = continual_summary(seq["after_a"], seq["after_b"],
                                                both["interleaved"])
       results["continual"]["seconds"] = time.perf_counter() - began
-      _write_json(folder / "continual.json", results["continual"])
+      write_json(folder / "continual.json", results["continual"])
     else:
       rc = config.recall
       ds = recall.dataset(seed=cfg.seed, context=rc.train_context, num_pairs=rc.num_pairs,
                           batch_size=cfg.batch_size)
-      phase, _ = train_phases(run, [Phase("recall", ds, cfg.steps)], folder / "recall_run",
+      phase, _ = train_phases(run, [loop.Phase("recall", ds, cfg.steps)], folder / "recall_run",
                               lambda p: recall_accuracy(run, p, rc))
       results["recall"] = dict(phase["recall"], seconds=time.perf_counter() - began)
-      _write_json(folder / "recall.json", results["recall"])
+      write_json(folder / "recall.json", results["recall"])
   return results
 
 
@@ -465,7 +384,7 @@ def run(config, workdir: str, command: str) -> dict:
   print(f"Arms at matched parameters (within {100 * config.param_tolerance:.0f}%) and "
         f"token budgets (tokens per study, the same data order for every arm):\n"
         f"{arms_table(arms, budget)}", flush=True)
-  workdir = training.check_workdir(workdir)
+  workdir = check_workdir(workdir)
   began = time.perf_counter()
   per_arm = {}
   for arm in arms:
@@ -487,6 +406,6 @@ def run(config, workdir: str, command: str) -> dict:
   results["plots"] = compare_report.plot_all(results, workdir)
   table = compare_report.markdown(results)
   (workdir / "results.md").write_text(table)
-  _write_json(workdir / "results.json", results)
+  write_json(workdir / "results.json", results)
   print(table, flush=True)
   return results

@@ -16,8 +16,11 @@
 Every rule gets `learning_rate` (the schedule, times the group's lr_scale; for a group updated
 every k steps the schedule is read at the global step of each of its updates), and, if it
 takes them, `weight_decay` and `mask` (decay on matrices only). Clipping by global norm comes
-first. With no groups and every = 1 the result is `optax.chain(clip, rule)`: the defaults give
-exactly the AdamW that `experiments.training.optimizer` built before this module.
+first. With no groups and every = 1 the result is `optax.chain(clip, rule)`. The defaults
+(`experiments/configs/common.py`) are AdamW (b1 0.9, b2 0.95) for every parameter.
+
+`build` returns an optax transformation; `runtime.training.make_train_step` runs it as a
+`StepOptimizer`, or runs the row-sparse `RowSparseValueOptimizer` the flag above selects.
 """
 import dataclasses
 import fnmatch
@@ -27,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import nnx
 
-from experiments.cli import UsageError
+from runtime.errors import UsageError
 from hope import optimizers as nested
 from hope.optimizers.multi_frequency import ACCUMULATE
 from hope.optimizers.tree_paths import named_leaves, path_name
@@ -40,13 +44,6 @@ NESTED_RULES = {name: getattr(nested, name) for name in (
     "delta_gradient_descent", "m3")}
 DEFAULT_GROUP = "default"
 GROUP_FIELDS = ("patterns", "rule", "kwargs", "every", "lr_scale")
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """`config.optimizer` with the zoo's default: AdamW(b1 = 0.9, b2 = 0.95) for everything."""
-  return ml_collections.ConfigDict(dict(
-      rule="adamw", kwargs=dict(b1=0.9, b2=0.95), every=1, accumulate="sum", groups={},
-      value_lr_multiplier=1.0, sparse_value_updates=False))
 
 
 def rule_factory(name: str, field: str):
@@ -158,7 +155,7 @@ def _check_groups(groups) -> dict:
 
 
 def build(optimizer_config, params, *, learning_rate, weight_decay: float = 0.0,
-          grad_clip: float = 0.0, value_tables=None) -> optax.GradientTransformation:
+          grad_clip: float = 0.0, value_tables=None):
   """The optax optimizer that `optimizer_config` (config.optimizer) describes.
 
   params: the parameters or their abstract shapes (e.g. `Run.abstract_params`): the groups'
@@ -205,92 +202,45 @@ FLAG = "config.optimizer.sparse_value_updates"
 
 
 @dataclasses.dataclass(frozen=True)
-class RowSparseValueOptimizer:
-  """The outer optimizer with row-sparse value tables (`FLAG` = True).
+class StepOptimizer:
+  """An optax transformation as the train step uses it (`runtime.training.make_train_step`).
 
-  `dense` (the config's rule, groups and periods) updates every parameter but the value
-  tables, which it never sees: its state and updates have None there. Each table V gets
-  `values`, a lazy AdamW (memory_layers.row_sparse.LazyAdamW) on the rows read this step,
-  from the row-sparse gradient (*) of `row_sparse.value_and_grad`. Global-norm clipping,
-  when on, is over all gradients together, the tables' (*) included, as with dense updates.
-
-  State: {"dense": dense's state, "values": {"count", "mu", "nu"}}, mu and nu holding one
-  [N, D] moment per table at the table's own parameter path (so they take its sharding).
+  A step optimizer has
+    init(params) -> state;
+    value_and_grad(loss_of_model, graphdef, params) -> (loss, grads), loss_of_model taking
+      the merged model;
+    update(grads, state, params) -> (checked, grad_norm, commit): the arrays whose
+      finiteness decides whether the step is kept (every gradient, then every updated
+      parameter, in `jax.tree.leaves(params)` order), the gradients' global norm, and
+      commit(ok) -> (params, state): the update if ok, else the previous ones.
+  `memory_layers.row_sparse.RowSparseValueOptimizer` is the other one.
   """
-  dense: optax.GradientTransformation
-  values: row_sparse.LazyAdamW
-  table_paths: tuple
-  grad_clip: float
+  tx: optax.GradientTransformation
 
-  def init(self, params) -> dict:
-    rest, tables = row_sparse.split_tables(params, list(self.table_paths))
-    moments = _nested({p: jnp.zeros(t.shape, t.dtype) for p, t in tables.items()})
-    return dict(dense=self.dense.init(rest),
-                values=dict(count=jnp.zeros((), jnp.int32), mu=moments, nu=moments))
+  def init(self, params):
+    return self.tx.init(params)
 
-  def update(self, *args, **kwargs):
-    raise TypeError(f"{FLAG}=True: the optimizer takes row-sparse table gradients; use "
-                    "experiments.training.make_train_step (it calls .step), not optax's update")
+  def value_and_grad(self, loss_of_model, graphdef, params):
+    return jax.value_and_grad(lambda p: loss_of_model(nnx.merge(graphdef, p)))(params)
 
-  def step(self, params: dict, grads: dict, reads: dict, state: dict, loss: jax.Array):
-    """(params, state, finite, grad_norm) after one update, with the train step's guard.
-
-    grads: the gradients of all but the tables (None there); reads: {table path: TableReads}.
-    finite: [1 + 2 P] bools, the loss, every gradient (a table's: its distinct-row gradient)
-    and every updated parameter (a table's: its updated rows), in `jax.tree.leaves(params)`
-    order; when one is False nothing changes (the rows written are none, so even then no
-    [N, D] select runs). grad_norm: the global norm before clipping.
-    """
-    paths = list(self.table_paths)
-    if set(reads) != set(paths):
-      raise ValueError(f"row-sparse gradients for tables {sorted(reads)}, expected {paths}")
-    rest, tables = row_sparse.split_tables(params, paths)
-    rows = {p: row_sparse.unique_rows(reads[p], tables[p].shape[0]) for p in paths}
-    table_grads = {p: g for p, (_, g) in rows.items()}
-    norm = jnp.sqrt(optax.tree.norm(grads, squared=True) +
-                    sum(jnp.sum(g * g) for g in table_grads.values()))
-    all_grads = row_sparse.merge_tables(grads, table_grads)
-    if self.grad_clip:  # as optax.clip_by_global_norm
-      clip = lambda t: jnp.where(norm < self.grad_clip, t,
-                                 (t / norm.astype(t.dtype)) * self.grad_clip)
-      grads, table_grads = jax.tree.map(clip, (grads, table_grads))
-    updates, dense_state = self.dense.update(grads, state["dense"], rest)
-    new_rest = optax.apply_updates(rest, updates)
-    v = state["values"]
-    table_states = {p: row_sparse.LazyAdamState(v["count"], row_sparse.get_path(v["mu"], p),
-                                                row_sparse.get_path(v["nu"], p)) for p in paths}
-    new_rows = {p: self.values.new_rows(tables[p], table_states[p], rows[p][0], table_grads[p])
-                for p in paths}
-    updated = row_sparse.merge_tables(new_rest, {p: r[0] for p, r in new_rows.items()})
-    finite = jnp.stack([jnp.isfinite(loss)] + [jnp.isfinite(x).all() for x in
-                                               jax.tree.leaves(all_grads) + jax.tree.leaves(updated)])
-    ok = finite.all()
-    keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    new_tables, mu, nu = {}, v["mu"], v["nu"]
-    for p in paths:
-      new_tables[p], s = self.values.write(tables[p], table_states[p], rows[p][0], *new_rows[p],
-                                           commit=ok)
-      mu, nu = row_sparse.set_path(mu, p, s.mu), row_sparse.set_path(nu, p, s.nu)
-    state = dict(dense=keep_if_bad(dense_state, state["dense"]),
-                 values=dict(count=v["count"] + ok.astype(jnp.int32), mu=mu, nu=nu))
-    params = row_sparse.merge_tables(keep_if_bad(new_rest, rest), new_tables)
-    return params, state, finite, norm
+  def update(self, grads, state, params):
+    updates, new_state = self.tx.update(grads, state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep_if_bad = lambda ok, new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    commit = lambda ok: (keep_if_bad(ok, new_params, params), keep_if_bad(ok, new_state, state))
+    return (jax.tree.leaves(grads) + jax.tree.leaves(new_params), optax.tree.norm(grads),
+            commit)
 
 
-def _nested(leaves: dict) -> dict:
-  """{path: leaf} as nested dicts."""
-  tree = {}
-  for path, leaf in leaves.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = leaf
-  return tree
+def as_step_optimizer(tx):
+  """`tx` as a step optimizer: an optax transformation is wrapped in `StepOptimizer`."""
+  return StepOptimizer(tx) if isinstance(tx, optax.GradientTransformation) else tx
 
 
 def build_row_sparse(c, params, *, learning_rate, weight_decay: float, grad_clip: float,
-                     value_tables) -> RowSparseValueOptimizer:
-  """`RowSparseValueOptimizer` for config.optimizer `c` with `FLAG` set.
+                     value_tables) -> row_sparse.RowSparseValueOptimizer:
+  """`memory_layers.row_sparse.RowSparseValueOptimizer` for config.optimizer `c` with `FLAG`
+  set: the tables get a lazy AdamW, everything else the dense rule.
 
   The tables' lazy AdamW takes b1, b2 and eps from c.kwargs when given there (else 0.9, 0.999,
   1e-8), weight_decay (decoupled, on the rows updated) unless c.rule is "adam" (none), and
@@ -332,7 +282,7 @@ def build_row_sparse(c, params, *, learning_rate, weight_decay: float, grad_clip
   dense_config.value_lr_multiplier = 1.0
   rest, _ = row_sparse.split_tables(params, list(paths))
   dense = build(dense_config, rest, learning_rate=learning_rate, weight_decay=weight_decay)
-  return RowSparseValueOptimizer(dense, values, paths, grad_clip)
+  return row_sparse.RowSparseValueOptimizer(dense, values, paths, grad_clip)
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, param_shardings,

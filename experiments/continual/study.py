@@ -5,9 +5,10 @@ tests and other tools can use it without defining command-line flags. See that m
 what is written where; the config is `experiments/configs/continual.py`.
 
 Every config value is checked by `validate` before any data is loaded or anything is
-compiled; bad input raises `cli.UsageError` naming the field and what it accepts.
+compiled; bad input raises `UsageError` naming the field and what it accepts.
 """
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -24,7 +25,9 @@ from cl_methods import registry
 from cl_methods import runner
 from cl_methods import scenarios
 from cl_methods import streams
-from experiments import cli
+from runtime import config_schema
+from runtime.config_schema import Field, Relation, positive_int
+from runtime.errors import UsageError
 
 SCENARIO_KEYS = {"task": "task_il", "domain": "domain_il", "class": "class_il"}
 OPTIMIZERS = ("adam", "sgd")
@@ -54,49 +57,44 @@ HPARAM_PATHS = {
 # Fields that every method reads, and so may be swept for any of them.
 SWEEPABLE_TRAINING_FIELDS = ("learning_rate", "batch_size", "steps_per_context")
 
-# (type, low, high, low inclusive, high inclusive) for every numeric field of the config.
-_INT, _FLOAT = "an integer", "a number"
-_INF = float("inf")
-NUMERIC_RULES = {
-    "n_contexts": (_INT, 1, _INF, True, False),
-    "test_fraction": (_FLOAT, 0.0, 1.0, False, False),
-    "mnist1d_examples": (_INT, 10, _INF, True, False),
-    "boundary_width": (_FLOAT, 0.0, 1.0, True, True),
-    "seed": (_INT, 0, _INF, True, False),
-    "learning_rate": (_FLOAT, 0.0, _INF, False, False),
-    "batch_size": (_INT, 1, _INF, True, False),
-    "steps_per_context": (_INT, 1, _INF, True, False),
-    "eval_every": (_INT, 1, _INF, True, False),
-    "curve_examples": (_INT, 1, _INF, True, False),
-    "consolidation_examples": (_INT, 1, _INF, True, False),
-    "replay.buffer_size": (_INT, 1, _INF, True, False),
-    "derpp.alpha": (_FLOAT, 0.0, _INF, True, False),
-    "derpp.beta": (_FLOAT, 0.0, _INF, True, False),
-    "agem.eps": (_FLOAT, 0.0, _INF, False, False),
-    "online_ewc.gamma": (_FLOAT, 0.0, 1.0, False, True),
-    "si.damping": (_FLOAT, 0.0, _INF, False, False),
-    "lwf.temperature": (_FLOAT, 0.0, _INF, False, False),
-    "xdg.gate_fraction": (_FLOAT, 0.0, 1.0, True, False),
-    "packnet.prune_fraction": (_FLOAT, 0.0, 1.0, False, False),
-    "packnet.retrain_fraction": (_FLOAT, 0.0, 1.0, True, False),
-    "icarl.exemplars_per_class": (_INT, 1, _INF, True, False),
-    "generative_classifier.hidden": (_INT, 1, _INF, True, False),
-    "generative_classifier.latent": (_INT, 1, _INF, True, False),
-    "generative_classifier.importance_samples": (_INT, 1, _INF, True, False),
-    "generative_classifier.decoder_std": (_FLOAT, 0.0, _INF, False, False),
-}
-for _method in ("ewc", "online_ewc", "si", "mas"):
-  for _key in SCENARIO_KEYS.values():
-    NUMERIC_RULES[f"{_method}.strength.{_key}"] = (_FLOAT, 0.0, _INF, True, False)
+_OPEN = dict(low=0, low_open=True)
+_FRACTION = dict(low=0, high=1, low_open=True, high_open=True)
+SCHEMA = (
+    positive_int("n_contexts"), Field("test_fraction", "float", **_FRACTION),
+    Field("mnist1d_examples", "int", low=10), Field("boundary_width", "float", low=0, high=1),
+    Field("seed", "int", low=0), Field("learning_rate", "float", **_OPEN),
+    positive_int("batch_size"), positive_int("steps_per_context"), positive_int("eval_every"),
+    positive_int("curve_examples"), positive_int("consolidation_examples"),
+    positive_int("replay.buffer_size"), Field("derpp.alpha", "float", low=0),
+    Field("derpp.beta", "float", low=0), Field("agem.eps", "float", **_OPEN),
+    Field("online_ewc.gamma", "float", low=0, high=1, low_open=True),
+    Field("si.damping", "float", **_OPEN), Field("lwf.temperature", "float", **_OPEN),
+    Field("xdg.gate_fraction", "float", low=0, high=1, high_open=True),
+    Field("packnet.prune_fraction", "float", **_FRACTION),
+    Field("packnet.retrain_fraction", "float", low=0, high=1, high_open=True),
+    positive_int("icarl.exemplars_per_class"), positive_int("generative_classifier.hidden"),
+    positive_int("generative_classifier.latent"),
+    positive_int("generative_classifier.importance_samples"),
+    Field("generative_classifier.decoder_std", "float", **_OPEN),
+    *(Field(f"{method}.strength.{key}", "float", low=0)
+      for method in ("ewc", "online_ewc", "si", "mas") for key in SCENARIO_KEYS.values()),
+    Field("stream", "str", choices=runner.STREAMS), Field("optimizer", "str", choices=OPTIMIZERS),
+    Field("model.kind", "str", choices=benchmark_models.MODEL_KINDS),
+    Field("shuffle_classes", "bool"), Field("compare_interleaved", "bool"),
+    Field("model.hidden", "ints", low=1),
+    Field("model.conv_channels", "ints", low=1, special=((),), note="(): none, for mlp"),
+    Field("method", "str", choices=registry.METHOD_NAMES + ("all",)),
+    Field("scenario", "str", choices=scenarios.SCENARIOS + ("all",)),
+    Relation("eval_every", "divides", "steps_per_context"),
+)
+FIELDS = {f.path: f for f in SCHEMA if isinstance(f, Field)}
 
 
 def _get(config, path: str):
-  node = config
-  for part in path.split("."):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      raise cli.UsageError(f"config.{path}: no such field")
-    node = node[part]
-  return node
+  try:
+    return config_schema.get(config, path)
+  except KeyError:
+    raise UsageError(f"config.{path}: no such field") from None
 
 
 def _set(config, path: str, value):
@@ -107,35 +105,16 @@ def _set(config, path: str, value):
   node[leaf] = value
 
 
-def _check_number(path, value, rule):
-  kind, lo, hi, lo_in, hi_in = rule
-  is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-  if kind == _INT and not is_int:
-    raise cli.UsageError(f"config.{path}: expected an integer, got {value!r}")
-  if not is_int and not isinstance(value, (float, np.floating)):
-    raise cli.UsageError(f"config.{path}: expected a number, got {value!r}")
-  ok = (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
-  if not ok or value != value:
-    span = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
-    raise cli.UsageError(f"config.{path}: {value!r} is out of range; expected {kind} in {span}")
-
-
-def _check_choice(path, value, choices):
-  if value not in choices:
-    raise cli.UsageError(f"config.{path}: unknown value {value!r}; choose from "
-                         f"{', '.join(choices)}")
-
-
 def parse_benchmark(benchmark: str):
   """'split_digits' -> ('split', 'digits'); raises UsageError for unknown parts."""
   kind, _, dataset = str(benchmark).partition("_")
   choices = [f"{k}_{d}" for k in streams.KINDS for d in datasets.DATASETS]
   if kind not in streams.KINDS or dataset not in datasets.DATASETS:
-    raise cli.UsageError(f"config.benchmark: unknown benchmark {benchmark!r}; choose "
+    raise UsageError(f"config.benchmark: unknown benchmark {benchmark!r}; choose "
                          f"{{{','.join(streams.KINDS)}}}_{{{','.join(datasets.DATASETS)}}}, "
                          f"e.g. {choices[0]}")
   if kind == "rotated" and dataset == "mnist1d":
-    raise cli.UsageError("config.benchmark: rotated_mnist1d is not possible: rotation needs "
+    raise UsageError("config.benchmark: rotated_mnist1d is not possible: rotation needs "
                          "2-D images and mnist1d signals are 1-D (use split_ or permuted_)")
   return kind, dataset
 
@@ -147,35 +126,17 @@ def validate(config):
     (pairs, kind, dataset): the (method, scenario) pairs to run, and the benchmark's context
     kind and dataset.
   """
-  for path, rule in NUMERIC_RULES.items():
-    _check_number(path, _get(config, path), rule)
-  _check_choice("stream", config.stream, runner.STREAMS)
-  _check_choice("optimizer", config.optimizer, OPTIMIZERS)
-  _check_choice("model.kind", config.model.kind, benchmark_models.MODEL_KINDS)
-  for path in ("shuffle_classes", "compare_interleaved"):
-    if not isinstance(_get(config, path), bool):
-      raise cli.UsageError(f"config.{path}: expected true or false, got {_get(config, path)!r}")
-  for path in ("model.hidden", "model.conv_channels"):
-    widths = _get(config, path)
-    if (not isinstance(widths, (tuple, list)) or
-        not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
-      raise cli.UsageError(f"config.{path}: expected a tuple of positive integers, got "
-                           f"{widths!r}")
+  config_schema.check(config, SCHEMA)
   if config.model.kind == "conv" and not config.model.conv_channels:
-    raise cli.UsageError("config.model.conv_channels: the conv model needs at least one layer")
-  if config.steps_per_context % config.eval_every:
-    raise cli.UsageError(f"config.eval_every: {config.eval_every} must divide "
-                         f"steps_per_context ({config.steps_per_context})")
+    raise UsageError("config.model.conv_channels: the conv model needs at least one layer")
 
   kind, dataset = parse_benchmark(config.benchmark)
   if dataset in datasets.NEEDS_DATA_DIR and not config.data_dir:
-    raise cli.UsageError(f"config.data_dir: benchmark {config.benchmark} reads {dataset} "
+    raise UsageError(f"config.data_dir: benchmark {config.benchmark} reads {dataset} "
                          "files from a local path; set data_dir")
   if config.model.kind == "conv" and dataset == "mnist1d":
-    raise cli.UsageError("config.model.kind: conv needs image inputs; mnist1d is 1-D (use mlp)")
+    raise UsageError("config.model.kind: conv needs image inputs; mnist1d is 1-D (use mlp)")
 
-  _check_choice("method", config.method, registry.METHOD_NAMES + ("all",))
-  _check_choice("scenario", config.scenario, scenarios.SCENARIOS + ("all",))
   names = registry.METHOD_NAMES if config.method == "all" else (config.method,)
   scens = scenarios.SCENARIOS if config.scenario == "all" else (config.scenario,)
   pairs = []
@@ -190,39 +151,41 @@ def validate(config):
   if config.method != "all":
     entry = registry.ENTRIES[config.method]
     if config.scenario != "all" and not entry.serves(config.scenario):
-      raise cli.UsageError(f"config.method: {config.method} cannot serve "
+      raise UsageError(f"config.method: {config.method} cannot serve "
                            f"{scenarios.SCENARIO_NAMES[config.scenario]}: "
                            f"{entry.unsupported[config.scenario]}")
     if config.stream == "task_free" and entry.needs_boundaries:
-      raise cli.UsageError(f"config.stream: {config.method} needs context boundaries "
+      raise UsageError(f"config.stream: {config.method} needs context boundaries "
                            f"({entry.needs_boundaries}); a task-free stream has none")
   if not pairs:
-    raise cli.UsageError(f"config.method: {config.method} serves none of the scenarios "
+    raise UsageError(f"config.method: {config.method} serves none of the scenarios "
                          f"{', '.join(scens)}")
 
   knob, values = config.sweep.knob, config.sweep.points
   if knob:
     if len(pairs) != 1:
-      raise cli.UsageError("config.sweep.knob: a sweep needs one method and one scenario "
+      raise UsageError("config.sweep.knob: a sweep needs one method and one scenario "
                            "(not 'all')")
     current = _get(config, knob)
     if isinstance(current, bool) or not isinstance(current, (int, float)):
-      raise cli.UsageError(f"config.sweep.knob: {knob} is not a numeric field")
+      raise UsageError(f"config.sweep.knob: {knob} is not a numeric field")
     name, scenario = pairs[0]
     relevant = [p.format(scenario=SCENARIO_KEYS[scenario]) for p in HPARAM_PATHS[name].values()]
     relevant += list(SWEEPABLE_TRAINING_FIELDS)
     if knob not in relevant:
-      raise cli.UsageError(f"config.sweep.knob: {knob} does not affect {name} in "
+      raise UsageError(f"config.sweep.knob: {knob} does not affect {name} in "
                            f"{scenarios.SCENARIO_NAMES[scenario]}; choose from "
                            f"{', '.join(relevant)}")
     if not isinstance(values, (tuple, list)) or not values:
-      raise cli.UsageError("config.sweep.points: give the values to try, e.g. '(1e3,1e6)'")
+      raise UsageError("config.sweep.points: give the values to try, e.g. '(1e3,1e6)'")
     for v in values:
       value = int(v) if isinstance(current, int) and float(v).is_integer() else v
-      _check_number(knob, value, NUMERIC_RULES.get(
-          knob, (_INT if isinstance(current, int) else _FLOAT, -_INF, _INF, False, False)))
+      field = FIELDS.get(knob, Field(knob, "int" if isinstance(current, int) else "float"))
+      problem = dataclasses.replace(field, path=f"sweep.points: {knob}").problem(value)
+      if problem:
+        raise UsageError(problem)
   elif values:
-    raise cli.UsageError("config.sweep.points: set config.sweep.knob too")
+    raise UsageError("config.sweep.points: set config.sweep.knob too")
   return pairs, kind, dataset
 
 
@@ -237,21 +200,21 @@ def load_contexts(config, kind, dataset):
     data = datasets.load(dataset, data_dir=config.data_dir, test_fraction=config.test_fraction,
                          seed=config.seed, mnist1d_examples=config.mnist1d_examples)
   except (ValueError, KeyError, OSError) as e:
-    raise cli.UsageError(f"config.benchmark: {config.benchmark}: {e}") from e
+    raise UsageError(f"config.benchmark: {config.benchmark}: {e}") from e
   if kind == "split" and data.n_classes % config.n_contexts:
-    raise cli.UsageError(f"config.n_contexts: {data.n_classes} classes of {dataset} cannot be "
+    raise UsageError(f"config.n_contexts: {data.n_classes} classes of {dataset} cannot be "
                          f"split evenly into {config.n_contexts} contexts")
   if kind == "rotated" and not data.is_image:
-    raise cli.UsageError(f"config.benchmark: {config.benchmark}: rotation needs images, and "
+    raise UsageError(f"config.benchmark: {config.benchmark}: rotation needs images, and "
                          f"{dataset} inputs have shape {data.input_shape}")
   if config.model.kind == "conv" and not data.is_image:
-    raise cli.UsageError(f"config.model.kind: conv needs image inputs, and {dataset} inputs "
+    raise UsageError(f"config.model.kind: conv needs image inputs, and {dataset} inputs "
                          f"have shape {data.input_shape}")
   try:
     return streams.build(kind, data, config.n_contexts, seed=config.seed,
                          shuffle_classes=config.shuffle_classes)
   except ValueError as e:
-    raise cli.UsageError(f"config.benchmark: {config.benchmark}: {e}") from e
+    raise UsageError(f"config.benchmark: {config.benchmark}: {e}") from e
 
 
 def settings_of(config) -> runner.RunSettings:

@@ -1,20 +1,25 @@
-"""Logical axis names -> mesh axes, under a rules table.
+"""Logical axis names -> mesh axes: the one rules table of the zoo.
 
-Parameters of the memory layer carry logical axis names (`slots`, `value`, `embed`,
-`heads`); activations use `batch`. A rules table maps each logical name to a mesh axis
-(`data`, `fsdp`, `tensor`), a tuple of mesh axes, or None (replicated), e.g.
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, `vocab`, `slots`, `value`, ...;
+`hope.layers.param`), activations use `batch`. A rules table maps each logical name to a mesh
+axis (`data`, `fsdp`, `tensor`), a tuple of mesh axes, or None (replicated), e.g.
 
     (('batch', ('data', 'fsdp')), ('embed', None), ('heads', 'tensor'),
      ('slots', 'fsdp'), ('value', 'tensor'))
 
-A mapping {logical: target} (a dict or an ml_collections ConfigDict) is accepted too. Semantics follow the runtime's table in
-`experiments/mesh.py` (which a library may not import): every logical name used must have
-an entry, and a mesh axis shards at most one dimension of an array (a later dimension
-that names an axis already used is not sharded along it).
+or the same as a mapping {logical: target} (a dict or an ml_collections ConfigDict). Every
+logical name used must have an entry. The mapping itself is flax's
+`logical_to_mesh_axes`: rules are applied in table order, and a rule whose mesh axes an
+earlier dimension of the array already uses leaves its dimension unsharded, so a mesh axis
+shards at most one dimension. The memory layers (`memory_layers`) and the runtime
+(`runtime.mesh`) both use this module.
 """
+import math
 from collections.abc import Sequence
 
 import jax
+from absl import logging
+from flax import linen
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -52,23 +57,21 @@ def logical_to_mesh_spec(logical_spec: P, rules, mesh_axis_names: Sequence[str])
 
   Raises ValueError when a logical name has no rule, or a rule names an axis the mesh lacks.
   """
-  table = dict(normalize_rules(rules))
-  used, dims = set(), []
+  table = normalize_rules(rules)
+  targets = dict(table)
   for logical in logical_spec:
     if logical is None:
-      dims.append(None)
       continue
-    if logical not in table:
+    if logical not in targets:
       raise ValueError(f"sharding_rules have no entry for logical axis {logical!r}; add "
                        f"({logical!r}, <mesh axis, tuple of mesh axes, or None>)")
-    for axis in table[logical]:
+    for axis in targets[logical]:
       if axis not in mesh_axis_names:
         raise ValueError(f"sharding_rules map logical axis {logical!r} to mesh axis {axis!r}, "
                          f"which the mesh does not have; its axes are {tuple(mesh_axis_names)}")
-    axes = tuple(a for a in table[logical] if a not in used)
-    used.update(axes)
-    dims.append(axes if axes else None)
-  return P(*dims)
+  flax_rules = [(logical, None if not axes else axes[0] if len(axes) == 1 else axes)
+                for logical, axes in table]
+  return linen.logical_to_mesh_axes(tuple(logical_spec), flax_rules)
 
 
 def spec_axes(spec: P, dim: int) -> tuple[str, ...]:
@@ -79,10 +82,29 @@ def spec_axes(spec: P, dim: int) -> tuple[str, ...]:
   return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
+def named_shardings(abstract_tree, logical_specs, rules, mesh: jax.sharding.Mesh):
+  """NamedShardings for a pytree of arrays (or shapes) and its pytree of logical specs.
+
+  A dimension that its mesh axes do not divide evenly is replicated instead (with a warning),
+  so odd sizes such as a vocabulary of 257 still run on any mesh.
+  """
+  def one(x, spec):
+    mesh_spec = logical_to_mesh_spec(spec, rules, mesh.axis_names)
+    dims = []
+    for dim, size in enumerate(x.shape):
+      axes = spec_axes(mesh_spec, dim)
+      if size % math.prod(mesh.shape[a] for a in axes):
+        logging.warning("dimension of size %d (logical %s) does not divide over mesh axes %s; "
+                        "replicating it", size, spec, axes)
+        axes = ()
+      dims.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return NamedSharding(mesh, P(*dims))
+
+  return jax.tree.map(one, abstract_tree, logical_specs)
+
+
 def param_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules):
   """NamedShardings for `nnx.to_pure_dict(state)`, from the parameters' logical names."""
   logical = nnx.to_pure_dict(nnx.get_partition_spec(state))
-  rules = normalize_rules(rules)
-  return jax.tree.map(
-      lambda spec: NamedSharding(mesh, logical_to_mesh_spec(spec, rules, mesh.axis_names)),
-      logical, is_leaf=lambda x: isinstance(x, P))
+  abstract = nnx.to_pure_dict(state)
+  return named_shardings(abstract, logical, rules, mesh)

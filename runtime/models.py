@@ -4,7 +4,7 @@ import inspect
 
 from flax import nnx
 
-from experiments.cli import UsageError
+from runtime.errors import UsageError
 from hope.hope_lm import hope_lm
 from hope.titans import titans
 from hope.transformer import transformer

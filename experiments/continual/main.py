@@ -18,9 +18,7 @@ WORKDIR/results.md (markdown tables) and WORKDIR/grid.json. A sweep
 one method and scenario once per point into WORKDIR/sweep/<point>/ and writes sweep.json,
 sweep.md and plasticity_stability.png.
 
-The work is done by `experiments/continual_runs.py`; this module adds the flags and `main`.
-Every config value is checked before any data is loaded or anything is compiled; bad input
-is one line on stderr and exit status 2 (see experiments/cli.py).
+The work is done by `experiments/continual/study.py`. Bad input: one `error:` line, exit 2.
 """
 import os
 import sys
@@ -29,7 +27,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from experiments import continual_runs
+from experiments.continual import study
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to experiments/configs/continual.py.", lock_config=True)
@@ -46,17 +44,17 @@ def main(argv):
   workdir = _WORKDIR.value
   if not workdir:
     raise cli.UsageError("--workdir is required: the folder for results.json and the plots")
-  pairs, kind, dataset = continual_runs.validate(config)
-  contexts = continual_runs.load_contexts(config, kind, dataset)
+  pairs, kind, dataset = study.validate(config)
+  contexts = study.load_contexts(config, kind, dataset)
   os.makedirs(workdir, exist_ok=True)
   command = "python -m experiments.continual " + " ".join(
       a for a in sys.argv[1:] if not a.startswith("--workdir"))
   if config.sweep.knob:
-    continual_runs.run_sweep(config, contexts, *pairs[0], workdir)
+    study.run_sweep(config, contexts, *pairs[0], workdir)
   elif len(pairs) == 1:
-    continual_runs.run_single(config, contexts, *pairs[0], workdir)
+    study.run_single(config, contexts, *pairs[0], workdir)
   else:
-    continual_runs.run_grid(config, contexts, pairs, workdir, command)
+    study.run_grid(config, contexts, pairs, workdir, command)
 
 if __name__ == "__main__":
   cli.run(main)
