@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from hope.layers import RMSNorm, param
+from hope.layers import RMSNorm, first_nonfinite, param, silu_grad
 from hope.neural_memory import clip_scale
 from hope.stream_chunks import chunk_grid, compact, compaction, from_chunks, to_chunks, uncompact
 
@@ -105,11 +105,6 @@ def _rms_norm(h: jax.Array, scale: jax.Array) -> jax.Array:
   return h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + 1e-6) * scale
 
 
-def _silu_grad(z: jax.Array) -> jax.Array:
-  s = jax.nn.sigmoid(z)
-  return s * (1 + z * (1 - s))
-
-
 def _branch(w_in, w_out, scale, h, dtype):
   """n = RMSNorm(h), z = n W_in, a = silu(z), m = a W_out (the level adds m to h)."""
   n = _rms_norm(h, scale)
@@ -130,7 +125,7 @@ def _adaptive_level(level: dict, lr: float, chunk: int, h: jax.Array, count: jax
     u, valid, complete = xs
     n, z, a, m = _branch(w_in, w_out, level["scale"], u, dtype)
     err = (m - _matmul(n, level["target"], dtype)) * valid[:, None]   # d l / d m per token
-    delta = _matmul(err, w_out.T, dtype) * _silu_grad(z)              # d l / d z per token
+    delta = _matmul(err, w_out.T, dtype) * silu_grad(z)              # d l / d z per token
     # ||a_t err_t^T||^2 + ||n_t delta_t^T||^2: the token's squared gradient norm.
     squared = (jnp.sum(a * a, -1) * jnp.sum(err * err, -1)
                + jnp.sum(n * n, -1) * jnp.sum(delta * delta, -1))
@@ -251,9 +246,8 @@ def check_finite(state: CMSState) -> None:
   """Raises FloatingPointError naming the first level whose in-context state (weights or
   pending gradient) holds a NaN or an infinity. Call it on a returned state outside jit,
   e.g. every few steps of a training loop (inside jit, use `jax.config.jax_debug_nans`)."""
-  for i, level in enumerate(state.levels):
-    if level is None:
-      continue
-    for name in ("w_in", "w_out", "grad_in", "grad_out"):
-      if not bool(jnp.all(jnp.isfinite(getattr(level, name)))):
-        raise FloatingPointError(f"CMS level {i}: non-finite values in its in-context {name}")
+  bad = first_nonfinite((f"CMS level {i}: non-finite values in its in-context {name}",
+                         getattr(level, name)) for i, level in enumerate(state.levels)
+                        if level is not None for name in ("w_in", "w_out", "grad_in", "grad_out"))
+  if bad:
+    raise FloatingPointError(bad[0])

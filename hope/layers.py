@@ -11,6 +11,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -73,3 +74,24 @@ class Embed(nnx.Module):
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     return jnp.take(self.table[...], tokens, axis=0).astype(self.dtype)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """x / sqrt(|x|^2 + eps) over the last axis."""
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+def silu_grad(z: jax.Array) -> jax.Array:
+  """d silu(z) / dz = s (1 + z (1 - s)), s = sigmoid(z)."""
+  s = jax.nn.sigmoid(z)
+  return s * (1 + z * (1 - s))
+
+
+def first_nonfinite(named) -> tuple[str, np.ndarray] | None:
+  """The first (name, value on the host) of `named` [(name, array)] that holds a NaN or an
+  infinity, or None. For the in-context states' checks (call outside jit)."""
+  for name, value in named:
+    value = np.asarray(value)
+    if not np.isfinite(value).all():
+      return name, value
+  return None

@@ -63,7 +63,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from hope.layers import Dense, RMSNorm, param
+from hope.layers import Dense, RMSNorm, first_nonfinite, l2_normalize, param
 from hope.short_conv import ShortConv
 
 IMPLEMENTATIONS = ("chunked", "reference")
@@ -262,10 +262,6 @@ def chunked_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chunk_
   return y.reshape((seq,) + y.shape[2:]), w, s
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
-  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-6)
-
-
 class NeuralMemory(nnx.Module):
   """Titans LMM mixer: x [batch, seq, dim] and a MemoryState -> y [batch, seq, dim], new state."""
 
@@ -384,7 +380,7 @@ class NeuralMemory(nnx.Module):
     """
     batch, seq = self._check_input(x, state)
     q, _ = self.query_conv(self.query(x), state.conv[0], jnp.ones((batch, seq), bool))
-    q = _l2_normalize(jax.nn.silu(q))
+    q = l2_normalize(jax.nn.silu(q))
     y = jax.vmap(jax.vmap(memory_mlp))(state.weights, jnp.moveaxis(q, 2, 1))
     return self._output(x, jnp.moveaxis(y, 1, 2))
 
@@ -428,7 +424,7 @@ class NeuralMemory(nnx.Module):
     k, cache_k = self.key_conv(self.key(x), caches[1], mask)
     v, cache_v = self.value_conv(self.value(x), caches[2], mask)
     q, k, v = jax.nn.silu(q), jax.nn.silu(k), jax.nn.silu(v)
-    return _l2_normalize(q), _l2_normalize(k), v, (cache_q, cache_k, cache_v)
+    return l2_normalize(q), l2_normalize(k), v, (cache_q, cache_k, cache_v)
 
   def _gates(self, x, mask):
     """(theta, eta, 1 - alpha, m) [batch, seq, heads], with masked tokens made no-ops."""
@@ -472,12 +468,11 @@ def check_state_finite(state: MemoryState) -> MemoryState:
   else:  # an optax rule's state
     named += [(f"inner rule state leaf {i}", s) for i, s in enumerate(momentum)]
   named += [(f"conv cache of {n}", c) for n, c in zip("qkv", state.conv)]
-  for name, value in named:
-    value = np.asarray(value)
-    bad = ~np.isfinite(value)
-    if bad.any():
-      rows = np.nonzero(bad.reshape(value.shape[0], -1).any(axis=1))[0].tolist()
-      raise FloatingPointError(
+  found = first_nonfinite(named)
+  if found:
+    name, value = found
+    rows = np.nonzero(~np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1))[0].tolist()
+    raise FloatingPointError(
           f"neural memory state is not finite: {name} has {int(np.isnan(value).sum())} NaN and "
           f"{int(np.isinf(value).sum())} inf entries, in batch rows {rows}; check the inputs "
           f"for NaN/inf, or lower max_lr")

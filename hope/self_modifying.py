@@ -74,7 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from hope.layers import Dense, param
+from hope.layers import Dense, first_nonfinite, l2_normalize, param, silu_grad
 from hope.neural_memory import clip_scale
 from hope.short_conv import ShortConv
 from hope.stream_chunks import chunk_grid, compact, compaction, from_chunks, to_chunks, uncompact
@@ -108,20 +108,10 @@ class SelfModifyingState:
   conv_q: jax.Array
 
 
-def l2_normalize(x: jax.Array) -> jax.Array:
-  """x / sqrt(|x|^2 + 1e-6) over the last axis."""
-  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + NORM_EPS)
-
-
 def memory_apply(w: dict, z: jax.Array) -> jax.Array:
   """M(z) = z + W_1 silu(W_2 z) per head (eq. 89): w1, w2 [heads, d, d]; z [..., heads, d]."""
   hidden = jax.nn.silu(jnp.einsum("hkd,...hd->...hk", w["w2"], z))
   return z + jnp.einsum("hdk,...hk->...hd", w["w1"], hidden)
-
-
-def _silu_grad(z: jax.Array) -> jax.Array:
-  s = jax.nn.sigmoid(z)
-  return s * (1 + z * (1 - s))
 
 
 def gradient_factors(w: dict, key: jax.Array, target: jax.Array) -> dict:
@@ -130,7 +120,7 @@ def gradient_factors(w: dict, key: jax.Array, target: jax.Array) -> dict:
   pre = jnp.einsum("hkd,...hd->...hk", w["w2"], key)
   hidden = jax.nn.silu(pre)
   err = key + jnp.einsum("hdk,...hk->...hd", w["w1"], hidden) - target
-  delta = jnp.einsum("hdk,...hd->...hk", w["w1"], err) * _silu_grad(pre)
+  delta = jnp.einsum("hdk,...hd->...hk", w["w1"], err) * silu_grad(pre)
   return {"w1": (err, hidden), "w2": (delta, key)}
 
 
@@ -293,7 +283,7 @@ class SelfModifyingMemory(nnx.Module):
     q, conv_q = self.conv_q(self.query(xc), state.conv_q, valid)
     heads = (self.num_heads, self.head_dim)
     o, memories = jax.vmap(functools.partial(self._one_sequence, at_boundary=fresh))(
-        l2_normalize(xm.reshape((batch, seq) + heads)), l2_normalize(q), comp.count, state)
+        l2_normalize(xm.reshape((batch, seq) + heads), NORM_EPS), l2_normalize(q, NORM_EPS), comp.count, state)
     y = jax.vmap(uncompact)(self.out(o.astype(self.dtype)), comp)
     return y, SelfModifyingState(**memories, conv_x=conv_x, conv_q=conv_q)
 
@@ -310,7 +300,7 @@ class SelfModifyingMemory(nnx.Module):
       boundary, running = carry
       xs, valid, complete = chunk
       out = apply_each(boundary, xs)                                  # [4, n, heads, d]
-      k, v = l2_normalize(out[0]), out[1]
+      k, v = l2_normalize(out[0], NORM_EPS), out[1]
       eta = jax.nn.sigmoid(jnp.mean(out[2], -1) + eta_bias) * valid[:, None]
       log_alpha = jax.nn.log_sigmoid(jnp.mean(out[3], -1) + alpha_bias) * valid[:, None]
       running = update_each(boundary, running, k, apply_each(boundary, v), eta, log_alpha)
@@ -366,17 +356,14 @@ def check_finite(state: SelfModifyingState) -> None:
   or conv cache whose in-context state holds a NaN or an infinity. Call it on a returned
   state outside jit, e.g. every few steps of a training loop (inside jit, use
   `jax.config.jax_debug_nans`)."""
-  finite = lambda tree: all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(tree))
-  for i, name in enumerate(OTHER_MEMORIES):
-    for kind in ("boundary", "running"):
-      if not finite(jax.tree.map(lambda a: a[:, i], getattr(state, f"other_{kind}"))):
-        raise FloatingPointError(f"SelfModifyingMemory {name}: non-finite values in its "
-                                 f"{kind} weights")
-  for kind in ("boundary", "running"):
-    if not finite(getattr(state, f"memory_{kind}")):
-      raise FloatingPointError(f"SelfModifyingMemory M_memory: non-finite values in its "
-                               f"{kind} weights")
-  for name in ("conv_x", "conv_q"):
-    if not finite(getattr(state, name)):
-      raise FloatingPointError(f"SelfModifyingMemory {name}: non-finite values in the "
-                               "convolution cache")
+  named = [(f"{name}: non-finite values in its {kind} weights", a[:, i])
+           for i, name in enumerate(OTHER_MEMORIES) for kind in ("boundary", "running")
+           for a in jax.tree.leaves(getattr(state, f"other_{kind}"))]
+  named += [(f"M_memory: non-finite values in its {kind} weights", a)
+            for kind in ("boundary", "running")
+            for a in jax.tree.leaves(getattr(state, f"memory_{kind}"))]
+  named += [(f"{name}: non-finite values in the convolution cache", getattr(state, name))
+            for name in ("conv_x", "conv_q")]
+  bad = first_nonfinite(named)
+  if bad:
+    raise FloatingPointError(f"SelfModifyingMemory {bad[0]}")

@@ -8,18 +8,17 @@ axis (`data`, `fsdp`, `tensor`), a tuple of mesh axes, or None (replicated), e.g
      ('slots', 'fsdp'), ('value', 'tensor'))
 
 or the same as a mapping {logical: target} (a dict or an ml_collections ConfigDict). Every
-logical name used must have an entry. The mapping itself is flax's
-`logical_to_mesh_axes`: rules are applied in table order, and a rule whose mesh axes an
-earlier dimension of the array already uses leaves its dimension unsharded, so a mesh axis
-shards at most one dimension. The memory layers (`memory_layers`) and the runtime
-(`runtime.mesh`) both use this module.
+logical name used must have an entry. Dimensions are mapped in order, and a mesh axis that
+an earlier dimension of the array already uses is dropped from a later one, so a mesh axis
+shards at most one dimension. (flax's `logical_to_mesh_axes` is not used: it refuses a
+logical name that occurs twice in one array, as in the [embed, embed] matrices here.) The
+memory layers (`memory_layers`) and the runtime (`runtime.mesh`) both use this module.
 """
 import math
 from collections.abc import Sequence
 
 import jax
 from absl import logging
-from flax import linen
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -57,21 +56,23 @@ def logical_to_mesh_spec(logical_spec: P, rules, mesh_axis_names: Sequence[str])
 
   Raises ValueError when a logical name has no rule, or a rule names an axis the mesh lacks.
   """
-  table = normalize_rules(rules)
-  targets = dict(table)
+  table = dict(normalize_rules(rules))
+  used, dims = set(), []
   for logical in logical_spec:
     if logical is None:
+      dims.append(None)
       continue
-    if logical not in targets:
+    if logical not in table:
       raise ValueError(f"sharding_rules have no entry for logical axis {logical!r}; add "
                        f"({logical!r}, <mesh axis, tuple of mesh axes, or None>)")
-    for axis in targets[logical]:
+    for axis in table[logical]:
       if axis not in mesh_axis_names:
         raise ValueError(f"sharding_rules map logical axis {logical!r} to mesh axis {axis!r}, "
                          f"which the mesh does not have; its axes are {tuple(mesh_axis_names)}")
-  flax_rules = [(logical, None if not axes else axes[0] if len(axes) == 1 else axes)
-                for logical, axes in table]
-  return linen.logical_to_mesh_axes(tuple(logical_spec), flax_rules)
+    axes = tuple(a for a in table[logical] if a not in used)
+    used.update(axes)
+    dims.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return P(*dims)
 
 
 def spec_axes(spec: P, dim: int) -> tuple[str, ...]:

@@ -403,8 +403,8 @@ def run(config, workdir: str, command: str) -> dict:
                  seconds=sum(r["seconds"] for r in per_arm.values()),
                  wall_seconds=time.perf_counter() - began, studies=studies, token_budget=budget,
                  arms=per_arm, config=config.to_dict())
-  results["plots"] = compare_report.plot_all(results, workdir)
-  table = compare_report.markdown(results)
+  results["plots"] = report.plot_all(results, workdir)
+  table = report.markdown(results)
   (workdir / "results.md").write_text(table)
   write_json(workdir / "results.json", results)
   print(table, flush=True)

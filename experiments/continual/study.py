@@ -14,8 +14,6 @@ import os
 import time
 
 from absl import logging
-import ml_collections
-import numpy as np
 import optax
 
 from cl_methods import benchmark_models

@@ -102,8 +102,6 @@ def test_trains_and_restores_identical_state_on_the_mesh(trained):
   # The last checkpoint restores onto the mesh, the table and its moments split 2 (rows,
   # fsdp) x 2 (columns, tensor), to the same parameters and optimizer state, bit for bit.
   run = training.prepare(config)
-  tx = training.optimizer(config, run)
-  shardings = training.state_shardings(run, tx)
   ckpt = Checkpoints(workdir / "checkpoints", read_only=True)
   with jax.set_mesh(run.mesh):
     restored, _ = loop.restore_latest(ckpt, loop.Trainer(run), 4, lambda step: _batches(config))
