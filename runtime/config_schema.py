@@ -234,6 +234,9 @@ LM_TRAINING = (
     Field("optimizer.value_lr_multiplier", "float", low=0),
     Field("optimizer.sparse_value_updates", "bool"),
     Field("optimizer.accumulate", "str", choices=("sum", "mean")),
+    Field("optimizer.kwargs.b1", "float", low=0, high=1, high_open=True),
+    Field("optimizer.kwargs.b2", "float", low=0, high=1, high_open=True),
+    Field("optimizer.kwargs.eps", "float", low=0, low_open=True),
     Field("mesh.*", "int", low=1, special=(-1,), note="-1: the remaining devices"),
     Field("data.validation_percent", "int", low=1, high=99),
     Field("data.source", "str", note="'stdlib' or a text file or folder"),
@@ -249,10 +252,21 @@ LM_TRAINING = (
 )
 
 
+def _present(config, item) -> bool:
+  """Whether the config has an optional field of LM_TRAINING (model.*, optimizer.kwargs.*)."""
+  if not isinstance(item, Field) or not item.path.startswith(("model.", "optimizer.kwargs.")):
+    return True
+  try:
+    get(config, item.path)
+    return True
+  except KeyError:
+    return False
+
+
 def check_lm(config) -> None:
-  """`check(config, LM_TRAINING)`; model fields are checked where the config has them (the
-  model builders check the rest), and config.model.name must exist."""
+  """`check(config, LM_TRAINING)`; the model fields and the rule's arguments
+  (optimizer.kwargs) are checked where the config has them (the model builders and the
+  rules check the rest), and config.model.name must exist."""
   if "model" not in config or "name" not in config.model:
     raise UsageError("config.model.name is missing: the config file must define the model")
-  check(config, tuple(f for f in LM_TRAINING if not isinstance(f, Field)
-                      or not f.path.startswith("model.") or f.path[6:] in config.model))
+  check(config, tuple(f for f in LM_TRAINING if _present(config, f)))

@@ -308,6 +308,7 @@ def plot_frontier(rows: list[dict], baseline: dict, path: Path) -> None:
 def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the whole study in `workdir`; returns what results.json holds."""
   began = time.perf_counter()
+  config_schema.check(config, SCHEMA)
   run = training.prepare(config, mesh_sizes={"data": -1})
   num_slots = check_config(config, run)
   workdir = check_workdir(workdir)
