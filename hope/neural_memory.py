@@ -15,9 +15,8 @@ gradient is taken at the weights of the chunk start, t' = t - (t mod b) (§3.2, 
 "mini-batch gradient descent" of TTT; b = 1 is the plain recurrence). Each token's gradient
 is clipped to a global norm (over the memory layers) of at most `max_grad_norm`: without it
 the inner gradient descent can diverge once theta / (1 - eta) times the curvature of the
-deep memory's loss passes 2, and the weights, then the outputs, overflow (observed in
-training at every max_lr tried); clipped, they grow at most linearly and decay forgets
-them. The clip is per token, so it is exact in both implementations. The read-out uses the
+deep memory's loss passes 2, and the weights, then the outputs, overflow; clipped, they
+grow at most linearly and decay forgets them. The clip is per token, so it is exact in both implementations. The read-out uses the
 weights updated through token t. The initial weights M_0 (one set per head) are outer
 parameters, learned by the outer optimizer. Output: per-head RMSNorm, times SiLU(x W_g)
 (the Titans §4.4 output gate, optional), then a projection back to `dim`.

@@ -159,10 +159,8 @@ def unit_lower_inverse(strict: jax.Array) -> jax.Array:
   """(I + L)^-1 for a strictly lower-triangular L [n, n], with matmuls only.
 
   L is nilpotent (L^n = 0), so (I + L)^-1 = sum_{j<n} (-L)^j = (I - L)(I + L^2)(I + L^4)...,
-  ceil(log2 n) factors, all matmuls, which map onto matrix units. On CPU (jax 0.10.2),
-  `jax.scipy.linalg.solve_triangular` on the right-hand side was 23% faster in isolation
-  (896 systems of 16, forward and backward), but the compiled HOPE layer using it hung at
-  run time, so it is not used.
+  ceil(log2 n) factors, all matmuls, which map onto matrix units. (A HOPE layer compiled
+  with `jax.scipy.linalg.solve_triangular` instead hung at run time on jax 0.10.2 CPU.)
   """
   power = -strict
   inverse = jnp.eye(strict.shape[0]) + power

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hope.layers import Dense
+from hope.optimizers.tree_paths import path_name
 
 ATTENTION = ("query", "key", "value", "out")
 MLP = ("gate", "up", "down")
@@ -47,7 +48,7 @@ def init_lora(params: dict, targets: dict, rank: int, key: jax.Array) -> dict:
   for k, (path, n_in) in zip(jax.random.split(key, len(targets)), sorted(targets.items())):
     shape = _get(params, path).shape
     fan_in, fan_out = math.prod(shape[:n_in]), math.prod(shape[n_in:])
-    adapters["/".join(map(str, path))] = dict(
+    adapters[path_name(path)] = dict(
         a=jax.random.normal(k, (fan_in, rank), jnp.float32) / math.sqrt(fan_in),
         b=jnp.zeros((rank, fan_out), jnp.float32))
   return adapters
@@ -57,7 +58,7 @@ def merge_lora(params: dict, adapters: dict, alpha: float) -> dict:
   """params with each targeted W replaced by W + (alpha / r) A B (same shape and dtype)."""
 
   def update(path, w):
-    name = "/".join(str(k.key) for k in path)
+    name = path_name(path)
     if name not in adapters:
       return w
     a, b = adapters[name]["a"], adapters[name]["b"]

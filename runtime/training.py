@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from hope.optimizers.tree_paths import named_leaves
 from memory_layers.value_learning_rate import value_table_labels
 from runtime import config_schema
 from runtime import mesh as mesh_lib
@@ -159,8 +160,7 @@ def make_train_step(run: Run, tx, shardings: dict, schedule: optax.Schedule | No
 
 def nonfinite_names(run: Run) -> list[str]:
   """What `metrics["nonfinite"]` indexes: the loss, each gradient, each updated parameter."""
-  paths = ["/".join(str(k.key) for k in path) for path, _ in
-           jax.tree_util.tree_flatten_with_path(run.abstract_params)[0]]
+  paths = [name for name, _ in named_leaves(run.abstract_params)]
   return ["the loss"] + [f"the gradient of {p}" for p in paths] + [
       f"parameter {p} after the update" for p in paths]
 

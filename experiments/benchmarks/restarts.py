@@ -15,6 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from runtime.workdir import write_json
+
 _STEP_LINE = re.compile(r"step (\d+)/\d+ loss")
 _RESUMED_LINE = re.compile(r"resumed from .* at step (\d+)")
 
@@ -96,7 +98,7 @@ def run_kills(config_flags: list[str], workdir: Path, kills: int, seed: int, ste
   report["redone_bound"] = checkpoint_every if not async_saves else 2 * checkpoint_every - 1
   report["ok"] = (report["params_equal"] and report["metrics_equal"]
                   and report["max_redone"] <= report["redone_bound"])
-  (workdir / "crash_check.json").write_text(json.dumps(report, indent=2) + "\n")
+  write_json(workdir / "crash_check.json", report)
   return report
 
 

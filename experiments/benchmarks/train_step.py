@@ -4,7 +4,7 @@ For each config it compiles `experiments.training.make_train_step` (the same ste
 experiments.pretrain, non-finite guard included) on a one-device mesh, then times rounds
 of `steps_per_run` steps interleaved with a dense matmul (CPU: the utilisation reference,
 timed in the same rounds so that both see the same load). Model FLOPs are analytic,
-3 x `flops_per_token` per token (DESIGN.md sec. 8).
+3 x `flops_per_token` per token (forward plus two backward matmuls).
 """
 import time
 

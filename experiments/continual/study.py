@@ -26,6 +26,7 @@ from cl_methods import streams
 from runtime import config_schema
 from runtime.config_schema import Field, Relation, positive_int
 from runtime.errors import UsageError
+from runtime.workdir import write_json
 
 SCENARIO_KEYS = {"task": "task_il", "domain": "domain_il", "class": "class_il"}
 OPTIMIZERS = ("adam", "sgd")
@@ -253,8 +254,7 @@ def write_run(folder, config, name, scenario, result, layout, interleaved=None):
          "layout": layout.description, "accuracy_matrix": result.accuracy_matrix.tolist(),
          "random_init_accuracy": result.random_init_accuracy.tolist(), **metrics,
          "curves": curves, "seconds": result.seconds, "config": config.to_dict()}
-  with open(os.path.join(folder, "results.json"), "w") as f:
-    json.dump(out, f, indent=1)
+  write_json(os.path.join(folder, "results.json"), out)
   plots.accuracy_matrix(result.accuracy_matrix, os.path.join(folder, "accuracy_matrix.png"),
                         f"R[i, j]: {label}")
   plots.accuracy_curves(result.curve_steps, result.curve_accuracy, result.boundary_steps,
@@ -323,8 +323,8 @@ def run_grid(config, contexts, pairs, workdir, command):
   table = grid_markdown(rows, config.benchmark, seconds, command)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(table)
-  with open(os.path.join(workdir, "grid.json"), "w") as f:
-    json.dump({"runs": rows, "seconds": seconds, "config": config.to_dict()}, f, indent=1)
+  write_json(os.path.join(workdir, "grid.json"),
+             {"runs": rows, "seconds": seconds, "config": config.to_dict()})
   print(table)
 
 
@@ -351,6 +351,5 @@ def run_sweep(config, contexts, name, scenario, workdir):
             for r in rows]
   with open(os.path.join(workdir, "sweep.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  with open(os.path.join(workdir, "sweep.json"), "w") as f:
-    json.dump({"knob": knob, "runs": rows}, f, indent=1)
+  write_json(os.path.join(workdir, "sweep.json"), {"knob": knob, "runs": rows})
   print("\n".join(lines))

@@ -20,6 +20,11 @@ groups' leaves replaced by optax.MaskedNode(). The state is a plain pytree,
                                        "inner": the rule's state}}},
 
 so orbax saves and restores it as it is.
+
+Why not `optax.partition` of `optax.MultiSteps`: MultiSteps averages the gradients (CMS
+sums them, eq. 71), keeps a mini-step counter and a copy of the accumulator per group
+(one global step counter serves every group here), and its `every_k_schedule` cannot
+freeze a group (k = None).
 """
 import jax
 import jax.numpy as jnp

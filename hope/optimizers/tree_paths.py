@@ -3,7 +3,11 @@ import jax
 
 
 def path_name(path) -> str:
-  """A key path as "a/b/0/c" (dict keys, sequence indices and attribute names joined by "/")."""
+  """A key path as "a/b/0/c" (dict keys, sequence indices and attribute names joined by "/").
+
+  The zoo's one spelling of parameter paths. (flax.traverse_util.flatten_dict(sep="/")
+  refuses the integer keys of nnx's layer lists and orders leaves by insertion, not as
+  `jax.tree.leaves` does.)"""
   parts = []
   for key in path:
     for attr in ("key", "idx", "name"):

@@ -1,0 +1,90 @@
+"""runtime.loop: phases in order with their schedules, evaluation after each phase, and a
+crash in the middle of a later phase resumed to the uninterrupted run's result, bit for bit."""
+import json
+
+import chex
+import jax
+import numpy as np
+import optax
+import pytest
+
+from runtime import loop, text_data, training
+from tests.helpers import tiny_config
+
+TOKENS = (np.arange(40_000) * 7919 % 251).astype(np.uint8)
+CRASH = {"at": None}  # a batch index that raises, to kill a run in the middle of phase b
+
+
+def _phases(config):
+  def data(seed):
+    ds = text_data.lm_dataset(TOKENS, seq_len=config.seq_len, batch_size=config.batch_size,
+                              seed=seed, shuffle=True, repeat=True)
+    return ds
+
+  def crash_at(batch, count=[0]):
+    count[0] += 1
+    if CRASH["at"] is not None and count[0] >= CRASH["at"]:
+      raise RuntimeError("simulated crash")
+    return batch
+
+  return [loop.Phase("a", data(1), 6),
+          loop.Phase("b", data(2).map(crash_at), 6, learning_rate=optax.constant_schedule(1e-3))]
+
+
+def _evaluate(params):
+  return dict(norm=float(optax.tree.norm(params)))
+
+
+def _config():
+  return tiny_config(steps=12, checkpoint_every=4, log_every=1, async_checkpoints=False,
+                     keep_checkpoints=10)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("whole")
+  config = _config()
+  state, results = loop.train(training.prepare(config), _phases(config), workdir,
+                              evaluate=_evaluate)
+  return workdir, jax.device_get(state), results
+
+
+def test_phases_run_in_order_with_their_schedules(whole):
+  workdir, state, results = whole
+  assert int(state["step"]) == 12 and set(results) == {"a", "b"}
+  assert json.loads((workdir / "b.json").read_text()) == results["b"]
+  assert results["a"]["steps"] == 6 and results["b"]["nonfinite_steps"] == 0
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == list(range(1, 13))
+  config = _config()
+  warmup_cosine = training.learning_rate_schedule(config)
+  for r in rows:  # the logged rate is the one step r["step"] - 1 used
+    expected = warmup_cosine(r["step"] - 1) if r["step"] <= 6 else 1e-3
+    assert r["learning_rate"] == pytest.approx(float(expected), rel=1e-6), r
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved == [4, 6, 8, 12]
+
+
+def test_a_crash_in_the_second_phase_resumes_to_the_same_result(whole, tmp_path):
+  _, state, results = whole
+  config = _config()
+  run = training.prepare(config)
+  CRASH["at"] = 5  # the 5th batch of phase b: step 11, after the checkpoint at step 8
+  try:
+    with pytest.raises(RuntimeError, match="simulated crash"):
+      loop.train(run, _phases(config), tmp_path, evaluate=_evaluate)
+  finally:
+    CRASH["at"] = None
+  assert (tmp_path / "a.json").exists() and not (tmp_path / "b.json").exists()
+  resumed, resumed_results = loop.train(run, _phases(config), tmp_path, evaluate=_evaluate)
+  chex.assert_trees_all_equal(jax.device_get(resumed), state)
+  assert resumed_results["b"]["norm"] == results["b"]["norm"]
+  rows = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert rows == list(range(1, 13))
+
+
+def test_phases_must_add_up_to_the_configured_steps(tmp_path):
+  config = _config()
+  with pytest.raises(ValueError, match="add up to 12, config.steps is 13"):
+    config.steps = 13
+    loop.train(training.prepare(config), _phases(_config()), tmp_path)
