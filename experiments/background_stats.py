@@ -17,10 +17,7 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a memory-layer pret
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise cli.UsageError(f"unexpected arguments {argv[1:]}")
-  if not WORKDIR.value:
-    raise cli.UsageError("--workdir is required")
+  cli.check_arguments(argv, workdir=WORKDIR)
   slot_statistics.compute(WORKDIR.value, BATCHES.value)
 
 

@@ -47,6 +47,17 @@ def initialize_distributed() -> None:
   jax.distributed.initialize(coordinator_address=COORDINATOR.value, num_processes=n, process_id=i)
 
 
+def check_arguments(argv, *, workdir=None, config=None, example: str = "") -> None:
+  """UsageError for positional arguments, for a `config` flag not given (naming `example`)
+  and for a `workdir` flag not given."""
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments {argv[1:]}")
+  if config is not None and config.value is None:
+    raise UsageError(f"--config is required, e.g. --config={example}")
+  if workdir is not None and not workdir.value:
+    raise UsageError(f"--{workdir.name} is required")
+
+
 def fail(message: str, status: int = 2) -> None:
   """Prints `error: message` on one line and exits with `status`."""
   print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)

@@ -30,21 +30,18 @@ SEED = flags.DEFINE_integer("seed", 0, "Seed of the random kill moments.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise cli.UsageError(f"unexpected arguments {argv[1:]}")
-  if not WORKDIR.value:
-    raise cli.UsageError("--workdir is required")
+  cli.check_arguments(argv, workdir=WORKDIR)
   if KILLS.value < 1:
     raise cli.UsageError(f"--kills must be at least 1, got {KILLS.value}")
-  if CONFIG.value is None:
-    raise cli.UsageError("--config is required, e.g. --config=experiments/configs/transformer.py:tiny")
+  cli.check_arguments(argv, config=CONFIG, example="experiments/configs/transformer.py:tiny")
   config_flags = [a for a in sys.argv[1:] if a.startswith("--config")]
   workdir = Path(WORKDIR.value).absolute()
   if workdir.exists() and any(workdir.iterdir()):
     raise cli.UsageError(f"--workdir {str(workdir)!r} is not empty: the test needs fresh runs")
   checkpoint_every = CONFIG.value.checkpoint_every
-  report = restarts.run_kills(config_flags, workdir, KILLS.value, SEED.value, CONFIG.value.steps,
-                     checkpoint_every, CONFIG.value.async_checkpoints)
+  report = restarts.run_kills(config_flags, workdir, KILLS.value, SEED.value,
+                              CONFIG.value.steps, checkpoint_every,
+                              CONFIG.value.async_checkpoints)
   for k in report["kills"]:
     print(f"kill {k['moment']:>15}: last step {k['last_logged_step']}, resumed at "
           f"{k['resumed_at']}, redone {k['redone']}")

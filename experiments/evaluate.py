@@ -38,10 +38,7 @@ def parse_mesh(text: str) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise cli.UsageError(f"unexpected arguments {argv[1:]}")
-  if not WORKDIR.value:
-    raise cli.UsageError("--workdir is required")
+  cli.check_arguments(argv, workdir=WORKDIR)
   cli.initialize_distributed()
   evaluate(WORKDIR.value, STEP.value, parse_mesh(MESH.value), CONTEXT.value)
 

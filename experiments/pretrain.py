@@ -18,12 +18,8 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and me
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise cli.UsageError(f"unexpected arguments {argv[1:]}")
-  if CONFIG.value is None:
-    raise cli.UsageError("--config is required, e.g. --config=experiments/configs/transformer.py:tiny")
-  if not WORKDIR.value:
-    raise cli.UsageError("--workdir is required")
+  cli.check_arguments(argv, config=CONFIG, workdir=WORKDIR,
+                      example="experiments/configs/transformer.py:tiny")
   cli.initialize_distributed()
   loop.pretrain(CONFIG.value, WORKDIR.value)
 

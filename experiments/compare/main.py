@@ -27,12 +27,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for results, plots and c
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CONFIG.value is None:
-    raise cli.UsageError("--config is required, e.g. --config=experiments/configs/compare.py")
-  if not _WORKDIR.value:
-    raise cli.UsageError("--workdir is required: the folder for results and checkpoints")
+  cli.check_arguments(argv, config=_CONFIG, workdir=_WORKDIR,
+                      example="experiments/configs/compare.py")
   command = "python -m experiments.compare " + " ".join(
       a for a in sys.argv[1:] if not a.startswith("--workdir"))
   study.run(_CONFIG.value, _WORKDIR.value, command)

@@ -36,14 +36,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for results.json and the
 
 def main(argv):
   """Validates the config, loads the data, then runs one method, a grid or a sweep."""
-  if len(argv) > 1:
-    raise cli.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = _CONFIG.value
-  if config is None:
-    raise cli.UsageError("--config is required, e.g. --config=experiments/configs/continual.py")
-  workdir = _WORKDIR.value
-  if not workdir:
-    raise cli.UsageError("--workdir is required: the folder for results.json and the plots")
+  cli.check_arguments(argv, config=_CONFIG, workdir=_WORKDIR,
+                      example="experiments/configs/continual.py")
+  config, workdir = _CONFIG.value, _WORKDIR.value
   pairs, kind, dataset = study.validate(config)
   contexts = study.load_contexts(config, kind, dataset)
   os.makedirs(workdir, exist_ok=True)

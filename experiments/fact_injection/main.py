@@ -19,12 +19,8 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and re
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise cli.UsageError(f"unexpected arguments {argv[1:]}")
-  if CONFIG.value is None:
-    raise cli.UsageError("--config is required, e.g. --config=experiments/configs/fact_injection.py")
-  if not WORKDIR.value:
-    raise cli.UsageError("--workdir is required")
+  cli.check_arguments(argv, config=CONFIG, workdir=WORKDIR,
+                      example="experiments/configs/fact_injection.py")
   study.study(CONFIG.value, WORKDIR.value)
 
 
