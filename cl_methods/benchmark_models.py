@@ -43,7 +43,7 @@ class MLP(nnx.Module):
     return [("hidden", i) for i in range(len(self.hidden))]
 
 
-class ConvNet(nnx.Module):
+class ConvNet(MLP):
   """[Conv3x3 -> ReLU -> AvgPool2x2] * len(channels) -> MLP body -> Linear head."""
 
   def __init__(self, input_shape: Sequence[int], channels: Sequence[int],
@@ -54,26 +54,17 @@ class ConvNet(nnx.Module):
                           for a, b in zip(chans[:-1], chans[1:])])
     for _ in channels:
       h, w = max(h // 2, 1), max(w // 2, 1)
-    sizes = [h * w * chans[-1], *hidden]
-    self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
-    self.head = nnx.Linear(sizes[-1], n_outputs, rngs=rngs)
+    super().__init__(h * w * chans[-1], hidden, n_outputs, rngs=rngs)
 
   def features(self, x):
     for layer in self.conv:
       x = jax.nn.relu(layer(x))
       if x.shape[1] >= 2 and x.shape[2] >= 2:
         x = nnx.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
-    x = x.reshape(x.shape[0], -1)
-    for layer in self.hidden:
-      x = jax.nn.relu(layer(x))
-    return x
-
-  def __call__(self, x):
-    return self.head(self.features(x))
+    return super().features(x)
 
   def gated_layers(self):
-    return ([("conv", i) for i in range(len(self.conv))]
-            + [("hidden", i) for i in range(len(self.hidden))])
+    return [("conv", i) for i in range(len(self.conv))] + super().gated_layers()
 
 
 class FunctionalModel(NamedTuple):

@@ -112,8 +112,18 @@ def context_gating(apply_fn, *, gated_layers: Sequence[tuple], n_contexts: int,
       return leaf
     return jax.tree_util.tree_map_with_path(gate_leaf, params)
 
+  forward, loss = _per_context(apply_fn, gated, n_contexts)
+  return method_lib.ContinualMethod(
+      name="xdg", family="context-specific", loss=loss, predict=forward,
+      init_state=init_state, unsupported=task_il_only(GATES))
+
+
+def _per_context(apply_fn, params_for, n_contexts: int):
+  """(forward, loss) of a method that runs each example with its context's parameters,
+  `params_for(params, state, context)`; the loss is the cross-entropy of those logits."""
+
   def forward(params, state, batch):
-    return per_context_outputs(apply_fn, lambda c: gated(params, state, c), batch.x,
+    return per_context_outputs(apply_fn, lambda c: params_for(params, state, c), batch.x,
                                batch.context, n_contexts)
 
   def loss(params, state, batch, key):
@@ -121,9 +131,7 @@ def context_gating(apply_fn, *, gated_layers: Sequence[tuple], n_contexts: int,
     logits = forward(params, state, batch)
     return losses.cross_entropy(logits, batch.y, batch.mask, batch.valid), {"logits": logits}
 
-  return method_lib.ContinualMethod(
-      name="xdg", family="context-specific", loss=loss, predict=forward,
-      init_state=init_state, unsupported=task_il_only(GATES))
+  return forward, loss
 
 
 class PackNetState(NamedTuple):
@@ -158,14 +166,7 @@ def packnet(apply_fn, *, n_contexts: int, prune_fraction: float,
       return jnp.where(usable, p, 0.0)
     return jax.tree.map(select, params, state.owner)
 
-  def forward(params, state, batch):
-    return per_context_outputs(apply_fn, lambda c: params_for(params, state, c), batch.x,
-                               batch.context, n_contexts)
-
-  def loss(params, state, batch, key):
-    del key
-    logits = forward(params, state, batch)
-    return losses.cross_entropy(logits, batch.y, batch.mask, batch.valid), {"logits": logits}
+  forward, loss = _per_context(apply_fn, params_for, n_contexts)
 
   def begin_context(params, state, context):
     del params

@@ -59,7 +59,7 @@ import numpy as np
 from flax import nnx, struct
 
 from hope.layers import RMSNorm, first_nonfinite, param, silu_grad
-from hope.neural_memory import clip_scale
+from hope.neural_memory import check_clip_norm, clip_scale
 from hope.stream_chunks import chunk_grid, compact, compaction, from_chunks, to_chunks, uncompact
 
 
@@ -178,9 +178,7 @@ class ContinuumMemory(nnx.Module):
         isinstance(lr, (int, float, np.number)) and np.isfinite(lr) and lr >= 0 for lr in lrs):
       raise ValueError("ContinuumMemory inner_lr must be a finite float >= 0 or one per level "
                        f"({len(chunk_sizes)}), got {inner_lr!r}")
-    if max_grad_norm is not None and not (max_grad_norm > 0 and np.isfinite(max_grad_norm)):
-      raise ValueError(f"ContinuumMemory max_grad_norm must be a positive finite number or "
-                       f"None (no clip), got {max_grad_norm!r}")
+    check_clip_norm("ContinuumMemory ", max_grad_norm)
     self.max_grad_norm = max_grad_norm
     self.dim, self.hidden, self.dtype = dim, hidden, dtype
     self.chunk_sizes = tuple(int(c) if c else None for c in chunk_sizes)

@@ -101,6 +101,13 @@ def memory_loss(weights, k: jax.Array, v: jax.Array) -> jax.Array:
   return jnp.sum((memory_mlp(weights, k) - v) ** 2)
 
 
+def check_clip_norm(owner: str, max_grad_norm) -> None:
+  """ValueError unless max_grad_norm is None (no clip) or a positive finite number."""
+  if max_grad_norm is not None and not (max_grad_norm > 0 and np.isfinite(max_grad_norm)):
+    raise ValueError(f"{owner}max_grad_norm must be a positive finite number or None (no "
+                     f"clip), got {max_grad_norm!r}")
+
+
 def clip_scale(squared_norm: jax.Array, max_grad_norm: float | None) -> jax.Array:
   """min(1, max_grad_norm / ||g||) for a token's squared gradient norm (1 without a clip)."""
   if max_grad_norm is None:
@@ -284,9 +291,7 @@ class NeuralMemory(nnx.Module):
                        f"or choose num_heads dividing dim")
     if not max_lr > 0 or not np.isfinite(max_lr):
       raise ValueError(f"max_lr must be a positive finite number, got {max_lr!r}")
-    if max_grad_norm is not None and not (max_grad_norm > 0 and np.isfinite(max_grad_norm)):
-      raise ValueError(f"max_grad_norm must be a positive finite number or None (no clip), "
-                       f"got {max_grad_norm!r}")
+    check_clip_norm("", max_grad_norm)
     if implementation not in IMPLEMENTATIONS:
       raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if rule is not None and implementation != "reference":

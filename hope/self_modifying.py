@@ -75,7 +75,7 @@ import numpy as np
 from flax import nnx, struct
 
 from hope.layers import Dense, first_nonfinite, l2_normalize, param, silu_grad
-from hope.neural_memory import clip_scale
+from hope.neural_memory import check_clip_norm, clip_scale
 from hope.short_conv import ShortConv
 from hope.stream_chunks import chunk_grid, compact, compaction, from_chunks, to_chunks, uncompact
 
@@ -222,9 +222,7 @@ class SelfModifyingMemory(nnx.Module):
     if num_heads * head_dim != dim:
       raise ValueError(f"SelfModifyingMemory num_heads * head_dim ({num_heads} * {head_dim}) "
                        f"must equal dim ({dim}): the memories read x split into heads")
-    if max_grad_norm is not None and not (max_grad_norm > 0 and np.isfinite(max_grad_norm)):
-      raise ValueError(f"SelfModifyingMemory max_grad_norm must be a positive finite number "
-                       f"or None (no clip), got {max_grad_norm!r}")
+    check_clip_norm("SelfModifyingMemory ", max_grad_norm)
     self.max_grad_norm = max_grad_norm
     self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
     self.chunk_size_memory, self.chunk_size_other = int(chunk_size_memory), int(chunk_size_other)

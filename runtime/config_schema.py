@@ -53,8 +53,8 @@ class Field:
     if self.kind == "bool":
       text = "True or False"
     elif self.kind in ("str", "names") and self.choices is not None:
-      text = ("comma-separated names from " if self.kind == "names" else "one of ") + \
-          ", ".join(repr(c) for c in self.choices)
+      names = [repr(c) for c in self.choices]
+      text = " or ".join(names) if len(names) == 2 else "one of " + ", ".join(names)
     elif self.kind == "str":
       text = "a string"
     else:
@@ -248,6 +248,9 @@ LM_TRAINING = (
     Field("model.dropout_rate", "float", low=0, high=1, high_open=True),
     Field("model.rope_base", "float", low=0, low_open=True),
     Field("model.window", "int", low=0, note="0: full attention"),
+    Field("model.num_slots", "int", low=1), Field("model.top_k", "int", low=1),
+    Field("model.memory_heads", "int", low=1), Field("model.key_dim", "int", low=1),
+    Field("model.memory_layers", "ints", low=0),
     Relation("warmup_steps", "<=", "steps"),
 )
 

@@ -51,9 +51,6 @@ SCHEMA = (
     Field("lora.ranks", "ints", low=1), Field("lora.alpha", "float", low=0, note="0: the rank"),
     Field("lora.learning_rates", "floats", **_POSITIVE),
     Field("lora.weight_decay", "float", low=0),
-    positive_int("model.num_slots"), positive_int("model.top_k"),
-    positive_int("model.memory_heads"), positive_int("model.key_dim"),
-    Field("model.memory_layers", "ints", low=0),
     Relation("known_eval_people", "<=", "facts.num_known"),
 )
 
