@@ -1,0 +1,1 @@
+"""Entry points (`python -m experiments.NAME`), their configs, and one folder per study."""

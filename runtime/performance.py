@@ -5,6 +5,7 @@ peak for the compute dtype); on GPUs and TPUs of a known kind it is the chip's b
 times the number of chips. Model FLOPs are analytic (`model.flops_per_token`), x3 for a
 training step (forward plus two backward matmuls), attention counted causally.
 """
+import functools
 import time
 from typing import Callable
 
@@ -54,7 +55,9 @@ def reference_description(dtype=jnp.float32,
   return None, f"{device.platform} dense {jnp.dtype(dtype).name} matmul, measured"
 
 
+@functools.cache
 def reference_flops(dtype=jnp.float32) -> tuple[float, str]:
-  """(FLOP/s, description) that model FLOP/s are compared against."""
+  """(FLOP/s, description) that model FLOP/s are compared against (measured once per
+  process and dtype)."""
   peak, description = reference_description(dtype)
   return (peak if peak is not None else measured_matmul_flops(dtype)), description

@@ -27,8 +27,8 @@ def _phases(config):
       raise RuntimeError("simulated crash")
     return batch
 
-  return [loop.Phase("a", data(1), 6),
-          loop.Phase("b", data(2).map(crash_at), 6, learning_rate=optax.constant_schedule(1e-3))]
+  return [loop.Phase("a", data(1), 4),
+          loop.Phase("b", data(2).map(crash_at), 4, learning_rate=optax.constant_schedule(1e-3))]
 
 
 def _evaluate(params):
@@ -36,7 +36,7 @@ def _evaluate(params):
 
 
 def _config():
-  return tiny_config(steps=12, checkpoint_every=4, log_every=1, async_checkpoints=False,
+  return tiny_config(steps=8, checkpoint_every=3, log_every=1, async_checkpoints=False,
                      keep_checkpoints=10)
 
 
@@ -51,25 +51,25 @@ def whole(tmp_path_factory):
 
 def test_phases_run_in_order_with_their_schedules(whole):
   workdir, state, results = whole
-  assert int(state["step"]) == 12 and set(results) == {"a", "b"}
+  assert int(state["step"]) == 8 and set(results) == {"a", "b"}
   assert json.loads((workdir / "b.json").read_text()) == results["b"]
-  assert results["a"]["steps"] == 6 and results["b"]["nonfinite_steps"] == 0
+  assert results["a"]["steps"] == 4 and results["b"]["nonfinite_steps"] == 0
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == list(range(1, 13))
+  assert [r["step"] for r in rows] == list(range(1, 9))
   config = _config()
   warmup_cosine = training.learning_rate_schedule(config)
   for r in rows:  # the logged rate is the one step r["step"] - 1 used
-    expected = warmup_cosine(r["step"] - 1) if r["step"] <= 6 else 1e-3
+    expected = warmup_cosine(r["step"] - 1) if r["step"] <= 4 else 1e-3
     assert r["learning_rate"] == pytest.approx(float(expected), rel=1e-6), r
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  assert saved == [4, 6, 8, 12]
+  assert saved == [3, 4, 6, 8]
 
 
 def test_a_crash_in_the_second_phase_resumes_to_the_same_result(whole, tmp_path):
   _, state, results = whole
   config = _config()
   run = training.prepare(config)
-  CRASH["at"] = 5  # the 5th batch of phase b: step 11, after the checkpoint at step 8
+  CRASH["at"] = 3  # the 3rd batch of phase b: step 7, after the checkpoint at step 6
   try:
     with pytest.raises(RuntimeError, match="simulated crash"):
       loop.train(run, _phases(config), tmp_path, evaluate=_evaluate)
@@ -80,11 +80,11 @@ def test_a_crash_in_the_second_phase_resumes_to_the_same_result(whole, tmp_path)
   chex.assert_trees_all_equal(jax.device_get(resumed), state)
   assert resumed_results["b"]["norm"] == results["b"]["norm"]
   rows = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert rows == list(range(1, 13))
+  assert rows == list(range(1, 9))
 
 
 def test_phases_must_add_up_to_the_configured_steps(tmp_path):
   config = _config()
-  with pytest.raises(ValueError, match="add up to 12, config.steps is 13"):
-    config.steps = 13
+  with pytest.raises(ValueError, match="add up to 8, config.steps is 9"):
+    config.steps = 9
     loop.train(training.prepare(config), _phases(_config()), tmp_path)
