@@ -182,6 +182,9 @@ def train(run: training.Run, phases: list[Phase], workdir, *, trainer: Trainer |
     if state is None:
       state = trainer.initial_state()
     start = int(state["step"])
+    if evaluate is not None:  # the phases finished before this run: their saved results
+      results = {p.name: json.loads((workdir / f"{p.name}.json").read_text())
+                 for p in phases[:phase_at(start)] if (workdir / f"{p.name}.json").exists()}
     writer = MetricsWriter(workdir, resume_step=start)
     try:
       timer = None  # (step, time) at the end of the first step, which compiles

@@ -79,6 +79,7 @@ def test_a_crash_in_the_second_phase_resumes_to_the_same_result(whole, tmp_path)
   resumed, resumed_results = loop.train(run, _phases(config), tmp_path, evaluate=_evaluate)
   chex.assert_trees_all_equal(jax.device_get(resumed), state)
   assert resumed_results["b"]["norm"] == results["b"]["norm"]
+  assert resumed_results["a"] == json.loads((tmp_path / "a.json").read_text())
   rows = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert rows == list(range(1, 9))
 
