@@ -59,8 +59,9 @@ class Field:
       text = "a string"
     else:
       text = _range_words(self)
-      if self.kind in ("ints", "floats"):
-        text = f"a non-empty tuple of {text.replace('a ', '', 1).replace('an ', '', 1)}s"
+      if self.kind in ("ints", "floats"):  # "an integer in 1..9" -> "integers in 1..9"
+        noun = "integer" if self.kind == "ints" else "number"
+        text = "a non-empty tuple of " + text.split(" ", 1)[1].replace(noun, noun + "s", 1)
     if self.special:
       text += ", or " + " or ".join(repr(s) for s in self.special)
     return text + (f" ({self.note})" if self.note else "")
@@ -255,7 +256,7 @@ LM_TRAINING = (
 )
 
 
-def _present(config, item) -> bool:
+def applies(config, item) -> bool:
   """Whether the config has an optional field of LM_TRAINING (model.*, optimizer.kwargs.*)."""
   if not isinstance(item, Field) or not item.path.startswith(("model.", "optimizer.kwargs.")):
     return True
@@ -272,4 +273,4 @@ def check_lm(config) -> None:
   rules check the rest), and config.model.name must exist."""
   if "model" not in config or "name" not in config.model:
     raise UsageError("config.model.name is missing: the config file must define the model")
-  check(config, tuple(f for f in LM_TRAINING if _present(config, f)))
+  check(config, tuple(f for f in LM_TRAINING if applies(config, f)))

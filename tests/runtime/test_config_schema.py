@@ -27,7 +27,7 @@ def _compare_config():
 
 
 def _lm_schema(config):
-  return tuple(f for f in config_schema.LM_TRAINING if config_schema._present(config, f))
+  return tuple(f for f in config_schema.LM_TRAINING if config_schema.applies(config, f))
 
 
 # entry point: (its config, its schema, what the entry point runs first on a workdir)
