@@ -90,8 +90,7 @@ class Checkpoints:
   def param_shapes(self, step: int) -> dict:
     """{path: shape} of the saved parameters, read from metadata (no arrays are loaded)."""
     meta = self.manager.item_metadata(step)["params"]
-    return {name: tuple(x.shape) for name, x in named_leaves(
-        jax.tree.map(lambda m: m, dict(meta), is_leaf=lambda m: hasattr(m, "shape")))}
+    return {name: tuple(x.shape) for name, x in named_leaves(dict(meta))}
 
   def latest_intact(self, check=None) -> tuple[int | None, dict]:
     """(step, corrupt): the newest step whose files match their checksums and for which

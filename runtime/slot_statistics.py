@@ -98,10 +98,10 @@ def compute(workdir: str, num_batches: int | None = None) -> dict:
   """Loads DIR's latest checkpoint, counts df over num_batches batches, saves and returns it."""
   workdir = Path(workdir).expanduser().absolute()
   ckpt_dir = workdir / "checkpoints"
-  step = Checkpoints(ckpt_dir, read_only=True).latest_step() if ckpt_dir.is_dir() else None
+  ckpt = Checkpoints(ckpt_dir, read_only=True) if ckpt_dir.is_dir() else None
+  step = ckpt.latest_step() if ckpt else None
   if step is None:
     raise UsageError(f"--workdir {str(workdir)!r} holds no checkpoint (no {ckpt_dir})")
-  ckpt = Checkpoints(ckpt_dir, read_only=True)
   config = ml_collections.ConfigDict(ckpt.config(step))
   num_batches = num_batches or config.get("background_batches", 100)
   batch_size = config.get("background_batch_size", config.batch_size)

@@ -134,7 +134,7 @@ def validate(config) -> tuple[list[Arm], list[str]]:
     for k in ("domain_a", "domain_b"):
       config_schema.check(config, (Field(f"continual.{k}", "names", choices=tuple(packages)),))
     a, b = (set(config_schema.split_names(config.continual[k])) for k in ("domain_a", "domain_b"))
-    shared = sorted(set(a) & set(b))
+    shared = sorted(a & b)
     if shared:
       raise UsageError(f"config.continual: domain_a and domain_b share packages {shared}")
   for study in studies:
