@@ -38,6 +38,15 @@ with (x, u) = (k_t, W_1^T e * silu'(W_2 k_t)) for W_2 and (silu(W_2 k_t), e) for
 e = M(k_t) - v^_t. Each matrix thus forgets along the direction of its current input, as a
 matrix memory does along its key.
 
+Inner rule and decay (`inner_rule`, `inner_decay`; the ablations of arXiv Table 6).
+`inner_rule="gd"` drops the x^ x^^T term: plain gradient descent with the same decay,
+
+    W <- alpha_t W - eta_t dl/dW,
+
+and `inner_decay=False` fixes alpha_t = 1 (no forgetting) under either rule; M_alpha and
+b_alpha then have no effect (their outer gradients are zero), and the bound on the weights
+that the clip gives (below) no longer holds. The defaults ("dgd", True) are eq. 88 as above.
+
 Inner-gradient clip. Each token's gradient of a memory is clipped to a global norm (over
 W_1 and W_2) of at most `max_grad_norm`, as in `hope.neural_memory`. With unit keys the
 forgetting factor alpha I - eta x^ x^^T has spectral norm below 1, so clipped gradients keep
@@ -56,8 +65,9 @@ this is the per-token recurrence o_t = M_memory,t-1(q_t). Since the gradients co
 boundary weights, the DGD recurrence over a chunk is linear in W,
 W_t = W_{t-1} (alpha_t I - eta_t x^_t x^_t^T) + b_t x^_t^T with b_t = -eta_t |x_t| u_t (a
 gated delta rule), and is applied in closed form (`dgd_chunk`): one C x C unit-triangular system per
-chunk, head and matrix, no loop over tokens. `lax.scan` runs over chunks, the other memories first
-(they do not depend on M_memory), then M_memory on its own grid.
+chunk, head and matrix, no loop over tokens; without the x^ x^^T term it is a decay-weighted
+sum (`gd_chunk`). `lax.scan` runs over chunks, the other memories first (they do not depend
+on M_memory), then M_memory on its own grid.
 
 Streaming is exact for pieces of any length: the state keeps each memory's boundary weights
 and running weights, the position in the current chunk of each grid and the convolutions'
@@ -80,6 +90,7 @@ from hope.short_conv import ShortConv
 from hope.stream_chunks import chunk_grid, compact, compaction, from_chunks, to_chunks, uncompact
 
 OTHER_MEMORIES = ("M_k", "M_v", "M_eta", "M_alpha")   # stacking order on the C_other grid
+INNER_RULES = ("dgd", "gd")
 NORM_EPS = 1e-6
 # Initial eta and alpha (through the biases b_eta, b_alpha): a retention of 0.999 per token
 # keeps the weights for about a thousand tokens; lower values decay the memories towards
@@ -155,6 +166,17 @@ def dgd_chunk(weight: jax.Array, u: jax.Array, x: jax.Array, eta: jax.Array,
   return jnp.exp(log_gamma[-1]) * weight + (corrections * tail[:, None]).T @ keys
 
 
+def gd_chunk(weight: jax.Array, u: jax.Array, x: jax.Array, eta: jax.Array,
+             log_alpha: jax.Array) -> jax.Array:
+  """W_t = alpha_t W_{t-1} - eta_t u_t x_t^T over one chunk, closed form (shapes as `dgd_chunk`):
+
+      W_n = gamma_n W_0 - sum_t (gamma_n / gamma_t) eta_t u_t x_t^T,  gamma_t = alpha_1...alpha_t.
+  """
+  log_gamma = jnp.cumsum(log_alpha)
+  tail = eta * jnp.exp(log_gamma[-1] - log_gamma)
+  return jnp.exp(log_gamma[-1]) * weight - (u * tail[:, None]).T @ x
+
+
 def unit_lower_inverse(strict: jax.Array) -> jax.Array:
   """(I + L)^-1 for a strictly lower-triangular L [n, n], with matmuls only.
 
@@ -170,17 +192,28 @@ def unit_lower_inverse(strict: jax.Array) -> jax.Array:
   return inverse
 
 
-def _dgd_update(boundary: dict, running: dict, key, target, eta, log_alpha,
-                max_grad_norm: float | None) -> dict:
+def _inner_update(boundary: dict, running: dict, key, target, eta, log_alpha,
+                  max_grad_norm: float | None, rule: str) -> dict:
   """One memory's running weights after a chunk: gradients at the boundary weights (eq. 91),
-  each token's clipped to a global norm of max_grad_norm, then the DGD recurrence (eq. 88)
-  from the running weights. key, target [n, heads, d]; eta, log_alpha [n, heads]."""
+  each token's clipped to a global norm of max_grad_norm, then the recurrence of `rule` (DGD,
+  eq. 88, or plain gradient descent) from the running weights. key, target [n, heads, d];
+  eta, log_alpha [n, heads]."""
   factors = gradient_factors(boundary, key, target)
   squared = sum(jnp.sum(u * u, -1) * jnp.sum(x * x, -1) for u, x in factors.values())
   scale = clip_scale(squared, max_grad_norm)[..., None]
   factors = {name: (scale * u, x) for name, (u, x) in factors.items()}
-  per_head = jax.vmap(dgd_chunk, in_axes=(0, 1, 1, 1, 1))
+  per_head = jax.vmap(dgd_chunk if rule == "dgd" else gd_chunk, in_axes=(0, 1, 1, 1, 1))
   return {name: per_head(running[name], *factors[name], eta, log_alpha) for name in running}
+
+
+def check_inner_rule(owner: str, inner_rule, inner_decay) -> None:
+  """ValueError unless inner_rule is one of INNER_RULES and inner_decay a bool."""
+  if not isinstance(inner_rule, str) or inner_rule not in INNER_RULES:
+    raise ValueError(f"{owner}inner_rule must be 'dgd' (Delta Gradient Descent) or 'gd' "
+                     f"(gradient descent), got {inner_rule!r}")
+  if not isinstance(inner_decay, (bool, np.bool_)):
+    raise ValueError(f"{owner}inner_decay must be True or False (False fixes alpha_t = 1), "
+                     f"got {inner_decay!r}")
 
 
 def _select(flag, new: dict, old: dict) -> dict:
@@ -200,12 +233,16 @@ class SelfModifyingMemory(nnx.Module):
     conv_width: width of the causal depthwise convolutions on x and on q.
     max_grad_norm: each token's inner gradient of a memory is clipped to this global norm
       (None: no clip); see the module docstring.
+    inner_rule: every memory's inner optimizer: "dgd" (Delta Gradient Descent, eq. 88) or
+      "gd" (gradient descent with the same decay, W <- alpha_t W - eta_t dl/dW).
+    inner_decay: False fixes alpha_t = 1 (no forgetting) in the inner rule.
     dtype: dtype of the q and output projections; the memories run in float32.
   """
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int = 0,
                chunk_size_memory: int = 16, chunk_size_other: int = 16, conv_width: int = 4,
-               max_grad_norm: float | None = 1.0, rngs: nnx.Rngs, dtype=jnp.float32):
+               max_grad_norm: float | None = 1.0, inner_rule: str = "dgd",
+               inner_decay: bool = True, rngs: nnx.Rngs, dtype=jnp.float32):
     for name, value in (("dim", dim), ("num_heads", num_heads),
                         ("chunk_size_memory", chunk_size_memory),
                         ("chunk_size_other", chunk_size_other), ("conv_width", conv_width)):
@@ -223,7 +260,9 @@ class SelfModifyingMemory(nnx.Module):
       raise ValueError(f"SelfModifyingMemory num_heads * head_dim ({num_heads} * {head_dim}) "
                        f"must equal dim ({dim}): the memories read x split into heads")
     check_clip_norm("SelfModifyingMemory ", max_grad_norm)
+    check_inner_rule("SelfModifyingMemory ", inner_rule, inner_decay)
     self.max_grad_norm = max_grad_norm
+    self.inner_rule, self.inner_decay = inner_rule, bool(inner_decay)
     self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
     self.chunk_size_memory, self.chunk_size_other = int(chunk_size_memory), int(chunk_size_other)
     self.dtype = dtype
@@ -289,7 +328,8 @@ class SelfModifyingMemory(nnx.Module):
     seq = x.shape[0]
     eta_bias, alpha_bias = self.eta_bias[...], self.alpha_bias[...]
     apply_each = jax.vmap(memory_apply, in_axes=(0, None))
-    update = functools.partial(_dgd_update, max_grad_norm=self.max_grad_norm)
+    update = functools.partial(_inner_update, max_grad_norm=self.max_grad_norm,
+                               rule=self.inner_rule)
     update_each = jax.vmap(update, in_axes=(0, 0, None, 0, None, None))
 
     def other_step(carry, chunk):
@@ -298,7 +338,8 @@ class SelfModifyingMemory(nnx.Module):
       out = apply_each(boundary, xs)                                  # [4, n, heads, d]
       k, v = l2_normalize(out[0], NORM_EPS), out[1]
       eta = jax.nn.sigmoid(jnp.mean(out[2], -1) + eta_bias) * valid[:, None]
-      log_alpha = jax.nn.log_sigmoid(jnp.mean(out[3], -1) + alpha_bias) * valid[:, None]
+      log_alpha = (jax.nn.log_sigmoid(jnp.mean(out[3], -1) + alpha_bias) * valid[:, None]
+                   if self.inner_decay else jnp.zeros_like(eta))
       running = update_each(boundary, running, k, apply_each(boundary, v), eta, log_alpha)
       return (_select(complete, running, boundary), running), (k, v, eta, log_alpha)
 
@@ -332,16 +373,18 @@ class SelfModifyingMemory(nnx.Module):
     target M(v) and its gradient (forward on k plus W_1^T e: 6 d^2); M_memory reads q, its
     target and its gradient. The closed-form DGD costs per matrix and token 4 d^2 (W x^ and
     the rank-n update), 4 n d (Gram matrix, inverse times right-hand side) and
-    4 n^2 ceil(log2 n) (`unit_lower_inverse`), n = min(chunk, seq_len). Plus the q and
-    output projections and the two convolutions.
+    4 n^2 ceil(log2 n) (`unit_lower_inverse`), n = min(chunk, seq_len); plain gradient
+    descent only the rank-n update, 2 d^2. Plus the q and output projections and the two
+    convolutions.
     """
     d, heads = self.head_dim, self.num_heads
     n_other = min(self.chunk_size_other, seq_len)
     n_memory = min(self.chunk_size_memory, seq_len)
     inverse = lambda n: 4 * n * n * (n - 1).bit_length()
-    dgd = lambda n: 2 * (4 * d * d + 4 * n * d + inverse(n))          # two matrices
-    other = 4 * (4 * d * d + 4 * d * d + 6 * d * d + dgd(n_other))
-    memory = 4 * d * d + 4 * d * d + 6 * d * d + dgd(n_memory)
+    rule = ((lambda n: 2 * (4 * d * d + 4 * n * d + inverse(n))) if self.inner_rule == "dgd"
+            else (lambda n: 2 * 2 * d * d))                          # two matrices
+    other = 4 * (4 * d * d + 4 * d * d + 6 * d * d + rule(n_other))
+    memory = 4 * d * d + 4 * d * d + 6 * d * d + rule(n_memory)
     projections = 2 * 2 * self.dim * heads * d
     convs = 2 * self.conv_x.width * (self.dim + heads * d)
     return heads * (other + memory) + projections + convs

@@ -9,7 +9,8 @@ of that grid's memories become their boundary weights; then
     grad = jax.grad of 1/2 ||M(k) - M_boundary(v)||^2 at the boundary weights (eqs. 85-87, 91),
            clipped to a global norm (over the memory's matrices) of max_grad_norm
     W <- W (alpha I - eta x^ x^^T) - eta grad   for each matrix W of each memory,
-         x^ the normalised input of that matrix at the boundary weights (eq. 88)
+         x^ the normalised input of that matrix at the boundary weights (eq. 88);
+         W <- alpha W - eta grad with inner_rule "gd"; alpha = 1 without inner_decay
     o_t = M_memory(q_t) at its boundary weights (eq. 94)
 
 With chunk sizes 1 this is the per-token recurrence of eq. 88. It shares with
@@ -17,6 +18,8 @@ With chunk sizes 1 this is the per-token recurrence of eq. 88. It shares with
 gradient formula, no closed form, no chunk layout), so comparing the two tests the
 chunk-wise path, values and gradients. No masks, no carried state: for tests only.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -34,12 +37,15 @@ def _mlp(w, z):
   return z + w["w1"] @ jax.nn.silu(w["w2"] @ z)
 
 
-def _dgd_step(boundary, running, key, value, eta, alpha, max_grad_norm):
-  """The DGD step (eq. 88) of one memory on the token (key, its own target M(value))."""
+def _inner_step(boundary, running, key, value, eta, alpha, max_grad_norm, rule):
+  """The DGD step (eq. 88) or, with rule "gd", the gradient-descent step of one memory on
+  the token (key, its own target M(value))."""
   target = _mlp(boundary, value)
   grad = jax.grad(lambda w: 0.5 * jnp.sum((_mlp(w, key) - target) ** 2))(boundary)
   scale = clip_scale(sum(jnp.sum(g * g) for g in grad.values()), max_grad_norm)
   grad = jax.tree.map(lambda g: scale * g, grad)
+  if rule == "gd":
+    return {name: alpha * running[name] - eta * grad[name] for name in running}
   inputs = {"w2": key, "w1": jax.nn.silu(boundary["w2"] @ key)}
   eye = jnp.eye(key.shape[0])
   return {name: running[name] @ (alpha * eye - eta * jnp.outer(_unit(inputs[name]),
@@ -48,7 +54,7 @@ def _dgd_step(boundary, running, key, value, eta, alpha, max_grad_norm):
 
 
 def _one_head(initial_other, initial_memory, eta_bias, alpha_bias, x, q, chunk_other,
-              chunk_memory, max_grad_norm):
+              chunk_memory, max_grad_norm, rule, decay):
   """x, q [seq, d] of one head -> o [seq, d]."""
   def token(carry, inputs):
     other_b, other_r, memory_b, memory_r = carry
@@ -60,10 +66,10 @@ def _one_head(initial_other, initial_memory, eta_bias, alpha_bias, x, q, chunk_o
     k = _unit(_mlp(mk, x_t))
     v = _mlp(mv, x_t)
     eta = jax.nn.sigmoid(jnp.mean(_mlp(meta, x_t)) + eta_bias)
-    alpha = jax.nn.sigmoid(jnp.mean(_mlp(malpha, x_t)) + alpha_bias)
-    other_r = jax.vmap(_dgd_step, in_axes=(0, 0, None, None, None, None, None))(
-        other_b, other_r, k, v, eta, alpha, max_grad_norm)
-    memory_r = _dgd_step(memory_b, memory_r, k, v, eta, alpha, max_grad_norm)
+    alpha = jax.nn.sigmoid(jnp.mean(_mlp(malpha, x_t)) + alpha_bias) if decay else 1.0
+    step = lambda b, r: _inner_step(b, r, k, v, eta, alpha, max_grad_norm, rule)
+    other_r = jax.vmap(step)(other_b, other_r)
+    memory_r = step(memory_b, memory_r)
     return (other_b, other_r, memory_b, memory_r), _mlp(memory_b, q_t)
 
   init = (initial_other, initial_other, initial_memory, initial_memory)
@@ -80,9 +86,11 @@ def reference_self_modifying(layer: SelfModifyingMemory, x: jax.Array) -> jax.Ar
   q, _ = layer.conv_q(layer.query(x), layer.conv_q.empty_cache(batch), mask)
   other = {"w1": layer.other_w1[...], "w2": layer.other_w2[...]}        # [4, heads, d, d]
   memory = {"w1": layer.memory_w1[...], "w2": layer.memory_w2[...]}     # [heads, d, d]
-  per_head = jax.vmap(_one_head, in_axes=(1, 0, 0, 0, 1, 1, None, None, None), out_axes=1)
-  per_sequence = jax.vmap(per_head, in_axes=(None, None, None, None, 0, 0, None, None, None))
+  one_head = functools.partial(
+      _one_head, chunk_other=layer.chunk_size_other, chunk_memory=layer.chunk_size_memory,
+      max_grad_norm=layer.max_grad_norm, rule=layer.inner_rule, decay=layer.inner_decay)
+  per_head = jax.vmap(one_head, in_axes=(1, 0, 0, 0, 1, 1), out_axes=1)
+  per_sequence = jax.vmap(per_head, in_axes=(None, None, None, None, 0, 0))
   o = per_sequence(other, memory, layer.eta_bias[...], layer.alpha_bias[...],
-                   _unit(xm.reshape((batch, seq) + heads)), _unit(q),
-                   layer.chunk_size_other, layer.chunk_size_memory, layer.max_grad_norm)
+                   _unit(xm.reshape((batch, seq) + heads)), _unit(q))
   return layer.out(o.astype(layer.dtype))

@@ -13,9 +13,9 @@ from hope.self_modifying_reference import reference_self_modifying
 DIM, HEADS, BATCH, SEQ = 16, 2, 2, 32
 
 
-def _layer(chunk_size_memory=8, chunk_size_other=3):
+def _layer(chunk_size_memory=8, chunk_size_other=3, **kwargs):
   return SelfModifyingMemory(DIM, num_heads=HEADS, chunk_size_memory=chunk_size_memory,
-                             chunk_size_other=chunk_size_other, rngs=nnx.Rngs(0))
+                             chunk_size_other=chunk_size_other, rngs=nnx.Rngs(0), **kwargs)
 
 
 def _jitted(layer):
@@ -64,6 +64,35 @@ def test_chunked_path_matches_per_token_reference_values_and_gradients(layer, ma
     assert float(jnp.max(jnp.abs(g))) > 0, f"no outer gradient reaches {path}"
   if max_grad_norm is not None:  # the clip is engaged: the unclipped outputs differ
     assert not np.allclose(value_and_grad(params, True, None)[0][1], y, rtol=1e-3)
+
+
+@pytest.mark.parametrize("inner_rule, inner_decay", [("gd", True), ("dgd", False),
+                                                      ("gd", False)])
+def test_inner_rule_and_decay_options_match_the_per_token_reference(inner_rule, inner_decay):
+  """Gradient descent instead of DGD and/or alpha_t = 1: chunked against per-token, values
+  and gradients (with the clip engaged); each option changes the outputs."""
+  layer = _layer(inner_rule=inner_rule, inner_decay=inner_decay, max_grad_norm=0.2)
+  graphdef, params = nnx.split(layer)
+  x = _x()
+  weights = jax.random.normal(jax.random.key(2), (BATCH, SEQ, DIM))
+
+  def loss(params, chunked):
+    layer = nnx.merge(graphdef, params)
+    y = layer(x)[0] if chunked else reference_self_modifying(layer, x)
+    return jnp.sum(y * weights), y
+
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, y), grads = value_and_grad(params, True)
+  (_, y_ref), grads_ref = value_and_grad(params, False)
+  chex.assert_trees_all_close(y, y_ref, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(grads, grads_ref, rtol=1e-4, atol=1e-6)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    if "alpha_bias" in jax.tree_util.keystr(path) and not inner_decay:
+      assert float(jnp.max(jnp.abs(g))) == 0, "alpha_t = 1 leaves b_alpha without effect"
+    else:
+      assert float(jnp.max(jnp.abs(g))) > 0, f"no outer gradient reaches {path}"
+  default = _layer(max_grad_norm=0.2)
+  assert not np.allclose(jax.jit(lambda x: default(x)[0])(x), y, rtol=1e-3)
 
 
 def test_inner_gradient_clip_keeps_grown_memories_finite():
@@ -132,6 +161,9 @@ def test_flops_per_token_grow_with_the_chunk():
   small, large = _layer(2, 2), _layer(16, 16)
   assert 0 < small.flops_per_token(SEQ) < large.flops_per_token(SEQ)
   assert large.flops_per_token(8) == _layer(8, 8).flops_per_token(8)
+  gd = _layer(16, 16, inner_rule="gd")          # no triangular system: independent of the chunk
+  assert gd.flops_per_token(SEQ) == _layer(2, 2, inner_rule="gd").flops_per_token(SEQ)
+  assert gd.flops_per_token(SEQ) < small.flops_per_token(SEQ)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -142,6 +174,9 @@ def test_flops_per_token_grow_with_the_chunk():
     (dict(num_heads=2, conv_width=0), "conv_width"),
     (dict(num_heads=2, max_grad_norm=0.0), "max_grad_norm"),
     (dict(num_heads=2, max_grad_norm=float("nan")), "max_grad_norm"),
+    (dict(num_heads=2, inner_rule="sgd"), "inner_rule must be 'dgd'.* or 'gd'"),
+    (dict(num_heads=2, inner_decay="no"), "inner_decay must be True or False"),
+    (dict(num_heads=2, inner_decay=1), "inner_decay"),
 ])
 def test_bad_arguments_are_refused_by_name(kwargs, match):
   with pytest.raises(ValueError, match=match):
