@@ -61,7 +61,8 @@ def run_schedule(config, phases: list[Phase]) -> optax.Schedule:
 
 class Trainer:
   """The compiled pieces of one training setup (optimizer, state shardings, train step,
-  initial state), reusable by several runs of the same config and schedule."""
+  initial state), reusable by several runs of the same config and schedule, whatever their
+  seeds (the seed is an argument of the initial state, not a constant of the compile)."""
 
   def __init__(self, run: training.Run, schedule: optax.Schedule | None = None):
     self.run = run
@@ -69,12 +70,13 @@ class Trainer:
     self.tx = training.optimizer(run.config, run, self.schedule)
     self.shardings = training.state_shardings(run, self.tx)
     self.step = training.make_train_step(run, self.tx, self.shardings, self.schedule)
-    self._init = jax.jit(lambda: training.init_state(run, self.tx),
+    self._init = jax.jit(lambda seed: training.init_state(run, self.tx, seed),
                          out_shardings=self.shardings)
 
-  def initial_state(self) -> dict:
-    """A fresh train state in its shardings (call under jax.set_mesh)."""
-    return self._init()
+  def initial_state(self, seed: int | None = None) -> dict:
+    """A fresh train state in its shardings (call under jax.set_mesh), initialised from
+    `seed` (default: the run's config.seed)."""
+    return self._init(jnp.int32(self.run.config.seed if seed is None else seed))
 
 
 class NonFiniteGuard:
@@ -180,7 +182,7 @@ def train(run: training.Run, phases: list[Phase], workdir, *, trainer: Trainer |
     state, iterator = restore_latest(ckpt, trainer, resume_step,
                                      lambda step: iter(phases[phase_at(step)].data))
     if state is None:
-      state = trainer.initial_state()
+      state = trainer.initial_state(config.seed)
     start = int(state["step"])
     if evaluate is not None:  # the phases finished before this run: their saved results
       results = {p.name: json.loads((workdir / f"{p.name}.json").read_text())

@@ -2,6 +2,8 @@
 the builder's keyword arguments."""
 import inspect
 
+import jax
+
 from flax import nnx
 
 from runtime.errors import UsageError
@@ -18,8 +20,9 @@ BUILDERS = {
 }
 
 
-def build(model_config: dict, seed: int = 0, axis_rules: dict | None = None):
-  """Builds the model named by model_config['name'] (call under nnx.eval_shape for shapes).
+def build(model_config: dict, seed=0, axis_rules: dict | None = None):
+  """Builds the model named by model_config['name'] (call under nnx.eval_shape for shapes);
+  `seed` is an int or a (traced) int32 scalar.
 
   Builders that take `sharding_rules` (layers that shard their own reads) get `axis_rules`.
   """
@@ -35,6 +38,6 @@ def build(model_config: dict, seed: int = 0, axis_rules: dict | None = None):
   if "sharding_rules" in inspect.signature(builder).parameters:
     kwargs["sharding_rules"] = axis_rules
   try:
-    return builder(**kwargs, rngs=nnx.Rngs(seed))
+    return builder(**kwargs, rngs=nnx.Rngs(jax.random.key(seed)))
   except (ValueError, TypeError) as e:
     raise UsageError(f"config.model ({name}): {e}") from e

@@ -104,11 +104,13 @@ def abstract_state(run: Run, tx, shardings: dict) -> dict:
                       shapes, shardings)
 
 
-def init_state(run: Run, tx) -> dict:
-  model = models.build(run.config.model.to_dict(), run.config.seed, run.rules)
+def init_state(run: Run, tx, seed=None) -> dict:
+  """The initial train state of `seed` (an int or a traced int32; default config.seed)."""
+  seed = run.config.seed if seed is None else seed
+  model = models.build(run.config.model.to_dict(), seed, run.rules)
   params = nnx.to_pure_dict(nnx.state(model))
   return dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
-              rng=jax.random.PRNGKey(run.config.seed))
+              rng=jax.random.PRNGKey(seed))
 
 
 def loss_fn(run: Run, params, tokens, rng=None):

@@ -1,59 +1,72 @@
 """The tables and PNG plots of `experiments.compare` (matplotlib's object API, no pyplot).
 
-* `markdown`: arms x (parameters, LM perplexity, continual A/B perplexities and forgetting,
-  interleaved bound, recall accuracy per context, test-time loss first/last piece);
-* `plot_all`: lm_perplexity.png, continual.png, recall.png, ttl.png (those with data).
+Every headline number is `mean ± std` over the seeds (population standard deviation).
+* `markdown`: parameters; recall accuracy by length; the repeated passage's readings; the
+  ablation's validation loss; seconds and training speed per arm and study;
+* `plot_all`: recall.png, repeat_gain.png, repeat_by_position.png, ablation.png (those
+  with data).
 """
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def _f(x, digits=2):
-  return "n/a" if x is None else f"{x:.{digits}f}"
+def _pm(s: dict, digits: int = 3, scale: float = 1.0) -> str:
+  return f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
 
 
 def markdown(results: dict) -> str:
   """Markdown tables of a results.json dict."""
-  arms = results["arms"]
-  lines = [f"Measured {results['date']} on {results['machine']}; the arms' studies took "
-           f"{results['seconds'] / 60:.1f} min in all (this run's wall time "
-           f"{results['wall_seconds'] / 60:.1f} min; finished studies are not rerun). "
-           f"Command: `{results['command']}`", "",
-           "| arm | parameters | LM val ppl | LM bits/byte | A after A | A after B | "
-           "forgetting (A ppl +) | B after B | interleaved A | interleaved B |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-  for name, r in arms.items():
-    lm, cl = r.get("lm", {}), r.get("continual", {})
-    lines.append(
-        f"| {name} | {r['params'] / 1e6:.3f}M | {_f(lm.get('perplexity'))} | "
-        f"{_f(lm.get('bits_per_byte'), 3)} | {_f(cl.get('a_after_a'))} | "
-        f"{_f(cl.get('a_after_b'))} | {_f(cl.get('forgetting_ppl'))} | {_f(cl.get('b_after_b'))} | "
-        f"{_f(cl.get('interleaved_a'))} | {_f(cl.get('interleaved_b'))} |")
-  contexts = sorted({c for r in arms.values() for c in r.get("recall", {}).get("accuracy", {})},
-                    key=int)
-  if contexts:
-    lines += ["", "Multi-query associative recall accuracy (%) by context:", "",
-              "| arm | " + " | ".join(contexts) + " |", "|---|" + "---:|" * len(contexts)]
-    for name, r in arms.items():
-      acc = r.get("recall", {}).get("accuracy", {})
-      lines.append(f"| {name} | " + " | ".join(
-          _f(100 * acc[c], 1) if c in acc else "n/a" for c in contexts) + " |")
-  if any("ttl" in r for r in arms.values()):
-    lines += ["", "Test-time learning: loss (nats/byte) by piece of a long document, state "
-              "carried:", "", "| arm | first piece | last piece | mean | first - last |",
-              "|---|---:|---:|---:|---:|"]
-    for name, r in arms.items():
-      t = r.get("ttl")
-      if t:
-        lines.append(f"| {name} | {_f(t['first_piece'], 3)} | {_f(t['last_piece'], 3)} | "
-                     f"{_f(t['mean'], 3)} | {_f(t['first_piece'] - t['last_piece'], 3)} |")
-  skipped = {n: r["nonfinite_steps"] for n, r in arms.items() if r.get("nonfinite_steps")}
-  if skipped:
-    lines += ["", "Training steps with a non-finite loss (skipped by the step's guard): "
-              + ", ".join(f"{n} {k}" for n, k in skipped.items())]
-  lines += ["", "| arm | seconds |", "|---|---:|"]
-  lines += [f"| {name} | {r['seconds']:.0f} |" for name, r in arms.items()]
+  studies = results["studies"]
+  lines = [f"Measured {results['date']} on {results['machine']}, {results['seeds']} seeds "
+           f"(mean ± standard deviation); wall time {results['wall_seconds'] / 60:.1f} min "
+           f"(runs finished before this invocation are not rerun). "
+           f"Command: `{results['command']}`", "", "| arm or variant | parameters |",
+           "|---|---:|"]
+  lines += [f"| {n} | {p / 1e6:.3f}M |" for n, p in results["params"].items()]
+  if "recall" in studies:
+    r = studies["recall"]
+    for setting in r["settings"]:
+      length = int(setting.split("x")[0])
+      cols = [str(m) for m in r["multipliers"]]
+      lines += ["", f"Recall accuracy (%), trained at length {length} with "
+                    f"{setting.split('x')[1]} pairs; columns are multiples of that length:", "",
+                "| arm | lr (best of sweep) | sweep (seed 0) | " + " | ".join(
+                    f"{m}x" for m in cols) + " |",
+                "|---|---:|---|" + "---:|" * len(cols)]
+      for arm, settings in r["arms"].items():
+        s = settings[setting]
+        sweep = ", ".join(f"{lr}: {100 * a:.0f}" for lr, a in s["sweep"].items())
+        lines.append(f"| {arm} | {s['learning_rate']:g} | {sweep} | " + " | ".join(
+            _pm(s["accuracy"][m], 1, 100) for m in cols) + " |")
+  if "repeat" in studies:
+    r = studies["repeat"]
+    distances = [str(d) for d in r["distances"]]
+    lines += ["", f"Repeated passage ({r['passage']} bytes, trained at distance "
+                  f"{r['distance']}): loss (nats/byte) on the first and second reading and "
+                  f"the gain (first - second), by distance:", "",
+              "| arm | " + " | ".join(f"first @{d} | second @{d} | gain @{d}"
+                                      for d in distances) + " |",
+              "|---|" + "---:|" * (3 * len(distances))]
+    for arm, s in r["arms"].items():
+      lines.append(f"| {arm} | " + " | ".join(
+          f"{_pm(s['readings'][d]['first'])} | {_pm(s['readings'][d]['second'])} | "
+          f"{_pm(s['readings'][d]['gain'])}" for d in distances) + " |")
+  if "ablation" in studies:
+    r = studies["ablation"]
+    lines += ["", f"Ablation: validation loss after {r['steps']} steps (nats/byte):", "",
+              "| variant | parameters | loss | bits/byte |", "|---|---:|---:|---:|"]
+    lines += [f"| {n} | {s['params'] / 1e6:.3f}M | {_pm(s['loss'])} | "
+              f"{_pm(s['bits_per_byte'])} |" for n, s in r["variants"].items()]
+  lines += ["", "Training time (seconds, all runs of the study) and speed (tokens per second "
+                "after the first step):", "", "| arm or variant | study | seconds | tokens/s | "
+                "non-finite steps |", "|---|---|---:|---:|---:|"]
+  for study, r in studies.items():
+    for name, s in (r.get("arms") or r.get("variants")).items():
+      for part in (s.values() if study == "recall" else [s]):
+        lines.append(f"| {name} | {study}{' ' + str(part['length']) if study == 'recall' else ''}"
+                     f" | {part['seconds']:.0f} | {part['tokens_per_second']['mean']:,.0f} | "
+                     f"{part['nonfinite_steps']} |")
   return "\n".join(lines) + "\n"
 
 
@@ -64,62 +77,71 @@ def _save(fig, path):
 
 def plot_all(results: dict, workdir) -> list[str]:
   """Writes the plots that have data; returns their file names."""
-  arms = results["arms"]
-  names = list(arms)
+  studies = results["studies"]
   written = []
-  if any("lm" in r for r in arms.values()):
-    fig = Figure(figsize=(1.2 + 0.8 * len(names), 3.2))
-    ax = fig.add_subplot()
-    ppl = [arms[n].get("lm", {}).get("perplexity", np.nan) for n in names]
-    ax.bar(range(len(names)), ppl, color="tab:blue")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylabel("validation perplexity (bytes)")
-    ax.set_title("language modelling", fontsize=9)
-    _save(fig, f"{workdir}/lm_perplexity.png")
-    written.append("lm_perplexity.png")
-  if any("continual" in r for r in arms.values()):
-    keys = [("a_after_a", "A after A"), ("a_after_b", "A after B"), ("b_after_b", "B after B"),
-            ("interleaved_a", "A interleaved"), ("interleaved_b", "B interleaved")]
-    fig = Figure(figsize=(1.5 + 1.2 * len(names), 3.4))
-    ax = fig.add_subplot()
-    width = 0.8 / len(keys)
-    for j, (k, label) in enumerate(keys):
-      ax.bar(np.arange(len(names)) + (j - 2) * width,
-             [arms[n].get("continual", {}).get(k, np.nan) for n in names], width, label=label)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("continual LM: domain A then B, against A and B interleaved", fontsize=9)
-    ax.legend(fontsize=7)
-    _save(fig, f"{workdir}/continual.png")
-    written.append("continual.png")
-  if any("recall" in r for r in arms.values()):
-    fig = Figure(figsize=(5, 3.4))
-    ax = fig.add_subplot()
-    for n in names:
-      acc = arms[n].get("recall", {}).get("accuracy")
-      if acc:
-        xs = sorted(acc, key=int)
-        ax.plot([int(x) for x in xs], [acc[x] for x in xs], marker="o", label=n)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("context (tokens)")
-    ax.set_ylabel("recall accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title("multi-query associative recall", fontsize=9)
+  if "recall" in studies:
+    r = studies["recall"]
+    fig = Figure(figsize=(4.5 * len(r["settings"]), 3.4))
+    for i, setting in enumerate(r["settings"]):
+      ax = fig.add_subplot(1, len(r["settings"]), i + 1)
+      length = int(setting.split("x")[0])
+      for arm, settings in r["arms"].items():
+        acc = settings[setting]["accuracy"]
+        ms = [int(m) for m in acc]
+        ax.errorbar([m * length for m in ms], [acc[str(m)]["mean"] for m in ms],
+                    yerr=[acc[str(m)]["std"] for m in ms], marker="o", capsize=3, label=arm)
+      ax.set_xscale("log", base=2)
+      ax.set_xlabel("context (tokens)")
+      ax.set_ylabel("recall accuracy")
+      ax.set_ylim(0, 1.02)
+      ax.set_title(f"MQAR trained at {length} tokens, {setting.split('x')[1]} pairs", fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, f"{workdir}/recall.png")
     written.append("recall.png")
-  if any("ttl" in r for r in arms.values()):
-    fig = Figure(figsize=(5, 3.4))
+  if "repeat" in studies:
+    r = studies["repeat"]
+    names, distances = list(r["arms"]), [str(d) for d in r["distances"]]
+    fig = Figure(figsize=(1.5 + 1.1 * len(names), 3.4))
+    ax = fig.add_subplot()
+    width = 0.8 / len(distances)
+    for j, d in enumerate(distances):
+      gains = [r["arms"][n]["readings"][d]["gain"] for n in names]
+      ax.bar(np.arange(len(names)) + (j - (len(distances) - 1) / 2) * width,
+             [g["mean"] for g in gains], width, yerr=[g["std"] for g in gains], capsize=2,
+             label=f"distance {d}")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("first - second reading loss (nats/byte)")
+    ax.set_title("repeated passage: what the second reading gains", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, f"{workdir}/repeat_gain.png")
+    fig = Figure(figsize=(6, 3.4))
     ax = fig.add_subplot()
     for n in names:
-      t = arms[n].get("ttl")
-      if t:
-        ends = (np.arange(len(t["loss_by_piece"])) + 1) * t["piece"]
-        ax.plot(ends, t["loss_by_piece"], marker=".", label=n)
-    ax.set_xlabel("position in document (end of piece)")
-    ax.set_ylabel("loss (nats/byte)")
-    ax.set_title("test-time learning: loss by position, state carried", fontsize=9)
+      curve = np.asarray(r["arms"][n]["by_position"])
+      smooth = np.convolve(curve, np.ones(8) / 8, mode="valid")
+      ax.plot(np.arange(len(smooth)) + 4, smooth, label=n, linewidth=1)
+    for x in (r["passage"], r["passage"] + r["distance"]):
+      ax.axvline(x, color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xlabel("position (passage | filler | passage again)")
+    ax.set_ylabel("loss (nats/byte, 8-token mean)")
+    ax.set_title(f"loss by position at the training distance {r['distance']}", fontsize=9)
     ax.legend(fontsize=7)
-    _save(fig, f"{workdir}/ttl.png")
-    written.append("ttl.png")
+    _save(fig, f"{workdir}/repeat_by_position.png")
+    written += ["repeat_gain.png", "repeat_by_position.png"]
+  if "ablation" in studies:
+    r = studies["ablation"]["variants"]
+    names = list(r)
+    fig = Figure(figsize=(1.5 + 0.9 * len(names), 3.4))
+    ax = fig.add_subplot()
+    ax.bar(range(len(names)), [r[n]["loss"]["mean"] for n in names],
+           yerr=[r[n]["loss"]["std"] for n in names], capsize=3, color="tab:blue")
+    low = min(r[n]["loss"]["mean"] - 2 * r[n]["loss"]["std"] for n in names)
+    high = max(r[n]["loss"]["mean"] + 2 * r[n]["loss"]["std"] for n in names)
+    ax.set_ylim(low - 0.2 * (high - low + 1e-3), high + 0.2 * (high - low + 1e-3))
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("validation loss (nats/byte)")
+    ax.set_title("HOPE ablated (mean ± std over seeds)", fontsize=9)
+    _save(fig, f"{workdir}/ablation.png")
+    written.append("ablation.png")
   return written

@@ -1,79 +1,75 @@
-"""Config for experiments/compare.py: HOPE against Titans and the Transformer.
+"""Config for `python -m experiments.compare`: the architecture studies.
 
   python -m experiments.compare --config=experiments/configs/compare.py --workdir=DIR
   python -m experiments.compare --config=experiments/configs/compare.py:340m --workdir=DIR
 
-The default (`cpu`) uses the tiny shapes (width 128, 4 layers) and token budgets that fit
-one CPU in under an hour; `340m`, `760m` and `1.3b` use the papers' shapes (24 layers,
-widths 1024 / 1536 / 2048) and budgets for accelerators.
+Three studies (`studies`), each run for `seeds` seeds (0, 1, ...):
+  recall    multi-query associative recall (Zoology's setting), trained at each
+            (length, pairs) of `recall.lengths` / `recall.pairs`, with a learning-rate sweep
+            on seed 0; scored at every multiple of the training length in `recall.multipliers`;
+  repeat    the repeated-passage probe: passage, filler of `repeat.distance` bytes, the
+            passage again; the second reading's loss against the first's, at the training
+            distance and at `repeat.eval_distances`;
+  ablation  HOPE's parts (the Nested Learning paper's Table 6) on language modelling:
+            the variants in `ablation.variants`, each an arm or a HOPE variant of `ablations`.
 
-Every arm is a pretraining config (`config`: a file in experiments/configs) with `model`
-overrides; the overrides set mlp_dim so that all arms hold the same number of parameters
-within `param_tolerance` (checked and printed before anything is compiled). Every arm trains
-with the same settings (`train`), steps and data order, so token budgets match too.
+The default (`cpu`) is sized for the 2-core CPU (Zoology's width 64, two layers); `340m`,
+`760m` and `1.3b` use the papers' shapes and budgets, for accelerators.
+
+Every arm is a pretraining config file (`arm_models.<arm>.config`) with `model` overrides on
+top of the shared `model` shape; mlp_dim is set per arm so that all arms hold the same number
+of parameters within `param_tolerance` (checked, and printed, before anything compiles).
 """
 import ml_collections
 
-# Per size: the shapes' name in experiments/configs/common.py and each arm's overrides.
-# mlp_dim is solved so every arm is within ~3% of HOPE's parameter count (HOPE first
-# after the Transformer, so a run cut short still holds the main comparison).
-_ARMS = {
-    "cpu": dict(
-        transformer=dict(mlp_dim=512),
-        hope=dict(mlp_dim=400),
-        titans_lmm=dict(mlp_dim=416),
-        hope_attention=dict(mlp_dim=432),
-        transformer_swa=dict(mlp_dim=512, window=32),
-        titans_mag=dict(mlp_dim=192),
-        titans_mac=dict(mlp_dim=192)),
+ARM_CONFIGS = dict(transformer="transformer", transformer_swa="transformer",
+                   titans_lmm="titans_lmm", titans_mac="titans_mac", titans_mag="titans_mag",
+                   hope="hope", hope_attention="hope_attention")
+# mlp_dim per arm and size, solved so that every arm is within ~3% of the Transformer's
+# parameter count; transformer_swa and titans_mag also get the sliding window.
+_MLP_DIM = {
+    "cpu": dict(transformer=256, transformer_swa=256, titans_lmm=204, titans_mac=96,
+                titans_mag=96, hope=200, hope_attention=212),
+    "340m": dict(transformer=3328, transformer_swa=3328, titans_lmm=2944, titans_mac=1280,
+                 titans_mag=1280, hope=2816, hope_attention=2304),
+    "760m": dict(transformer=4864, transformer_swa=4864, titans_lmm=4224, titans_mac=1664,
+                 titans_mag=1664, hope=4096, hope_attention=3328),
+    "1.3b": dict(transformer=6528, transformer_swa=6528, titans_lmm=5760, titans_mac=2304,
+                 titans_mag=2304, hope=5632, hope_attention=4480),
 }
-_BASE = dict(transformer="transformer", transformer_swa="transformer", titans_lmm="titans_lmm",
-             titans_mac="titans_mac", titans_mag="titans_mag", hope="hope",
-             hope_attention="hope_attention")
-_PAPER = {  # mlp_dim per arm at the papers' shapes; sliding window 512 as in titans_base
-    "340m": dict(transformer=3328, titans_lmm=2944, titans_mac=1280, hope=2816,
-                 hope_attention=2304),
-    "760m": dict(transformer=4864, titans_lmm=4224, titans_mac=1664, hope=4096,
-                 hope_attention=3328),
-    "1.3b": dict(transformer=6528, titans_lmm=5760, titans_mac=2304, hope=5632,
-                 hope_attention=4480),
-}
-for _size, _mlp in _PAPER.items():
-  _ARMS[_size] = dict(
-      transformer=dict(mlp_dim=_mlp["transformer"]),
-      hope=dict(mlp_dim=_mlp["hope"]),
-      titans_lmm=dict(mlp_dim=_mlp["titans_lmm"]),
-      hope_attention=dict(mlp_dim=_mlp["hope_attention"]),
-      transformer_swa=dict(mlp_dim=_mlp["transformer"], window=512),
-      titans_mag=dict(mlp_dim=_mlp["titans_mac"]),
-      titans_mac=dict(mlp_dim=_mlp["titans_mac"]))
-
-# A non-finite step keeps the previous state and training goes on; the results count them.
+# The HOPE variants of the ablation study: model overrides on the `hope` arm.
+ABLATIONS = dict(
+    hope_gd=dict(inner_rule="gd"),            # plain gradient descent, not DGD
+    hope_no_decay=dict(inner_decay=False),    # no weight decay (alpha_t = 1)
+    hope_cms_frozen=dict(cms_inner_lr=0.0),   # CMS levels trained by the outer loop only
+    hope_cms_teach=dict(cms_signal="teach"),  # CMS driven by the next-token gradient
+)
 _SKIP_NONFINITE = dict(on_nonfinite="skip", max_consecutive_skips=1_000_000)
+
 _CPU = dict(
-    shape="tiny",
-    train=dict(batch_size=8, seq_len=128, learning_rate=3e-3, warmup_steps=10,
-               checkpoint_every=100, log_every=20, **_SKIP_NONFINITE),
-    mesh=dict(data=1, fsdp=1, tensor=1),
-    lm=dict(steps=160, eval_batches=32),  # = steps_a + steps_b: one compiled step
-    continual=dict(steps_a=80, steps_b=80, eval_batches=16),
-    recall=dict(train_context=256, steps=120, num_pairs=8, contexts=(256, 512, 1024, 2048, 4096),
-                eval_sequences=16, eval_batch_size=4),
-    ttl=dict(context=2048, batches=4),
+    shape="tiny", window=32,
+    model=dict(dim=64, num_layers=2, num_heads=4),
+    train=dict(batch_size=32, seq_len=128, learning_rate=3e-3, warmup_steps=50,
+               checkpoint_every=500, log_every=100, **_SKIP_NONFINITE),
+    recall=dict(lengths=(64, 128), pairs=(4, 8), steps=1500,
+                learning_rates=(1e-3, 3e-3, 1e-2), multipliers=(1, 2, 4, 8, 16),
+                eval_sequences=128, eval_batch_size=32),
+    repeat=dict(passage=64, distance=128, steps=400, eval_distances=(128, 512, 2048),
+                eval_sequences=64, eval_batch_size=16),
+    ablation=dict(steps=400, eval_batches=16),
 )
 _ACCELERATOR = dict(
+    window=512, model={},
     train=dict(batch_size=256, seq_len=2048, learning_rate=4e-4, warmup_steps=2000,
                checkpoint_every=1000, log_every=100, **_SKIP_NONFINITE),
-    mesh=dict(data=-1, fsdp=1, tensor=1),
-    lm=dict(steps=30_000, eval_batches=16),
-    continual=dict(steps_a=5_000, steps_b=5_000, eval_batches=16),
-    recall=dict(train_context=2048, steps=5_000, num_pairs=64,
-                contexts=(1024, 2048, 4096, 8192, 16384), eval_sequences=256, eval_batch_size=32),
-    ttl=dict(context=16384, batches=4),
+    recall=dict(lengths=(64, 128, 256), pairs=(4, 8, 16), steps=20_000,
+                learning_rates=(3e-4, 1e-3, 3e-3), multipliers=(1, 2, 4, 8, 16),
+                eval_sequences=1024, eval_batch_size=256),
+    repeat=dict(passage=512, distance=2048, steps=5_000, eval_distances=(2048, 8192, 32768),
+                eval_sequences=256, eval_batch_size=32),
+    ablation=dict(steps=30_000, eval_batches=16),
 )
-_SETTINGS = {"cpu": _CPU, **{s: dict(_ACCELERATOR, shape=s) for s in _PAPER}}
-_SETTINGS["760m"] = dict(_SETTINGS["760m"], lm=dict(steps=60_000, eval_batches=16))
-_SETTINGS["1.3b"] = dict(_SETTINGS["1.3b"], lm=dict(steps=200_000, eval_batches=16))
+_SETTINGS = {"cpu": _CPU, **{s: dict(_ACCELERATOR, shape=s) for s in ("340m", "760m", "1.3b")}}
 
 
 def get_config(arg: str | None = None):
@@ -83,27 +79,29 @@ def get_config(arg: str | None = None):
   s = _SETTINGS[size]
   c = ml_collections.ConfigDict()
   c.size = size
-  c.arms = ",".join(_ARMS[size])            # comma-separated names from arm_models
-  c.studies = "lm,continual,recall,ttl"     # comma-separated
-  c.seed = 0
+  c.arms = ",".join(ARM_CONFIGS)            # comma-separated names from arm_models
+  c.studies = "recall,repeat,ablation"      # comma-separated
+  c.seeds = 3                               # seeds 0 .. seeds - 1
   c.param_tolerance = 0.10                  # max/min parameter count across arms, minus 1
   c.shape = s["shape"]                      # sizes in experiments/configs/common.py SHAPES
-  # Arm name -> {config: a pretraining config file's name, model: overrides of its model}.
-  c.arm_models = ml_collections.ConfigDict(
-      {name: dict(config=_BASE[name], model=model) for name, model in _ARMS[size].items()})
+  c.model = ml_collections.ConfigDict(s["model"])  # shape overrides shared by every arm
+  c.arm_models = ml_collections.ConfigDict({
+      name: dict(config=base, model=dict(
+          mlp_dim=_MLP_DIM[size][name],
+          **(dict(window=s["window"]) if name in ("transformer_swa", "titans_mag") else {})))
+      for name, base in ARM_CONFIGS.items()})
+  c.ablations = ml_collections.ConfigDict(ABLATIONS)
   c.train = ml_collections.ConfigDict(s["train"])
-  c.mesh = ml_collections.ConfigDict(s["mesh"])
-  # 1. Language modelling: train on the default corpus, validation perplexity.
-  c.lm = ml_collections.ConfigDict(dict(s["lm"], source="stdlib", validation_percent=5))
-  # 2. Continual: domain A then domain B (standard-library packages), against A and B
-  # interleaved batch by batch (the same batches in another order).
-  c.continual = ml_collections.ConfigDict(dict(
-      s["continual"], validation_percent=10,
-      domain_a="email,http,urllib,xml,html,xmlrpc",
-      domain_b="asyncio,multiprocessing,concurrent,threading,subprocess,queue,selectors"))
-  # 3. Multi-query associative recall: trained at train_context, tested at each context.
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1) if size == "cpu"
+                                      else dict(data=-1, fsdp=1, tensor=1))
+  # 1. Multi-query associative recall at each (length, pairs); the best learning rate of
+  # seed 0 (accuracy at the training length) trains the other seeds.
   c.recall = ml_collections.ConfigDict(s["recall"])
-  # 4. Test-time learning: loss by position on validation documents of `context` tokens,
-  # read in pieces of train.seq_len with every memory's state carried across pieces.
-  c.ttl = ml_collections.ConfigDict(s["ttl"])
+  # 2. The repeated-passage probe on the default corpus (validation files for scoring).
+  c.repeat = ml_collections.ConfigDict(dict(s["repeat"], source="stdlib", validation_percent=5))
+  # 3. HOPE ablated, against HOPE-Attention and the Transformer: validation loss on the
+  # default corpus after ablation.steps steps of train.batch_size x train.seq_len tokens.
+  c.ablation = ml_collections.ConfigDict(dict(
+      s["ablation"], variants="hope," + ",".join(ABLATIONS) + ",hope_attention,transformer",
+      source="stdlib", validation_percent=5))
   return c

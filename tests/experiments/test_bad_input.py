@@ -11,6 +11,7 @@ from tests.helpers import TINY_FLAGS, run_cli
 
 PRETRAIN = "experiments.pretrain"
 TRANSFORMER = "--config=experiments/configs/transformer.py:tiny"
+COMPARE = "experiments.compare"
 SPREAD_OVER_WORKERS = True  # each case is its own process: no shared cost
 
 # id: (module, arguments, what the one error line must say). {inputs} is a folder of bad
@@ -83,6 +84,17 @@ CASES = {
     "continual missing data folder": (
         "experiments.continual", ["--config.benchmark=split_idx",
                                   "--config.data_dir={inputs}/nowhere"], "does not exist"),
+    # compare: arms, studies, variants, seeds and the probe's distance
+    "compare unknown arm": (COMPARE, ["--config.arms=transformer,gpt5"],
+                            "config.arms: unknown name(s) ['gpt5']"),
+    "compare unknown study": (COMPARE, ["--config.studies=recall,vibes"],
+                              "config.studies: unknown name(s) ['vibes']"),
+    "compare unknown ablation": (COMPARE, ["--config.ablation.variants=hope,hope_no_magic"],
+                                 "config.ablation.variants: unknown name(s) ['hope_no_magic']"),
+    "compare zero seeds": (COMPARE, ["--config.seeds=0"], "config.seeds must be a positive"),
+    "compare distance inside the window": (
+        COMPARE, ["--config.repeat.distance=32"],
+        "config.repeat.distance (32) must be larger than every arm's attention window"),
     # benchmark and the crash check
     "benchmark unknown model": ("experiments.benchmark", ["--models=gpt:tiny"],
                                 "--models: unknown config 'gpt'"),
@@ -120,7 +132,8 @@ def _arguments(module, args):
   """The case's arguments after a valid baseline for its CLI (so only the case is wrong)."""
   baseline = {PRETRAIN: [*TINY_FLAGS, "--workdir={workdir}"],
               "experiments.continual": ["--config=experiments/configs/continual.py",
-                                        "--workdir={workdir}"]}.get(module, [])
+                                        "--workdir={workdir}"],
+              COMPARE: ["--config=experiments/configs/compare.py", "--workdir={workdir}"]}.get(module, [])
   for flag in ("--config=", "--workdir="):
     if any(a.startswith(flag) for a in args):
       baseline = [b for b in baseline if not b.startswith(flag)]

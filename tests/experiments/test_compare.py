@@ -1,15 +1,16 @@
-"""experiments.compare: the recall generator, the domain split, the checks before any
-compile, and one small end-to-end run."""
+"""experiments.compare: the recall and repeated-passage generators, the checks before any
+compile, and one small end-to-end run of every study."""
 import json
+import re
 
 import numpy as np
 import pytest
 
 from experiments.compare import study
-from runtime import text_data
-from runtime import recall
+from runtime import recall, repeat
 from runtime.errors import UsageError
 from experiments.configs import compare
+from tests.helpers import override
 
 
 def test_recall_answers_are_the_values_bound_to_the_queried_keys():
@@ -41,63 +42,98 @@ def test_accuracy_scores_only_the_queried_values():
   assert recall.accuracy(logits, tokens[None], mask) == 0.75
 
 
-def test_stdlib_domains_are_disjoint_and_split_by_file():
-  a = text_data.load_stdlib_domain(("json", "email"), 10)
-  b = text_data.load_stdlib_domain(("asyncio",), 10)
-  docs = lambda tokens: set(bytes(tokens).split(b"\0")) - {b""}
-  assert not docs(a.train) & docs(b.train) and not docs(a.train) & docs(b.validation)
-  assert not docs(a.train) & docs(a.validation)
-  assert len(docs(a.train)) + len(docs(a.validation)) > 20
-  with pytest.raises(UsageError, match="no_such_package"):
-    text_data.load_stdlib_domain(("no_such_package",), 10)
+def test_repeated_passage_is_the_passage_twice_around_filler():
+  tokens = np.arange(10_000, dtype=np.uint8)
+  seq = repeat.sequence(tokens, 1, 7, passage=16, distance=40)
+  assert seq.shape == (2 * 16 + 40 + 1,) and seq.dtype == np.int32
+  np.testing.assert_array_equal(seq[:16], seq[56:72])
+  assert not np.array_equal(seq[16:32], seq[:16])  # the filler is from elsewhere
+  np.testing.assert_array_equal(seq, repeat.sequence(tokens, 1, 7, passage=16, distance=40))
+  batch = next(iter(repeat.dataset(tokens, seed=1, passage=16, distance=40, batch_size=3)))
+  assert batch.shape == (3, 73)
+  with pytest.raises(UsageError, match="config.repeat: the corpus holds"):
+    repeat.check(tokens[:100], 16, 40, "config.repeat")
+  with pytest.raises(UsageError, match="config.repeat.passage"):
+    repeat.check(tokens, 1, 40, "config.repeat")
+
+
+def test_reading_losses_compare_the_two_readings_of_the_passage():
+  passage, distance = 4, 6
+  loss = np.full((2, 2 * passage + distance), 9.0)
+  loss[:, 0:passage - 1] = 3.0               # predicting P[1:] the first time
+  loss[:, passage + distance:passage + distance + passage - 1] = 1.0  # ... the second time
+  assert repeat.reading_losses(loss, passage, distance) == dict(first=3.0, second=1.0, gain=2.0)
 
 
 def _micro(**overrides):
+  """The default config at the smallest sizes: width 16, one layer, a few steps."""
   c = compare.get_config()
   c.arms = "transformer,transformer_swa"
-  c.studies = "lm,continual"
-  c.train.update(batch_size=2, seq_len=32, warmup_steps=1, log_every=2, checkpoint_every=3)
-  c.lm.update(steps=4, eval_batches=1)
-  c.continual.update(steps_a=2, steps_b=2, eval_batches=1)
-  c.ttl.context = 96
-  for key, value in overrides.items():
-    node, *path = key.split(".")
-    target = c[node] if path else c
-    target[path[0] if path else node] = value
+  c.seeds = 2
+  c.model.update(dim=16, num_layers=1, num_heads=2)
+  c.train.update(batch_size=4, seq_len=32, warmup_steps=1, log_every=2, checkpoint_every=3)
+  c.recall.update(lengths=(16,), pairs=(2,), steps=2, learning_rates=(1e-3, 1e-2),
+                  multipliers=(1, 2), eval_sequences=8, eval_batch_size=4)
+  c.repeat.update(passage=8, distance=40, steps=2, eval_distances=(40, 80), eval_sequences=4,
+                  eval_batch_size=4)
+  c.ablation.update(steps=2, eval_batches=1, variants="transformer")
+  override(c, overrides)
   return c
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"arms": "transformer,gpt5"}, "config.arms: unknown name"),
-    ({"studies": "lm,vibes"}, "config.studies: unknown name"),
-    ({"lm.steps": 0}, "config.lm.steps must be a positive integer"),
-    ({"studies": "lm,ttl", "ttl.context": 100}, "config.ttl.context"),
-    ({"continual.domain_b": "json,email"}, "share packages"),
-    ({"continual.domain_a": "json,nonesuch"}, "config.continual.domain_a: unknown name"),
-    ({"arms": "transformer,titans_mac", "studies": "lm"}, "parameter counts differ"),
+    ({"studies": "recall,vibes"}, "config.studies: unknown name"),
+    ({"ablation.variants": "hope,hope_without_magic"}, "config.ablation.variants: unknown name"),
+    ({"seeds": 0}, "config.seeds must be a positive integer"),
+    ({"repeat.distance": 32, "repeat.eval_distances": (32,)},
+     "config.repeat.distance (32) must be larger than every arm's attention window"),
+    ({"repeat.eval_distances": (20, 80)}, "must be at least the training distance"),
+    ({"recall.pairs": (2, 4)}, "one entry per setting"),
+    ({"recall.lengths": (4,)}, "cannot hold 2 pairs"),
+    ({"recall.learning_rates": (1e-3, 0.0)}, "config.recall.learning_rates must be"),
+    ({"arms": "transformer,titans_mac", "arm_models.titans_mac.model.mlp_dim": 512},
+     "parameter counts differ"),
 ])
 def test_bad_input_is_refused_before_any_compile(overrides, message):
-  config = _micro(**overrides)
-  if "titans_mac" in overrides.get("arms", ""):
-    config.arm_models.titans_mac.model.mlp_dim = 512  # not matched: ~+25%
-  with pytest.raises(UsageError, match=message):
-    study.validate(config)
+  with pytest.raises(UsageError, match=re.escape(message)):
+    study.validate(_micro(**overrides))
 
 
-def test_end_to_end_writes_results_and_a_rerun_skips_finished_arms(tmp_path, capsys):
+def test_default_config_validates_with_every_arm_and_variant_matched():
+  models, studies = study.validate(compare.get_config())
+  assert studies == ["recall", "repeat", "ablation"]
+  assert set(models) == set(compare.ARM_CONFIGS) | set(compare.ABLATIONS)
+  counts = [models[a].params for a in compare.ARM_CONFIGS]
+  assert max(counts) / min(counts) - 1 < 0.01
+  hope = models["hope"].run.config.model
+  assert models["hope_gd"].run.config.model.inner_rule == "gd" and hope.inner_rule == "dgd"
+  assert models["hope_cms_teach"].run.config.model.cms_signal == "teach"
+
+
+def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, capsys):
   config = _micro()
   results = study.run(config, str(tmp_path), "test")
   printed = capsys.readouterr().out
-  assert "| transformer | transformer |" in printed and "lm tokens" in printed
+  assert "| transformer | transformer |" in printed and "Recall accuracy" in printed
   saved = json.loads((tmp_path / "results.json").read_text())
-  assert saved["token_budget"]["lm"] == 4 * 2 * 32
-  for arm in ("transformer", "transformer_swa"):
-    r = saved["arms"][arm]
-    assert r["params"] > 0 and r["lm"]["perplexity"] > 1
-    assert set(r["continual"]) >= {"a_after_a", "a_after_b", "b_after_b", "forgetting_ppl",
-                                   "interleaved_a", "interleaved_b"}
-  assert (tmp_path / "results.md").exists() and (tmp_path / "continual.png").exists()
-  first = (tmp_path / "arms" / "transformer" / "lm.json").stat().st_mtime_ns
+  rec = saved["studies"]["recall"]["arms"]["transformer"]["16x2"]
+  assert set(rec["sweep"]) == {"0.001", "0.01"} and len(rec["accuracy"]["2"]["values"]) == 2
+  assert rec["learning_rate"] in (1e-3, 1e-2)
+  # seed 0 at both rates, then seed 1 at the best one only
+  runs = sorted(p.parent.relative_to(tmp_path / "recall" / "transformer" / "16x2").as_posix()
+                for p in (tmp_path / "recall" / "transformer" / "16x2").rglob("recall.json"))
+  assert runs == sorted(["lr0.001/seed0", "lr0.01/seed0", f"lr{rec['learning_rate']:g}/seed1"])
+  reading = saved["studies"]["repeat"]["arms"]["transformer_swa"]["readings"]["80"]
+  assert reading["gain"]["mean"] == pytest.approx(
+      reading["first"]["mean"] - reading["second"]["mean"])
+  assert len(saved["studies"]["repeat"]["arms"]["transformer"]["by_position"]) == 2 * 8 + 40
+  assert saved["studies"]["ablation"]["variants"]["transformer"]["loss"]["std"] >= 0
+  for png in ("recall.png", "repeat_gain.png", "repeat_by_position.png", "ablation.png"):
+    assert (tmp_path / png).stat().st_size > 1000
+  one = tmp_path / "repeat" / "transformer" / "seed1" / "repeat.json"
+  first = one.stat().st_mtime_ns
   again = study.run(config, str(tmp_path), "test")
-  assert (tmp_path / "arms" / "transformer" / "lm.json").stat().st_mtime_ns == first
-  assert again["arms"]["transformer"]["lm"] == results["arms"]["transformer"]["lm"]
+  assert one.stat().st_mtime_ns == first
+  assert again["studies"]["repeat"] == {**results["studies"]["repeat"],
+                                        "wall_seconds": again["studies"]["repeat"]["wall_seconds"]}

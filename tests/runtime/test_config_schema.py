@@ -22,7 +22,7 @@ SPREAD_OVER_WORKERS = True
 
 def _compare_config():
   config = compare.get_config()
-  config.arms, config.studies = "transformer", "lm"
+  config.arms, config.studies = "transformer", "recall"
   return config
 
 

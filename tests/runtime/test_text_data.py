@@ -60,3 +60,14 @@ def test_too_little_data_is_refused():
   with pytest.raises(UsageError, match="fewer than one batch"):
     text_data.lm_dataset(np.zeros(20, np.uint8), seq_len=8, batch_size=4, seed=0, shuffle=False,
                     repeat=False)
+
+
+def test_stdlib_domains_are_disjoint_and_split_by_file():
+  a = text_data.load_stdlib_domain(("json", "email"), 10)
+  b = text_data.load_stdlib_domain(("asyncio",), 10)
+  docs = lambda tokens: set(bytes(tokens).split(b"\0")) - {b""}
+  assert not docs(a.train) & docs(b.train) and not docs(a.train) & docs(b.validation)
+  assert not docs(a.train) & docs(a.validation)
+  assert len(docs(a.train)) + len(docs(a.validation)) > 20
+  with pytest.raises(UsageError, match="no_such_package"):
+    text_data.load_stdlib_domain(("no_such_package",), 10)
