@@ -7,7 +7,9 @@ One sequence holds `context + 1` byte tokens:
 N distinct keys bound to random values, filler, then every key queried once in a random
 order, each followed by its value. Keys, values and filler come from disjoint token ranges,
 so a value can only be predicted by recalling what its key was bound to. Training uses the
-ordinary next-token loss; `accuracy` scores only the queried values.
+ordinary next-token loss; `accuracy` scores only the queried values. `mixture` cycles
+through several (context, pairs) settings batch by batch, as Zoology trains one model on
+all its settings at once.
 """
 import grain
 import numpy as np
@@ -47,9 +49,18 @@ def sequence(seed: int, index: int, context: int, num_pairs: int) -> tuple[np.nd
 def dataset(*, seed: int, context: int, num_pairs: int, batch_size: int,
             first_index: int = 0, count: int | None = None) -> grain.IterDataset:
   """Batches of sequences first_index, first_index + 1, ... (endless when count is None)."""
-  ds = grain.MapDataset.range(first_index, first_index + count if count else 2 ** 62)
+  ds = grain.MapDataset.range(first_index, first_index + count if count else 2 ** 60)
   ds = ds.map(lambda i: sequence(seed, int(i), context, num_pairs)[0])
   return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+
+
+def mixture(*, seed: int, settings, batch_size: int) -> grain.IterDataset:
+  """Endless batches cycling through `settings` ((context, num_pairs) pairs): batch i holds
+  sequences of settings[i % len(settings)], each setting from its own index range."""
+  parts = [dataset(seed=seed, context=context, num_pairs=pairs, batch_size=batch_size,
+                   first_index=j * 2 ** 40)
+           for j, (context, pairs) in enumerate(settings)]
+  return parts[0] if len(parts) == 1 else grain.IterDataset.mix(parts)
 
 
 def accuracy(logits: np.ndarray, tokens: np.ndarray, mask: np.ndarray) -> float:

@@ -41,7 +41,8 @@ def run(config, arms: list[str], workdir: Path) -> dict:
     runs = []
     for seed in range(config.seeds):
       run_ = training.prepare(common.run_config(config, name, seq_len=config.train.seq_len,
-                                                steps=ac.steps, seed=seed))
+                                                steps=ac.steps, seed=seed,
+                                                batch_size=ac.batch_size))
       data = text_data.lm_dataset(corpus.train, seq_len=run_.config.seq_len,
                                   batch_size=run_.config.batch_size, seed=seed, shuffle=True,
                                   repeat=True)

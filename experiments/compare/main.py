@@ -3,14 +3,15 @@ r"""HOPE against Titans and the Transformer at matched parameters and token budg
   python -m experiments.compare --config=experiments/configs/compare.py --workdir=DIR
 
 Arms (config.arms): Transformer, sliding-window Transformer, Titans LMM / MAC / MAG, HOPE,
-HOPE-Attention. Studies (config.studies): lm (validation perplexity), continual (domain A
-then B: forgetting, B's perplexity, the interleaved bound), recall (multi-query associative
-recall by context length), ttl (loss by position with memory carried). The arms' parameter
-counts and token budgets are printed first; results go to DIR/results.json, DIR/results.md
-and DIR/*.png, each arm's finished studies to DIR/arms/<arm>/ (a rerun skips them).
+HOPE-Attention. Studies (config.studies), each over config.seeds seeds: recall (multi-query
+associative recall, a learning-rate sweep, accuracy at 1x to 16x the training length),
+repeat (a passage read again after filler longer than the attention window), ablation
+(HOPE's parts on language modelling). The parameter counts are printed first; results go to
+DIR/results.json, DIR/results.md and DIR/*.png, each run to DIR/<study>/<arm>/... (a rerun
+skips finished runs and resumes the others from their checkpoints).
 
-The work is done by `experiments/study.py`; bad input is one line on stderr and exit
-status 2 before anything is compiled (see experiments/cli.py).
+The work is done by `experiments/compare/study.py`; bad input is one line on stderr and
+exit status 2 before anything is compiled (see experiments/cli.py).
 """
 import sys
 

@@ -51,7 +51,7 @@ def run(config, arms: list[str], workdir: Path) -> dict:
     runs = []
     for seed in range(config.seeds):
       run_ = training.prepare(common.run_config(config, arm, seq_len=length, steps=pc.steps,
-                                                seed=seed))
+                                                seed=seed, batch_size=pc.batch_size))
       data = repeat.dataset(corpus.train, seed=seed, passage=pc.passage, distance=pc.distance,
                             batch_size=run_.config.batch_size)
       runs.append(common.train_run(run_, data, workdir / arm / f"seed{seed}",

@@ -26,19 +26,24 @@ def markdown(results: dict) -> str:
   lines += [f"| {n} | {p / 1e6:.3f}M |" for n, p in results["params"].items()]
   if "recall" in studies:
     r = studies["recall"]
+    cols = [str(m) for m in r["multipliers"]]
     for setting in r["settings"]:
-      length = int(setting.split("x")[0])
-      cols = [str(m) for m in r["multipliers"]]
-      lines += ["", f"Recall accuracy (%), trained at length {length} with "
-                    f"{setting.split('x')[1]} pairs; columns are multiples of that length:", "",
-                "| arm | lr (best of sweep) | sweep (seed 0) | " + " | ".join(
-                    f"{m}x" for m in cols) + " |",
-                "|---|---:|---|" + "---:|" * len(cols)]
-      for arm, settings in r["arms"].items():
-        s = settings[setting]
-        sweep = ", ".join(f"{lr}: {100 * a:.0f}" for lr, a in s["sweep"].items())
-        lines.append(f"| {arm} | {s['learning_rate']:g} | {sweep} | " + " | ".join(
-            _pm(s["accuracy"][m], 1, 100) for m in cols) + " |")
+      length, pairs = setting.split("x")
+      lines += ["", f"Recall accuracy (%) on the setting of length {length} with {pairs} "
+                    f"pairs; columns are multiples of that length:", "",
+                "| arm | lr (best of sweep) | " + " | ".join(f"{m}x" for m in cols) + " |",
+                "|---|---:|" + "---:|" * len(cols)]
+      for arm, s in r["arms"].items():
+        lines.append(f"| {arm} | {s['learning_rate']:g} | " + " | ".join(
+            _pm(s["accuracy"][setting][m], 1, 100) for m in cols) + " |")
+    lines += ["", "The sweep (seed 0): accuracy (%) at the training length per learning rate:",
+              "", "| arm | " + " | ".join(f"lr {lr}" for lr in next(iter(
+                  r["arms"].values()))["sweep"]) + " |",
+              "|---|" + "---|" * len(next(iter(r["arms"].values()))["sweep"])]
+    for arm, s in r["arms"].items():
+      lines.append(f"| {arm} | " + " | ".join(
+          ", ".join(f"{k} {100 * v:.0f}" for k, v in accs.items())
+          for accs in s["sweep"].values()) + " |")
   if "repeat" in studies:
     r = studies["repeat"]
     distances = [str(d) for d in r["distances"]]
@@ -63,10 +68,8 @@ def markdown(results: dict) -> str:
                 "non-finite steps |", "|---|---|---:|---:|---:|"]
   for study, r in studies.items():
     for name, s in (r.get("arms") or r.get("variants")).items():
-      for part in (s.values() if study == "recall" else [s]):
-        lines.append(f"| {name} | {study}{' ' + str(part['length']) if study == 'recall' else ''}"
-                     f" | {part['seconds']:.0f} | {part['tokens_per_second']['mean']:,.0f} | "
-                     f"{part['nonfinite_steps']} |")
+      lines.append(f"| {name} | {study} | {s['seconds']:.0f} | "
+                   f"{s['tokens_per_second']['mean']:,.0f} | {s['nonfinite_steps']} |")
   return "\n".join(lines) + "\n"
 
 
@@ -84,9 +87,9 @@ def plot_all(results: dict, workdir) -> list[str]:
     fig = Figure(figsize=(4.5 * len(r["settings"]), 3.4))
     for i, setting in enumerate(r["settings"]):
       ax = fig.add_subplot(1, len(r["settings"]), i + 1)
-      length = int(setting.split("x")[0])
-      for arm, settings in r["arms"].items():
-        acc = settings[setting]["accuracy"]
+      length, pairs = (int(v) for v in setting.split("x"))
+      for arm, s in r["arms"].items():
+        acc = s["accuracy"][setting]
         ms = [int(m) for m in acc]
         ax.errorbar([m * length for m in ms], [acc[str(m)]["mean"] for m in ms],
                     yerr=[acc[str(m)]["std"] for m in ms], marker="o", capsize=3, label=arm)
@@ -94,7 +97,7 @@ def plot_all(results: dict, workdir) -> list[str]:
       ax.set_xlabel("context (tokens)")
       ax.set_ylabel("recall accuracy")
       ax.set_ylim(0, 1.02)
-      ax.set_title(f"MQAR trained at {length} tokens, {setting.split('x')[1]} pairs", fontsize=9)
+      ax.set_title(f"MQAR, {pairs} pairs, trained at {length} tokens", fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, f"{workdir}/recall.png")
     written.append("recall.png")

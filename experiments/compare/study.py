@@ -35,9 +35,10 @@ from runtime.errors import UsageError
 from runtime.workdir import check_workdir, write_json
 
 STUDIES = ("recall", "repeat", "ablation")
-_POSITIVE_INTS = ("seeds", "recall.steps", "recall.eval_sequences", "recall.eval_batch_size",
-                  "repeat.passage", "repeat.distance", "repeat.steps", "repeat.eval_sequences",
-                  "repeat.eval_batch_size", "ablation.steps", "ablation.eval_batches")
+_POSITIVE_INTS = ("seeds", "recall.steps", "recall.batch_size", "recall.eval_sequences",
+                  "recall.eval_batch_size", "repeat.passage", "repeat.distance", "repeat.steps",
+                  "repeat.batch_size", "repeat.eval_sequences", "repeat.eval_batch_size",
+                  "ablation.steps", "ablation.batch_size", "ablation.eval_batches")
 
 
 def schema(config) -> tuple:
@@ -84,10 +85,11 @@ def model_spec(config, name: str) -> tuple[str, dict]:
 
 
 def run_config(config, name: str, *, seq_len: int, steps: int, seed: int,
+               batch_size: int | None = None,
                learning_rate: float | None = None) -> ml_collections.ConfigDict:
   """The pretraining config of arm or variant `name`: its file at config.shape, the shared
-  shape and its overrides, the shared training settings, then this run's length, steps, seed
-  and learning rate."""
+  shape and its overrides, the shared training settings, then this run's length, steps, seed,
+  batch size and learning rate (None: the shared settings')."""
   base, model = model_spec(config, name)
   try:
     c = configs.lm_config(base, config.shape)
@@ -105,6 +107,8 @@ def run_config(config, name: str, *, seq_len: int, steps: int, seed: int,
            warmup_steps=min(c.warmup_steps, steps))
   if learning_rate is not None:
     c.learning_rate = learning_rate
+  if batch_size is not None:
+    c.batch_size = batch_size
   c.mesh = ml_collections.ConfigDict(config.mesh.to_dict())
   return c
 
@@ -171,7 +175,8 @@ def validate(config) -> tuple[dict, list[str]]:
       models[name] = models.get(name) or _prepare(config, name, seq_len=train.seq_len,
                                                   steps=config.ablation.steps, seed=0)
   batch_shards = {m.run.mesh.shape["data"] * m.run.mesh.shape["fsdp"] for m in models.values()}
-  for field in ("recall.eval_batch_size", "repeat.eval_batch_size"):
+  for field in ("recall.batch_size", "recall.eval_batch_size", "repeat.batch_size",
+                "repeat.eval_batch_size", "ablation.batch_size"):
     size = config_schema.get(config, field)
     if any(size % n for n in batch_shards):
       raise UsageError(f"config.{field} ({size}) must be divisible by the mesh's data x fsdp "
@@ -231,11 +236,13 @@ def jitted(run: training.Run, what: str, fn):
   return _JITTED[key]
 
 
-def train_run(run: training.Run, data, directory: Path, evaluate, study: str) -> dict:
+def train_run(run: training.Run, data, directory: Path, evaluate, study: str,
+              tokens_per_step: float | None = None) -> dict:
   """One training run of run.config.steps steps on `data` in DIRECTORY, scored by
-  `evaluate(params)` into DIRECTORY/<study>.json, with the training speed (tokens per second
-  after the first step, which compiles, from perf.jsonl). A run that has its scores is
-  not repeated."""
+  `evaluate(params)` into DIRECTORY/<study>.json, with the training speed in tokens per second
+  after the first step, which compiles (from perf.jsonl's steps per second times
+  `tokens_per_step`, default batch_size x seq_len). A run that has its scores is not
+  repeated."""
   done = directory / f"{study}.json"
   if done.exists():
     return json.loads(done.read_text())
@@ -244,7 +251,8 @@ def train_run(run: training.Run, data, directory: Path, evaluate, study: str) ->
                           label=f"{'/'.join(directory.parts[-4:])} ")
   perf = (directory / "perf.jsonl").read_text().splitlines() if (
       directory / "perf.jsonl").exists() else []
-  out = dict(results[study], tokens_per_second=json.loads(perf[-1])["tokens_per_sec"]
+  per_step = tokens_per_step or run.config.batch_size * run.config.seq_len
+  out = dict(results[study], tokens_per_second=json.loads(perf[-1])["steps_per_sec"] * per_step
              if perf else None)
   write_json(done, out)
   return out

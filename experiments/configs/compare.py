@@ -49,25 +49,25 @@ _SKIP_NONFINITE = dict(on_nonfinite="skip", max_consecutive_skips=1_000_000)
 _CPU = dict(
     shape="tiny", window=32,
     model=dict(dim=64, num_layers=2, num_heads=4),
-    train=dict(batch_size=32, seq_len=128, learning_rate=3e-3, warmup_steps=50,
+    train=dict(batch_size=16, seq_len=128, learning_rate=3e-3, warmup_steps=50,
                checkpoint_every=500, log_every=100, **_SKIP_NONFINITE),
-    recall=dict(lengths=(64, 128), pairs=(4, 8), steps=1500,
+    recall=dict(lengths=(64, 128), pairs=(4, 8), steps=2000, batch_size=32,
                 learning_rates=(1e-3, 3e-3, 1e-2), multipliers=(1, 2, 4, 8, 16),
                 eval_sequences=128, eval_batch_size=32),
-    repeat=dict(passage=64, distance=128, steps=400, eval_distances=(128, 512, 2048),
+    repeat=dict(passage=32, distance=64, steps=500, batch_size=16, eval_distances=(64, 256, 1024),
                 eval_sequences=64, eval_batch_size=16),
-    ablation=dict(steps=400, eval_batches=16),
+    ablation=dict(steps=500, batch_size=16, eval_batches=16),
 )
 _ACCELERATOR = dict(
     window=512, model={},
     train=dict(batch_size=256, seq_len=2048, learning_rate=4e-4, warmup_steps=2000,
                checkpoint_every=1000, log_every=100, **_SKIP_NONFINITE),
-    recall=dict(lengths=(64, 128, 256), pairs=(4, 8, 16), steps=20_000,
+    recall=dict(lengths=(64, 128, 256), pairs=(4, 8, 16), steps=20_000, batch_size=256,
                 learning_rates=(3e-4, 1e-3, 3e-3), multipliers=(1, 2, 4, 8, 16),
                 eval_sequences=1024, eval_batch_size=256),
-    repeat=dict(passage=512, distance=2048, steps=5_000, eval_distances=(2048, 8192, 32768),
-                eval_sequences=256, eval_batch_size=32),
-    ablation=dict(steps=30_000, eval_batches=16),
+    repeat=dict(passage=512, distance=2048, steps=5_000, batch_size=256,
+                eval_distances=(2048, 8192, 32768), eval_sequences=256, eval_batch_size=32),
+    ablation=dict(steps=30_000, batch_size=256, eval_batches=16),
 )
 _SETTINGS = {"cpu": _CPU, **{s: dict(_ACCELERATOR, shape=s) for s in ("340m", "760m", "1.3b")}}
 

@@ -42,6 +42,14 @@ def test_accuracy_scores_only_the_queried_values():
   assert recall.accuracy(logits, tokens[None], mask) == 0.75
 
 
+def test_recall_mixture_cycles_through_the_settings():
+  batches = iter(recall.mixture(seed=0, settings=[(16, 2), (32, 4)], batch_size=3))
+  shapes = [next(batches).shape for _ in range(4)]
+  assert shapes == [(3, 17), (3, 33), (3, 17), (3, 33)]
+  first = next(iter(recall.mixture(seed=0, settings=[(16, 2)], batch_size=3)))
+  np.testing.assert_array_equal(first[0], recall.sequence(0, 0, 16, 2)[0])
+
+
 def test_repeated_passage_is_the_passage_twice_around_filler():
   tokens = np.arange(10_000, dtype=np.uint8)
   seq = repeat.sequence(tokens, 1, 7, passage=16, distance=40)
@@ -72,7 +80,7 @@ def _micro(**overrides):
   c.seeds = 2
   c.model.update(dim=16, num_layers=1, num_heads=2)
   c.train.update(batch_size=4, seq_len=32, warmup_steps=1, log_every=2, checkpoint_every=3)
-  c.recall.update(lengths=(16,), pairs=(2,), steps=2, learning_rates=(1e-3, 1e-2),
+  c.recall.update(lengths=(16, 32), pairs=(2, 2), steps=2, learning_rates=(1e-3, 1e-2),
                   multipliers=(1, 2), eval_sequences=8, eval_batch_size=4)
   c.repeat.update(passage=8, distance=40, steps=2, eval_distances=(40, 80), eval_sequences=4,
                   eval_batch_size=4)
@@ -89,8 +97,8 @@ def _micro(**overrides):
     ({"repeat.distance": 32, "repeat.eval_distances": (32,)},
      "config.repeat.distance (32) must be larger than every arm's attention window"),
     ({"repeat.eval_distances": (20, 80)}, "must be at least the training distance"),
-    ({"recall.pairs": (2, 4)}, "one entry per setting"),
-    ({"recall.lengths": (4,)}, "cannot hold 2 pairs"),
+    ({"recall.pairs": (2, 4, 4)}, "one entry per setting"),
+    ({"recall.lengths": (4, 32)}, "cannot hold 2 pairs"),
     ({"recall.learning_rates": (1e-3, 0.0)}, "config.recall.learning_rates must be"),
     ({"arms": "transformer,titans_mac", "arm_models.titans_mac.model.mlp_dim": 512},
      "parameter counts differ"),
@@ -117,12 +125,12 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   printed = capsys.readouterr().out
   assert "| transformer | transformer |" in printed and "Recall accuracy" in printed
   saved = json.loads((tmp_path / "results.json").read_text())
-  rec = saved["studies"]["recall"]["arms"]["transformer"]["16x2"]
-  assert set(rec["sweep"]) == {"0.001", "0.01"} and len(rec["accuracy"]["2"]["values"]) == 2
-  assert rec["learning_rate"] in (1e-3, 1e-2)
+  rec = saved["studies"]["recall"]["arms"]["transformer"]
+  assert set(rec["sweep"]) == {"0.001", "0.01"} and set(rec["sweep"]["0.01"]) == {"16x2", "32x2"}
+  assert len(rec["accuracy"]["32x2"]["2"]["values"]) == 2 and set(rec["accuracy"]["16x2"]) == {"1", "2"}
   # seed 0 at both rates, then seed 1 at the best one only
-  runs = sorted(p.parent.relative_to(tmp_path / "recall" / "transformer" / "16x2").as_posix()
-                for p in (tmp_path / "recall" / "transformer" / "16x2").rglob("recall.json"))
+  folder = tmp_path / "recall" / "transformer"
+  runs = sorted(p.parent.relative_to(folder).as_posix() for p in folder.rglob("recall.json"))
   assert runs == sorted(["lr0.001/seed0", "lr0.01/seed0", f"lr{rec['learning_rate']:g}/seed1"])
   reading = saved["studies"]["repeat"]["arms"]["transformer_swa"]["readings"]["80"]
   assert reading["gain"]["mean"] == pytest.approx(

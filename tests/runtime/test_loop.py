@@ -89,3 +89,20 @@ def test_phases_must_add_up_to_the_configured_steps(tmp_path):
   with pytest.raises(ValueError, match="add up to 8, config.steps is 9"):
     config.steps = 9
     loop.train(training.prepare(config), _phases(_config()), tmp_path)
+
+
+def test_one_trainer_serves_every_seed():
+  config = tiny_config()
+  run = training.prepare(config)
+  trainer = loop.Trainer(run)
+  with jax.set_mesh(run.mesh):
+    seeded = training.initial_state(run, trainer.tx, trainer.shardings)
+    default, zero, one = trainer.initial_state(), trainer.initial_state(0), trainer.initial_state(1)
+  chex.assert_trees_all_equal(default, seeded)
+  chex.assert_trees_all_equal(zero, seeded)
+  assert not any(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(one["params"]["embed"]),
+                                                      jax.tree.leaves(zero["params"]["embed"])))
+  other = training.prepare(tiny_config(seed=1))
+  with jax.set_mesh(other.mesh):
+    expected = training.initial_state(other, trainer.tx, trainer.shardings)
+  chex.assert_trees_all_equal(one, expected)
