@@ -72,7 +72,11 @@ on M_memory), then M_memory on its own grid.
 Streaming is exact for pieces of any length: the state keeps each memory's boundary weights
 and running weights, the position in the current chunk of each grid and the convolutions'
 caches; masked tokens are skipped as if absent (`hope.stream_chunks`). Outputs at masked
-positions are zero. The memories run in float32 whatever `dtype` the projections use.
+positions are zero. A layer built with `piece` = g > 1 reads only calls of a multiple of g
+tokens without a mask (a model taught by the next-token loss reads pieces of P tokens,
+`hope.lm`): its clocks then stay at multiples of gcd(g, C), and a call of g tokens takes
+ceil(g / C) chunk steps where g divides C or C divides g, not one more. The memories run in
+float32 whatever `dtype` the projections use.
 `reference_self_modifying` (hope/self_modifying_reference.py) is the same computation token
 by token, with `jax.grad` and the matrix form of eq. 88.
 """
@@ -236,16 +240,19 @@ class SelfModifyingMemory(nnx.Module):
     inner_rule: every memory's inner optimizer: "dgd" (Delta Gradient Descent, eq. 88) or
       "gd" (gradient descent with the same decay, W <- alpha_t W - eta_t dl/dW).
     inner_decay: False fixes alpha_t = 1 (no forgetting) in the inner rule.
+    piece: every call's length must be a multiple of this, with no mask; a promise that
+      saves chunk steps (module docstring). 1: calls of any length.
     dtype: dtype of the q and output projections; the memories run in float32.
   """
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int = 0,
                chunk_size_memory: int = 16, chunk_size_other: int = 16, conv_width: int = 4,
                max_grad_norm: float | None = 1.0, inner_rule: str = "dgd",
-               inner_decay: bool = True, rngs: nnx.Rngs, dtype=jnp.float32):
+               inner_decay: bool = True, piece: int = 1, rngs: nnx.Rngs, dtype=jnp.float32):
     for name, value in (("dim", dim), ("num_heads", num_heads),
                         ("chunk_size_memory", chunk_size_memory),
-                        ("chunk_size_other", chunk_size_other), ("conv_width", conv_width)):
+                        ("chunk_size_other", chunk_size_other), ("conv_width", conv_width),
+                        ("piece", piece)):
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"SelfModifyingMemory {name} must be a positive integer, got {value!r}")
     if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or head_dim < 0:
@@ -263,6 +270,7 @@ class SelfModifyingMemory(nnx.Module):
     check_inner_rule("SelfModifyingMemory ", inner_rule, inner_decay)
     self.max_grad_norm = max_grad_norm
     self.inner_rule, self.inner_decay = inner_rule, bool(inner_decay)
+    self.piece = int(piece)
     self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
     self.chunk_size_memory, self.chunk_size_other = int(chunk_size_memory), int(chunk_size_other)
     self.dtype = dtype
@@ -307,6 +315,10 @@ class SelfModifyingMemory(nnx.Module):
     batch, seq, dim = x.shape
     if dim != self.dim:
       raise ValueError(f"SelfModifyingMemory expects inputs of width {self.dim}, got {dim}")
+    if self.piece > 1 and (seq % self.piece or mask is not None):
+      raise ValueError(f"SelfModifyingMemory built with piece={self.piece} reads multiples of "
+                       f"{self.piece} tokens without a mask, got {seq} tokens"
+                       + (" and a mask" if mask is not None else ""))
     fresh = state is None
     state = self.init_state(batch) if fresh else state
     mask = jnp.ones((batch, seq), bool) if mask is None else mask.astype(bool)
@@ -350,13 +362,13 @@ class SelfModifyingMemory(nnx.Module):
       return (_select(complete, running, boundary), running), memory_apply(boundary, q)
 
     grid = chunk_grid(count, state.other_position, self.chunk_size_other, seq,
-                      at_boundary=at_boundary)
+                      at_boundary=at_boundary, granule=self.piece)
     (other_boundary, other_running), generated = jax.lax.scan(
         jax.checkpoint(other_step), (state.other_boundary, state.other_running),
         (to_chunks(x, grid), grid.valid, grid.complete))
     k, v, eta, log_alpha = (from_chunks(a, grid) for a in generated)
     memory_grid = chunk_grid(count, state.memory_position, self.chunk_size_memory, seq,
-                             at_boundary=at_boundary)
+                             at_boundary=at_boundary, granule=self.piece)
     (memory_boundary, memory_running), o = jax.lax.scan(
         jax.checkpoint(memory_step), (state.memory_boundary, state.memory_running),
         tuple(to_chunks(a, memory_grid) for a in (q, k, v, eta, log_alpha))

@@ -16,10 +16,15 @@ whole stream:
   `chunk` tokens. A call has ceil((seq + chunk - 1) / chunk) steps: at most one step more
   than the tokens need when chunk <= seq, two half-used buffers when chunk > seq. A caller
   that knows the clock is at a boundary (a fresh state, as in training) passes
-  `at_boundary=True` and gets ceil(seq / chunk) steps, none of them wasted.
+  `at_boundary=True` and gets ceil(seq / chunk) steps, none of them wasted. A stream whose
+  every call consumes a multiple of g tokens keeps the clock at a multiple of gcd(g, chunk);
+  its calls pass `granule=g` and get ceil((seq + chunk - gcd(g, chunk)) / chunk) steps (for a
+  call of g tokens, ceil(g / chunk), none wasted, when g divides chunk or chunk divides g).
 
 Everything here is per sequence (no batch axis); callers `vmap` over the batch.
 """
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -74,11 +79,12 @@ class ChunkGrid:
 
 
 def chunk_grid(count: jax.Array, position: jax.Array, chunk: int, length: int, *,
-               at_boundary: bool = False) -> ChunkGrid:
+               at_boundary: bool = False, granule: int = 1) -> ChunkGrid:
   """The grid of a call of `length` compacted positions, `count` of them valid, whose first
-  token is token `position` of its chunk; `at_boundary=True` promises position == 0."""
+  token is token `position` of its chunk; `at_boundary=True` promises position == 0,
+  `granule` that position is a multiple of gcd(granule, chunk)."""
   width = min(chunk, length)
-  steps = -(-(length + (0 if at_boundary else chunk - 1)) // chunk)
+  steps = -(-(length + (0 if at_boundary else chunk - math.gcd(granule, chunk))) // chunk)
   step = jnp.arange(steps)
   chunk_end = (step + 1) * chunk - position           # first compacted position after the chunk
   start = jnp.maximum(0, step * chunk - position)

@@ -9,6 +9,7 @@ from flax import nnx
 
 from hope.self_modifying import SelfModifyingMemory, check_finite
 from hope.self_modifying_reference import reference_self_modifying
+from hope.stream_chunks import chunk_grid
 
 DIM, HEADS, BATCH, SEQ = 16, 2, 2, 32
 
@@ -142,6 +143,29 @@ def test_streaming_in_padded_pieces_of_any_length_equals_one_call(layer, apply):
   assert not np.allclose(s_full.memory_running["w1"], layer.init_state(BATCH).memory_running["w1"])
 
 
+def test_a_layer_read_in_whole_pieces_takes_fewer_chunk_steps_and_agrees(layer, apply):
+  """piece=4: calls of multiples of 4 tokens (the clocks of chunk sizes 8 and 3 at
+  multiples of 4 and 1) give the general layer's outputs and states; a call of 4 tokens
+  takes one step of chunk 8, not two; other lengths and masks are refused."""
+  pieced = _layer(piece=4)
+  x = _x()
+  y_full, s_full = apply(x, layer.init_state(BATCH))
+  stream = jax.jit(lambda x, state: pieced(x, state))
+  state = pieced.init_state(BATCH)
+  for start, stop in ((0, 4), (4, 12), (12, 16), (16, SEQ)):
+    y, state = stream(x[:, start:stop], state)
+    chex.assert_trees_all_close(y, y_full[:, start:stop], atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(state, s_full, atol=1e-5, rtol=1e-5)
+  count, position = jnp.int32(4), jnp.int32(4)
+  assert chunk_grid(count, position, 8, 4, granule=4).valid.shape[0] == 1
+  assert chunk_grid(count, position, 8, 4).valid.shape[0] == 2
+  assert chunk_grid(count, position, 3, 4, granule=4).valid.shape[0] == 2
+  with pytest.raises(ValueError, match="multiples of 4 tokens without a mask, got 6 tokens"):
+    pieced(x[:, :6])
+  with pytest.raises(ValueError, match="and a mask"):
+    pieced(x, mask=jnp.ones((BATCH, SEQ), bool))
+
+
 def test_masked_tokens_are_skipped_and_leave_the_state_unchanged(layer, apply):
   x = _x()
   mask = np.ones((BATCH, SEQ), bool)
@@ -172,6 +196,7 @@ def test_flops_per_token_grow_with_the_chunk():
     (dict(num_heads=2, chunk_size_memory=0), "chunk_size_memory"),
     (dict(num_heads=2, chunk_size_other=-4), "chunk_size_other"),
     (dict(num_heads=2, conv_width=0), "conv_width"),
+    (dict(num_heads=2, piece=0), "piece"),
     (dict(num_heads=2, max_grad_norm=0.0), "max_grad_norm"),
     (dict(num_heads=2, max_grad_norm=float("nan")), "max_grad_norm"),
     (dict(num_heads=2, inner_rule="sgd"), "inner_rule must be 'dgd'.* or 'gd'"),
