@@ -17,25 +17,40 @@ lowest-frequency level; a Transformer's MLP is the K = 1 case). The initial weig
 level are outer parameters, so the outer loop meta-learns them through the in-context
 updates.
 
-Inner objective. Eq. 71 leaves the "error component" open. Here it is the L2 associative
-objective of Titans (eq. 12) with the level's normalised input as the key and a learned
-linear projection of it as the value:
+Inner signal (`signal`). Eq. 71 leaves the "error component" open; there are two.
+
+"associative" (the default): the L2 associative objective of Titans (eq. 12) with the level's
+normalised input as the key and a learned linear projection of it as the value,
 
     l(theta; h_t) = 1/2 || MLP_theta(n_t) - n_t W_tgt ||^2,     n_t = RMSNorm(h_t),
 
-with W_tgt (per level) an outer parameter. It is local (the gradient needs only the level's
-own activations: three matmuls the size of the MLP's and one dim x dim projection, no second
-pass through the network), causal (token t enters the weights only at the boundary after
-it, so outputs depend on earlier tokens only), and needs no labels, so the levels keep
-adapting at inference and on unlabeled streams. The next-token loss's "teach signal" (dL/dh)
-was the other candidate: it needs a forward and a backward pass of the whole model over a
-chunk before any level can update (so levels of different depths are coupled through the
-chunk schedule) and it needs the next token as a label; its cost and coupling are not worth
-it here.
+with W_tgt (per level) an outer parameter. Each level updates inside this module from its own
+activations (three matmuls the size of the MLP's and one dim x dim projection per token, no
+second pass through the network); token t enters the weights only at the boundary after it,
+so outputs depend on earlier tokens only, and no labels are needed.
+
+"teach": the model's own next-token loss. Inside a call the module only applies the weights
+in force (no update of its own, no W_tgt); `hope.lm.DecoderLM` reads the stream in pieces of
+P tokens (`teach_piece`: the smallest adaptive chunk size, of which every adaptive chunk size
+must be a multiple), takes the gradient of the piece's summed next-token cross-entropy
+L_piece (positions whose next token lies in the same piece) with respect to every level's
+weights in force, and hands it to `teach`, which adds it to the level's pending sum and, at
+the level's boundary, applies
+
+    theta <- theta - lr_l * sum_{pieces of the chunk} grad_theta L_piece.
+
+Its targets are the stream's own next tokens, so it too needs no labels beyond the input and
+stays causal (the weights a token sees depend on earlier pieces only); it costs a backward
+pass of the whole model per piece and needs sequence mixers that carry their state across
+pieces. The outer
+gradient treats the in-context update as a constant: the weights in force are
+theta_0 - stop_gradient(sum of updates), so the outer optimizer trains the initial weights
+theta_0 through them (first order) and does not differentiate through the inner gradient.
 
 Streaming is exact for pieces of any length: the state holds each level's weights in force,
 the gradient summed over the unfinished chunk and the position in it; masked tokens are
-skipped as if absent (see `hope.stream_chunks`). Outputs at masked positions are zero.
+skipped as if absent (see `hope.stream_chunks`). Outputs at masked positions are zero. (With
+the teach signal a call changes no state; `teach` advances the clocks by whole pieces.)
 
 The inner learning rates multiply a sum over C_l tokens: choose lr_l ~ base / C_l.
 
@@ -48,7 +63,10 @@ the level's output overflowed (76 of 120 training steps non-finite). Clipped, a 
 the weights by at most lr * C * max_grad_norm * dim. The default 8 leaves ordinary tokens
 alone: HOPE and HOPE-Attention trained on the default corpus (dim 128) have per-token norms
 of 0.8 dim at the median and 2.3 dim at the most, on text and on recall sequences alike.
-The clip is per token, so the chunked form and the per-token reference agree exactly.
+The clip is per token, so the chunked form and the per-token reference agree exactly. With the
+teach signal there are no per-token gradients: each piece's gradient of a level (over W_in
+and W_out, per sequence) is clipped to a norm of max_grad_norm * dim * P, so a chunk again
+moves the weights by at most lr * C * max_grad_norm * dim.
 """
 from typing import Sequence
 
@@ -61,6 +79,8 @@ from flax import nnx, struct
 from hope.layers import RMSNorm, first_nonfinite, param, silu_grad
 from hope.neural_memory import check_clip_norm, clip_scale
 from hope.stream_chunks import chunk_grid, compact, compaction, from_chunks, to_chunks, uncompact
+
+SIGNALS = ("associative", "teach")
 
 
 @struct.dataclass
@@ -85,15 +105,16 @@ class CMSState:
 
 
 class CMSLevel(nnx.Module):
-  """One level: RMSNorm, the MLP's initial weights and, when adaptive, the value projection."""
+  """One level: RMSNorm, the MLP's initial weights and, when it learns from the associative
+  objective, the value projection W_tgt."""
 
-  def __init__(self, dim: int, hidden: int, adaptive: bool, *, rngs: nnx.Rngs):
+  def __init__(self, dim: int, hidden: int, with_target: bool, *, rngs: nnx.Rngs):
     fan_in = lambda n: (lambda key, shape, dt: n ** -0.5 * jax.random.truncated_normal(
         key, -2.0, 2.0, shape, dt))
     self.norm = RMSNorm(dim, rngs=rngs)
     self.w_in = param(rngs, fan_in(dim), (dim, hidden), ("embed", "mlp"))
     self.w_out = param(rngs, fan_in(hidden), (hidden, dim), ("mlp", "embed"))
-    self.target = param(rngs, fan_in(dim), (dim, dim), ("embed", None)) if adaptive else None
+    self.target = param(rngs, fan_in(dim), (dim, dim), ("embed", None)) if with_target else None
 
 
 def _matmul(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
@@ -143,6 +164,34 @@ def _adaptive_level(level: dict, lr: float, chunk: int, h: jax.Array, count: jax
   return from_chunks(y, grid), CMSLevelState(*carry, position=grid.next_position)
 
 
+def teach_piece_of(chunk_sizes: Sequence[int | None], signal: str) -> int | None:
+  """P, the length of the pieces the teach signal reads (the smallest adaptive chunk size),
+  or None with the associative signal. ValueError, naming the argument, unless chunk_sizes
+  are CMS chunk sizes, signal is one of SIGNALS and, with the teach signal, there is an
+  adaptive level and every adaptive chunk size is a multiple of P."""
+  if isinstance(chunk_sizes, (str, bytes)) or not isinstance(chunk_sizes, Sequence) \
+      or not chunk_sizes:
+    raise ValueError("ContinuumMemory chunk_sizes must be a non-empty sequence of chunk "
+                     f"sizes (positive integers, or None/0 for a frozen level), got "
+                     f"{chunk_sizes!r}")
+  for c in chunk_sizes:
+    if c is not None and (isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0):
+      raise ValueError("ContinuumMemory chunk_sizes entries must be positive integers or "
+                       f"None/0 (a level that never changes in context), got {c!r} in "
+                       f"{list(chunk_sizes)}")
+  if not isinstance(signal, str) or signal not in SIGNALS:
+    raise ValueError("ContinuumMemory signal must be 'associative' (each level's own L2 "
+                     f"objective) or 'teach' (the next-token loss), got {signal!r}")
+  if signal == "associative":
+    return None
+  adaptive = [int(c) for c in chunk_sizes if c]
+  if not adaptive or any(c % min(adaptive) for c in adaptive):
+    raise ValueError("ContinuumMemory with signal='teach' needs at least one adaptive level and "
+                     "every adaptive chunk size a multiple of the smallest (the pieces the "
+                     f"teach signal reads), got chunk_sizes {list(chunk_sizes)}")
+  return min(adaptive)
+
+
 class ContinuumMemory(nnx.Module):
   """Maps x [batch, seq, dim] to [batch, seq, dim] through the CMS levels.
 
@@ -153,26 +202,23 @@ class ContinuumMemory(nnx.Module):
       level's weights change every C_l tokens) or None / 0 (never changes in context).
     inner_lr: the inner learning rate, one float for all levels or one per level.
     max_grad_norm: each token's inner gradient (over W_in and W_out) is clipped to a norm
-      of max_grad_norm * dim before it is summed (None: no clip); see the module docstring.
+      of max_grad_norm * dim before it is summed (None: no clip); with the teach signal,
+      each piece's gradient to max_grad_norm * dim * P. See the module docstring.
+    signal: what drives the adaptive levels: "associative" (each level's own L2 objective,
+      updated inside the call) or "teach" (the model's next-token loss, through `teach`).
     dtype: matmul operand dtype; in-context weights and gradients stay float32.
+
+  `teach_piece`: with the teach signal, P, the length of the pieces whose loss gradients
+  `teach` takes (the smallest adaptive chunk size); None with the associative signal.
   """
 
   def __init__(self, dim: int, *, hidden: int, chunk_sizes: Sequence[int | None],
                inner_lr: float | Sequence[float] = 1e-2, max_grad_norm: float | None = 8.0,
-               rngs: nnx.Rngs, dtype=jnp.float32):
+               signal: str = "associative", rngs: nnx.Rngs, dtype=jnp.float32):
     for name, value in (("dim", dim), ("hidden", hidden)):
       if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"ContinuumMemory {name} must be a positive integer, got {value!r}")
-    if isinstance(chunk_sizes, (str, bytes)) or not isinstance(chunk_sizes, Sequence) \
-        or not chunk_sizes:
-      raise ValueError("ContinuumMemory chunk_sizes must be a non-empty sequence of chunk "
-                       f"sizes (positive integers, or None/0 for a frozen level), got "
-                       f"{chunk_sizes!r}")
-    for c in chunk_sizes:
-      if c is not None and (isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0):
-        raise ValueError("ContinuumMemory chunk_sizes entries must be positive integers or "
-                         f"None/0 (a level that never changes in context), got {c!r} in "
-                         f"{list(chunk_sizes)}")
+    self.teach_piece = teach_piece_of(chunk_sizes, signal)
     lrs = (inner_lr,) * len(chunk_sizes) if np.isscalar(inner_lr) else tuple(inner_lr)
     if len(lrs) != len(chunk_sizes) or not all(
         isinstance(lr, (int, float, np.number)) and np.isfinite(lr) and lr >= 0 for lr in lrs):
@@ -183,8 +229,9 @@ class ContinuumMemory(nnx.Module):
     self.dim, self.hidden, self.dtype = dim, hidden, dtype
     self.chunk_sizes = tuple(int(c) if c else None for c in chunk_sizes)
     self.inner_lrs = tuple(float(lr) for lr in lrs)
-    self.levels = nnx.List([CMSLevel(dim, hidden, c is not None, rngs=rngs)
-                            for c in self.chunk_sizes])
+    self.signal = signal
+    self.levels = nnx.List([CMSLevel(dim, hidden, c is not None and signal == "associative",
+                                     rngs=rngs) for c in self.chunk_sizes])
 
   def init_state(self, batch_size: int) -> CMSState:
     """Every adaptive level at its learned initial weights, no pending gradient, position 0."""
@@ -203,7 +250,8 @@ class ContinuumMemory(nnx.Module):
     """x [batch, seq, dim] -> (y [batch, seq, dim], the state after the call).
 
     `mask` [batch, seq] (nonzero = real token): masked tokens are skipped as if absent
-    (they neither update a level nor advance its chunk clock) and get zero output.
+    (they neither update a level nor advance its chunk clock) and get zero output. With the
+    teach signal every level applies its weights in force and the state is returned as is.
     """
     chex.assert_rank(x, 3)
     batch, seq, _ = x.shape
@@ -211,6 +259,12 @@ class ContinuumMemory(nnx.Module):
     state = self.init_state(batch) if fresh else state
     mask = jnp.ones((batch, seq), bool) if mask is None else mask
     chex.assert_shape(mask, (batch, seq))
+    if self.signal == "teach":
+      h = x
+      for level, s in zip(self.levels, state.levels):
+        w_in, w_out = (level.w_in[...], level.w_out[...]) if s is None else (s.w_in, s.w_out)
+        h = h + _branch(w_in, w_out, level.norm.scale[...], h, self.dtype)[3]
+      return jnp.where(mask[..., None], h, 0).astype(self.dtype), state
     levels = [dict(scale=l.norm.scale[...], w_in=l.w_in[...], w_out=l.w_out[...],
                    target=None if l.target is None else l.target[...]) for l in self.levels]
 
@@ -230,14 +284,44 @@ class ContinuumMemory(nnx.Module):
     y, new_levels = jax.vmap(one_sequence)(x, mask, state.levels)
     return y.astype(self.dtype), CMSState(new_levels)
 
+  def teach(self, state: CMSState, grads: CMSState, tokens: int) -> CMSState:
+    """The state after a piece of `tokens` tokens read with the teach signal.
+
+    `grads` holds grad_theta L_piece at the weights in force (its w_in and w_out, per
+    sequence; other fields are ignored). Each adaptive level clips its gradient to a norm
+    of max_grad_norm * dim * tokens, adds it to its pending sum and advances its clock; a
+    level whose chunk ends with the piece sets theta <- theta - lr_l * sum and clears the sum.
+    The update is a constant for the outer gradient (`jax.lax.stop_gradient`).
+    """
+    clip = self.max_grad_norm and self.max_grad_norm * self.dim * tokens
+    levels = []
+    for s, g, chunk, lr in zip(state.levels, grads.levels, self.chunk_sizes, self.inner_lrs):
+      if s is None:
+        levels.append(None)
+        continue
+      g_in, g_out = jax.lax.stop_gradient((g.w_in, g.w_out))
+      scale = clip_scale(jnp.sum(g_in * g_in, (1, 2)) + jnp.sum(g_out * g_out, (1, 2)), clip)
+      g_in = s.grad_in + scale[:, None, None] * g_in
+      g_out = s.grad_out + scale[:, None, None] * g_out
+      position = s.position + tokens
+      complete = (position >= chunk)[:, None, None]
+      levels.append(CMSLevelState(
+          w_in=jnp.where(complete, s.w_in - lr * g_in, s.w_in),
+          w_out=jnp.where(complete, s.w_out - lr * g_out, s.w_out),
+          grad_in=jnp.where(complete, 0.0, g_in), grad_out=jnp.where(complete, 0.0, g_out),
+          position=position % chunk))
+    return CMSState(tuple(levels))
+
   def flops_per_token(self, seq_len: int) -> float:
-    """Forward matmul FLOPs per token: every level's MLP (2 matmuls); adaptive levels add the
-    value projection and the inner gradient (3 matmuls the MLP's size). Weight updates at
-    boundaries (elementwise, 1/C_l per token) are not counted."""
+    """Forward matmul FLOPs per token: every level's MLP (2 matmuls); with the associative
+    signal, adaptive levels add the value projection and the inner gradient (3 matmuls the
+    MLP's size; the teach signal's gradients are the model's backward pass, counted by
+    `DecoderLM`). Weight updates at boundaries (elementwise, 1/C_l per token) are not counted."""
     del seq_len
     mlp = 2 * 2 * self.dim * self.hidden
     inner = 2 * self.dim * self.dim + 3 * 2 * self.dim * self.hidden
-    return sum(mlp + (inner if c is not None else 0) for c in self.chunk_sizes)
+    adaptive = self.signal == "associative"
+    return sum(mlp + (inner if c is not None and adaptive else 0) for c in self.chunk_sizes)
 
 
 def check_finite(state: CMSState) -> None:

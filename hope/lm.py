@@ -11,6 +11,23 @@ Stateful parts (memories that learn in context) have `init_state(batch_size)` an
 `DecoderLM.__call__` starts every sequence from the learned initial states (training);
 `DecoderLM.stream` carries the states across calls, so a long document can be read piece by
 piece, and `init_state` resets them between documents.
+
+Teach signal. A part with a `teach_piece` P (a Continuum Memory System driven by the
+next-token loss, `hope.cms`) learns from the model's own loss: both `__call__` and `stream`
+then read the tokens in pieces of P (a `lax.scan` over pieces carrying every block's state)
+and after each piece take
+
+    g = grad_theta L_piece,   L_piece = - sum_{i=0}^{P-2} log p(x_{i+1} | x_{<=i})
+
+over the piece's tokens x_0..x_{P-1} (earlier pieces reach them through the state), theta
+being the taught parts' weights in force (part of their state), and hand g to each taught
+part's `teach(state, g, P)`, which changes the weights that later pieces see. The weights a
+token sees thus depend on earlier pieces only, and the update is a constant for the outer
+gradient (the outer optimizer trains the initial weights through the weights in force).
+This needs every sequence mixer to carry its state across pieces exactly (a stateless mixer,
+such as softmax attention over one call, is refused), every call's length to be a multiple
+of P (a partial piece would have to be finished in a later call; refused with a ValueError)
+and no padding mask (refused likewise).
 """
 from typing import Any, Sequence
 
@@ -88,11 +105,32 @@ class Block(nnx.Module):
     return self.mixer.flops_per_token(seq_len) + self.mlp.flops_per_token(seq_len)
 
 
+def teach_piece(module) -> int | None:
+  """The piece length P of a part that learns from the teach signal, None for other parts."""
+  return getattr(module, "teach_piece", None)
+
+
 class DecoderLM(nnx.Module):
-  """Maps tokens [batch, seq] (int) to next-token logits [batch, seq, vocab] (float32)."""
+  """Maps tokens [batch, seq] (int) to next-token logits [batch, seq, vocab] (float32).
+
+  `teach_piece`: P when some part learns from the teach signal (the smallest of the parts'
+  pieces; see the module docstring), else None.
+  """
 
   def __init__(self, vocab_size: int, dim: int, blocks: Sequence[Block], *, rngs: nnx.Rngs,
                dtype=jnp.float32):
+    pieces = [teach_piece(part) for block in blocks for part in (block.mixer, block.mlp)
+              if teach_piece(part)]
+    self.teach_piece = min(pieces) if pieces else None
+    if any(p % self.teach_piece for p in pieces):
+      raise ValueError(f"the taught parts' pieces {pieces} must be multiples of the smallest")
+    stateless = [i for i, block in enumerate(blocks) if not is_stateful(block.mixer)]
+    if pieces and stateless:
+      raise ValueError(
+          f"the teach signal reads the tokens in pieces of {self.teach_piece} and carries every "
+          f"block's state between them, but the sequence mixers of blocks {stateless} "
+          f"({type(blocks[stateless[0]].mixer).__name__}) are stateless: they would not see "
+          "earlier pieces")
     self.embed = Embed(vocab_size, dim, rngs=rngs, dtype=dtype)
     self.blocks = nnx.List(blocks)
     self.final_norm = RMSNorm(dim, rngs=rngs)
@@ -113,6 +151,49 @@ class DecoderLM(nnx.Module):
 
   def _run(self, tokens, rng, state, mask):
     chex.assert_rank(tokens, 2)
+    if self.teach_piece:
+      return self._run_taught(tokens, rng, state, mask)
+    return self._forward(tokens, rng, state, mask)
+
+  def _run_taught(self, tokens, rng, state, mask):
+    """The teach-signal forward: a scan over pieces of P tokens (module docstring)."""
+    batch, seq = tokens.shape
+    piece = self.teach_piece
+    if mask is not None:
+      raise ValueError("a model taught by the next-token loss reads whole pieces of "
+                       f"{piece} tokens; it takes no padding mask")
+    if seq % piece:
+      raise ValueError(f"a model taught by the next-token loss reads pieces of {piece} tokens: "
+                       f"the sequence length ({seq}) must be a multiple of {piece}")
+    taught = [(b, p) for b, block in enumerate(self.blocks)
+              for p, part in enumerate((block.mixer, block.mlp)) if teach_piece(part)]
+    pieces = tokens.reshape(batch, seq // piece, piece).swapaxes(0, 1)
+    keys = None if rng is None else jax.random.split(rng, seq // piece)
+
+    def read_piece(states, xs):
+      tokens, key = xs
+
+      def piece_loss(taught_states):
+        logits, new_states = self._forward(tokens, key, _with_parts(states, taught, taught_states),
+                                           None)
+        log_p = jax.nn.log_softmax(logits[:, :-1])
+        return -jnp.sum(jnp.take_along_axis(log_p, tokens[:, 1:, None], -1)), (logits, new_states)
+
+      # allow_int: the taught states hold int clocks too (their float0 gradients go unused).
+      (_, (logits, states)), grads = jax.value_and_grad(piece_loss, has_aux=True, allow_int=True)(
+          [states[b][p] for b, p in taught])
+      taught_states = [(self.blocks[b].mixer, self.blocks[b].mlp)[p].teach(states[b][p], g, piece)
+                       for (b, p), g in zip(taught, grads)]
+      return _with_parts(states, taught, taught_states), logits
+
+    # Rematerialised: the outer backward recomputes each piece's forward (its inner backward,
+    # a constant, is not needed again) instead of storing every piece's activations.
+    state = self.init_state(batch) if state is None else state
+    state, logits = jax.lax.scan(jax.checkpoint(read_piece), state, (pieces, keys))
+    return logits.swapaxes(0, 1).reshape(batch, seq, -1), state
+
+  def _forward(self, tokens, rng, state, mask):
+    """Embedding, the blocks (each part's own call), the final norm and the logits."""
     x = self.embed(tokens)
     keys = jax.random.split(rng, len(self.blocks)) if rng is not None else [None] * len(self.blocks)
     states = state if state is not None else [None] * len(self.blocks)
@@ -123,6 +204,17 @@ class DecoderLM(nnx.Module):
     return self.unembed(self.final_norm(x)).astype(jnp.float32), tuple(new_states)
 
   def flops_per_token(self, seq_len: int) -> float:
-    """Forward-pass model FLOPs per token (matmuls and attention; x3 for a training step)."""
+    """Forward-pass model FLOPs per token (matmuls and attention; x3 for a training step).
+    With the teach signal the forward also runs a backward pass per piece for the taught
+    weights' gradient, counted as one forward more."""
     dim, vocab = self.unembed.kernel.shape
-    return sum(b.flops_per_token(seq_len) for b in self.blocks) + 2 * dim * vocab
+    forward = sum(b.flops_per_token(seq_len) for b in self.blocks) + 2 * dim * vocab
+    return 2 * forward if self.teach_piece else forward
+
+
+def _with_parts(states: tuple, where: list, parts: list) -> tuple:
+  """`states` (one (mixer, mlp) pair per block) with the part states at `where` [(b, p)] set."""
+  states = [list(pair) for pair in states]
+  for (b, p), part in zip(where, parts):
+    states[b][p] = part
+  return tuple(tuple(pair) for pair in states)

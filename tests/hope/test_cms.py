@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hope.cms import ContinuumMemory, check_finite
+from hope.cms import CMSState, ContinuumMemory, check_finite
 from hope.cms_reference import reference_cms
 from hope.stream_chunks import chunk_grid
 
 DIM, HIDDEN, BATCH, SEQ = 16, 32, 2, 32
 
 
-def _cms(chunk_sizes=(3, 8, None), inner_lr=(0.05, 0.02, 0.0)):
+def _cms(chunk_sizes=(3, 8, None), inner_lr=(0.05, 0.02, 0.0), **kwargs):
   return ContinuumMemory(DIM, hidden=HIDDEN, chunk_sizes=chunk_sizes, inner_lr=inner_lr,
-                         rngs=nnx.Rngs(0))
+                         rngs=nnx.Rngs(0), **kwargs)
 
 
 def _jitted(module):
@@ -154,10 +154,51 @@ def test_masked_tokens_are_skipped_and_leave_the_state_unchanged(cms, apply):
   chex.assert_trees_all_close(state, s_valid, atol=1e-5, rtol=1e-5)
 
 
+def test_teach_signal_applies_the_weights_in_force_and_teach_sums_pieces_to_the_boundary():
+  """With the teach signal a call applies the state's weights and changes nothing; `teach`
+  clips each piece's gradient per sequence (to max_grad_norm * dim * P), sums the pieces and
+  applies lr times the sum when the level's chunk ends."""
+  teach = _cms(chunk_sizes=(4, 8, None), inner_lr=(0.5, 0.25, 0.0), signal="teach")
+  frozen = _cms(chunk_sizes=(None, None, None), inner_lr=0.0)     # the same parameters
+  assert teach.teach_piece == 4 and all(level.target is None for level in teach.levels)
+  x = _x()
+  state = teach.init_state(BATCH)
+  y, same = teach(x, state)
+  assert same is state
+  chex.assert_trees_all_close(y, frozen(x)[0], atol=1e-6)
+
+  keys = jax.random.split(jax.random.key(5), 4)
+  grads = CMSState(tuple(None if s is None else s.replace(
+      w_in=jax.random.normal(keys[2 * l], s.w_in.shape),
+      w_out=jax.random.normal(keys[2 * l + 1], s.w_out.shape)) for l, s in enumerate(state.levels)))
+  norm = lambda g: np.sqrt(np.sum(np.square(g.w_in), (1, 2)) + np.sum(np.square(g.w_out), (1, 2)))
+  teach.max_grad_norm = float(np.mean(norm(grads.levels[0]))) / (DIM * 4)   # clips one sequence
+  factor = [np.minimum(1, teach.max_grad_norm * DIM * 4 / norm(g))[:, None, None]
+            for g in grads.levels[:2]]
+  assert np.sum(factor[0] < 1) == 1
+  after_one = teach.teach(state, grads, 4)
+  after_two = teach.teach(after_one, grads, 4)
+  first, second = after_one.levels, after_two.levels
+  start, g = state.levels, grads.levels
+  chex.assert_trees_all_close(first[0].w_in, start[0].w_in - 0.5 * factor[0] * g[0].w_in,
+                              atol=1e-6)
+  np.testing.assert_array_equal(first[0].grad_in, 0)
+  np.testing.assert_array_equal(first[1].w_out, start[1].w_out)               # C = 8: pending
+  chex.assert_trees_all_close(first[1].grad_out, factor[1] * g[1].w_out, atol=1e-6)
+  np.testing.assert_array_equal(first[1].position, [4, 4])
+  chex.assert_trees_all_close(second[1].w_out, start[1].w_out - 0.25 * 2 * factor[1] * g[1].w_out,
+                              atol=1e-6)
+  np.testing.assert_array_equal(second[1].position, [0, 0])
+  assert after_two.levels[2] is None
+  y_taught, _ = teach(x, after_two)
+  assert not np.allclose(y_taught, y, atol=1e-3)
+
+
 def test_flops_per_token_counts_mlps_and_inner_gradients():
   cms = _cms(chunk_sizes=(4, None), inner_lr=0.01)
   mlp = 4 * DIM * HIDDEN
   assert cms.flops_per_token(SEQ) == 2 * mlp + 2 * DIM * DIM + 6 * DIM * HIDDEN
+  assert _cms(chunk_sizes=(4, None), inner_lr=0.01, signal="teach").flops_per_token(SEQ) == 2 * mlp
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -167,6 +208,9 @@ def test_flops_per_token_counts_mlps_and_inner_gradients():
     (dict(chunk_sizes=(4,), hidden=0), "hidden"),
     (dict(chunk_sizes=(4, 8), inner_lr=(0.1,)), "inner_lr"),
     (dict(chunk_sizes=(4,), max_grad_norm=-1.0), "max_grad_norm"),
+    (dict(chunk_sizes=(4,), signal="labels"), "signal must be 'associative'.* or 'teach'"),
+    (dict(chunk_sizes=(4, 6), signal="teach"), "multiple of the smallest"),
+    (dict(chunk_sizes=(None,), signal="teach"), "at least one adaptive level"),
 ])
 def test_bad_arguments_are_refused_by_name(kwargs, match):
   kwargs = dict(dict(hidden=HIDDEN), **kwargs)
