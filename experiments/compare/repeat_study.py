@@ -5,14 +5,20 @@ training corpus (`runtime.repeat`: passage P of repeat.passage bytes, filler F o
 repeat.distance bytes, longer than any arm's attention window). Each run is then scored on
 validation text: for every distance in repeat.eval_distances (the training distance and
 beyond), the mean next-token loss over the first and the second reading of P, in one forward
-pass; and, at the training distance, the loss at every position of the sequence.
+pass; and, at the training distance, the loss at every position of the sequence. For the
+Titans arms whose memory reads the block's input (LMM, MAG, MAL) it also records the learned
+gates on those sequences (`memory_gates`): what a memory does with a passage depends on how
+fast it writes (theta) and how fast it forgets (alpha).
 """
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from experiments.compare import study as common
+from hope.titans import TitansMixer
 from runtime import repeat, training
 
 
@@ -31,8 +37,31 @@ def position_losses(run: training.Run, params, tokens: np.ndarray, pc, distance:
   return total / (pc.eval_sequences // pc.eval_batch_size)
 
 
+def memory_gates(run: training.Run, params, tokens: np.ndarray, distance: int) -> list | None:
+  """Per layer, the Titans memory's gates on `tokens` [batch, T] averaged over tokens and
+  heads: theta / max_lr (the inner learning rate as a share of its ceiling), alpha (the
+  forgetting rate), eta (the momentum's decay), and `kept` = exp(distance x mean log(1 -
+  alpha)), the share of a write that survives `distance` tokens of forgetting. None for
+  models without a memory reading the block's input (MAC reads its segments' outputs)."""
+  model = nnx.merge(run.graphdef, params)
+  mixers = [b.mixer for b in model.blocks]
+  if not all(isinstance(m, TitansMixer) and m.variant != "mac" for m in mixers):
+    return None
+  x, out = model.embed(tokens), []
+  mask = jnp.ones(tokens.shape, bool)
+  for block, mixer in zip(model.blocks, mixers):
+    lr, eta, retain, _ = mixer.memory._gates(block.mixer_norm(x), mask)
+    out.append(dict(theta_share=float(lr.mean() / mixer.memory.max_lr),
+                    alpha=float(1 - retain.mean()), eta=float(eta.mean()),
+                    kept=float(jnp.exp(distance * jnp.log(retain).mean()))))
+    x, _ = block(x)
+  return out
+
+
 def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
-  out = {}
+  gates_batch = next(iter(repeat.dataset(validation, seed=10_000, passage=pc.passage,
+                                         distance=pc.distance, batch_size=pc.eval_batch_size)))
+  out = dict(gates=memory_gates(run, params, gates_batch[:, :-1], pc.distance))
   for distance in pc.eval_distances:
     by_position = position_losses(run, params, validation, pc, distance, run.config.seed)
     out[str(distance)] = repeat.reading_losses(by_position, pc.passage, distance)
@@ -61,6 +90,7 @@ def run(config, arms: list[str], workdir: Path) -> dict:
         readings={d: {k: common.mean_std([r[d][k] for r in runs])
                       for k in ("first", "second", "gain")} for d in map(str, pc.eval_distances)},
         by_position=np.mean([r["by_position"] for r in runs], axis=0).tolist(),
+        gates=[r.get("gates") for r in runs],
         nonfinite_steps=sum(r.get("nonfinite_steps", 0) for r in runs),
         seconds=sum(r["seconds"] for r in runs),
         tokens_per_second=common.mean_std([r["tokens_per_second"] for r in runs

@@ -4,10 +4,11 @@ import json
 import re
 
 import numpy as np
+import optax
 import pytest
 
-from experiments.compare import study
-from runtime import recall, repeat
+from experiments.compare import repeat_study, study
+from runtime import recall, repeat, training
 from runtime.errors import UsageError
 from experiments.configs import compare
 from tests.helpers import override
@@ -145,3 +146,20 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   assert one.stat().st_mtime_ns == first
   assert again["studies"]["repeat"] == {**results["studies"]["repeat"],
                                         "wall_seconds": again["studies"]["repeat"]["wall_seconds"]}
+
+
+def test_memory_gates_of_a_titans_memory_and_none_without_one():
+  config = _micro(**{"model.dim": 16})
+  tokens = np.arange(2 * 24, dtype=np.int32).reshape(2, 24)
+  for arm, has_memory in (("titans_lmm", True), ("transformer", False)):
+    run = training.prepare(study.run_config(config, arm, seq_len=24, steps=1, seed=0))
+    params = training.init_state(run, optax.sgd(0.1))["params"]
+    gates = repeat_study.memory_gates(run, params, tokens, distance=40)
+    if not has_memory:
+      assert gates is None
+      continue
+    assert len(gates) == 1
+    g = gates[0]
+    assert 0 < g["theta_share"] < 1 and 0 < g["alpha"] < 1 and 0 < g["eta"] < 1
+    # at the initial biases alpha is about 0.018: a write keeps (1 - alpha)^40 of itself
+    assert g["kept"] == pytest.approx((1 - g["alpha"]) ** 40, rel=0.2)
