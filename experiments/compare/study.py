@@ -241,11 +241,18 @@ def train_run(run: training.Run, data, directory: Path, evaluate, study: str,
   """One training run of run.config.steps steps on `data` in DIRECTORY, scored by
   `evaluate(params)` into DIRECTORY/<study>.json, with the training speed in tokens per second
   after the first step, which compiles (from perf.jsonl's steps per second times
-  `tokens_per_step`, default batch_size x seq_len). A run that has its scores is not
-  repeated."""
+  `tokens_per_step`, default batch_size x seq_len) and the run's config. A run that has its
+  scores is not repeated; one whose saved config differs is a UsageError."""
   done = directory / f"{study}.json"
+  settings = json.loads(json.dumps(run.config.to_dict(), default=str))
   if done.exists():
-    return json.loads(done.read_text())
+    saved = json.loads(done.read_text())
+    if saved.get("config") != settings:
+      changed = sorted(k for k in set(settings) | set(saved.get("config", {}))
+                       if settings.get(k) != saved.get("config", {}).get(k))
+      raise UsageError(f"{done} was trained with other settings ({', '.join(changed)}); use "
+                       f"another --workdir, or delete that run's folder")
+    return saved
   _, results = loop.train(run, [loop.Phase(study, data, run.config.steps)], directory,
                           trainer=trainer(run), evaluate=evaluate,
                           label=f"{'/'.join(directory.parts[-4:])} ")
@@ -253,7 +260,7 @@ def train_run(run: training.Run, data, directory: Path, evaluate, study: str,
       directory / "perf.jsonl").exists() else []
   per_step = tokens_per_step or run.config.batch_size * run.config.seq_len
   out = dict(results[study], tokens_per_second=json.loads(perf[-1])["steps_per_sec"] * per_step
-             if perf else None)
+             if perf else None, config=settings)
   write_json(done, out)
   return out
 

@@ -146,6 +146,8 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   assert one.stat().st_mtime_ns == first
   assert again["studies"]["repeat"] == {**results["studies"]["repeat"],
                                         "wall_seconds": again["studies"]["repeat"]["wall_seconds"]}
+  with pytest.raises(UsageError, match=r"repeat.json was trained with other settings \(steps\)"):
+    study.run(_micro(**{"repeat.steps": 3}), str(tmp_path), "test")
 
 
 def test_memory_gates_of_a_titans_memory_and_none_without_one():
