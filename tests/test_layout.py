@@ -70,8 +70,8 @@ def test_one_function_runs_training_steps():
   users = {str(p.relative_to(ROOT)) for package in ("runtime", "experiments")
            for p in _sources(package)
            if "make_train_step(" in p.read_text() or "Trainer(" in p.read_text()}
-  allowed = {"runtime/training.py", "runtime/loop.py", "experiments/compare/study.py",
+  allowed = {"runtime/training.py", "runtime/loop.py", "experiments/compare/runs.py",
              "experiments/benchmarks/train_step.py", "experiments/optimizer_measure.py"}
   assert users <= allowed, users - allowed
-  compare = (ROOT / "experiments/compare/study.py").read_text()
+  compare = (ROOT / "experiments/compare/runs.py").read_text()
   assert "trainer.step(" not in compare and ".step(state" not in compare

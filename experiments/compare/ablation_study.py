@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.compare import study as common
+from experiments.compare import runs
 from runtime import config_schema, text_data, training
 
 
 def validation_loss(run: training.Run, params, tokens: np.ndarray, batches: int) -> dict:
   """Mean next-token loss (nats per byte) over the first `batches` validation batches."""
   c = run.config
-  loss = common.jitted(run, "loss", lambda p, t: training.loss_fn(run, p, t))
+  loss = runs.jitted(run, "loss", lambda p, t: training.loss_fn(run, p, t))
   data = text_data.lm_dataset(tokens, seq_len=c.seq_len, batch_size=c.batch_size, seed=c.seed,
                               shuffle=False, repeat=False)
   values = [float(loss(params, training.global_batch(run, b)))
@@ -35,28 +35,28 @@ def run(config, arms: list[str], workdir: Path) -> dict:
   variants are config.ablation.variants."""
   del arms
   ac = config.ablation
-  corpus = common.corpora(config, ["ablation"])["ablation"]
+  corpus = runs.corpora(config, ["ablation"])["ablation"]
   out = {}
   for name in config_schema.split_names(ac.variants):
-    runs = []
+    scored = []
     for seed in range(config.seeds):
-      run_ = training.prepare(common.run_config(config, name, seq_len=config.train.seq_len,
+      run_ = training.prepare(runs.run_config(config, name, seq_len=config.train.seq_len,
                                                 steps=ac.steps, seed=seed,
                                                 batch_size=ac.batch_size))
       data = text_data.lm_dataset(corpus.train, seq_len=run_.config.seq_len,
                                   batch_size=run_.config.batch_size, seed=seed, shuffle=True,
                                   repeat=True)
-      runs.append(common.train_run(
+      scored.append(runs.train_run(
           run_, data, workdir / name / f"seed{seed}",
           lambda p, r=run_: validation_loss(r, p, corpus.validation, ac.eval_batches),
           "ablation"))
     out[name] = dict(
-        loss=common.mean_std([r["loss"] for r in runs]),
-        bits_per_byte=common.mean_std([r["bits_per_byte"] for r in runs]),
-        params=training.prepare(common.run_config(config, name, seq_len=config.train.seq_len,
+        loss=runs.mean_std([r["loss"] for r in scored]),
+        bits_per_byte=runs.mean_std([r["bits_per_byte"] for r in scored]),
+        params=training.prepare(runs.run_config(config, name, seq_len=config.train.seq_len,
                                                   steps=ac.steps, seed=0)).num_params,
-        nonfinite_steps=sum(r.get("nonfinite_steps", 0) for r in runs),
-        seconds=sum(r["seconds"] for r in runs),
-        tokens_per_second=common.mean_std([r["tokens_per_second"] for r in runs
+        nonfinite_steps=sum(r.get("nonfinite_steps", 0) for r in scored),
+        seconds=sum(r["seconds"] for r in scored),
+        tokens_per_second=runs.mean_std([r["tokens_per_second"] for r in scored
                                            if r.get("tokens_per_second")] or [0.0]))
   return dict(variants=out, steps=ac.steps)

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.compare import study as common
+from experiments.compare import runs
 from runtime import recall, training
 
 
 def accuracy(run: training.Run, params, rc) -> dict:
   """{"<L>x<N>": {str(m * L): accuracy}} on rc.eval_sequences fresh sequences per length."""
-  predict = common.jitted(run, "predict", lambda p, t: run.apply(p, t).argmax(-1))
+  predict = runs.jitted(run, "predict", lambda p, t: run.apply(p, t).argmax(-1))
   out = {}
   for length, pairs in zip(rc.lengths, rc.pairs):
     scores = out[f"{length}x{pairs}"] = {}
@@ -39,12 +39,12 @@ def accuracy(run: training.Run, params, rc) -> dict:
 
 def train_and_score(config, arm: str, lr: float, seed: int, directory: Path) -> dict:
   rc = config.recall
-  run = training.prepare(common.run_config(config, arm, seq_len=max(rc.lengths), steps=rc.steps,
+  run = training.prepare(runs.run_config(config, arm, seq_len=max(rc.lengths), steps=rc.steps,
                                            seed=seed, batch_size=rc.batch_size,
                                            learning_rate=lr))
   data = recall.mixture(seed=seed, settings=list(zip(rc.lengths, rc.pairs)),
                         batch_size=run.config.batch_size)
-  return common.train_run(run, data, directory, lambda p: dict(accuracy=accuracy(run, p, rc)),
+  return runs.train_run(run, data, directory, lambda p: dict(accuracy=accuracy(run, p, rc)),
                           "recall", rc.batch_size * float(np.mean(rc.lengths)))
 
 
@@ -62,19 +62,19 @@ def run(config, arms: list[str], workdir: Path) -> dict:
     sweep = {lr: train_and_score(config, arm, lr, 0, workdir / arm / f"lr{lr:g}" / "seed0")
              for lr in rc.learning_rates}
     best = max(rc.learning_rates, key=lambda lr: at_training_length(sweep[lr]))
-    runs = [sweep[best]] + [train_and_score(config, arm, best, seed,
+    scored = [sweep[best]] + [train_and_score(config, arm, best, seed,
                                             workdir / arm / f"lr{best:g}" / f"seed{seed}")
                             for seed in range(1, config.seeds)]
-    extra = list(sweep.values()) + runs[1:]
+    extra = list(sweep.values()) + scored[1:]
     out[arm] = dict(
         learning_rate=best, steps=rc.steps,
         sweep={f"{lr:g}": {s: sweep[lr]["accuracy"][s][s.split("x")[0]] for s in settings}
                for lr in rc.learning_rates},
-        accuracy={s: {m: common.mean_std([r["accuracy"][s][str(int(m) * int(s.split("x")[0]))]
-                                          for r in runs])
+        accuracy={s: {m: runs.mean_std([r["accuracy"][s][str(int(m) * int(s.split("x")[0]))]
+                                          for r in scored])
                       for m in map(str, rc.multipliers)} for s in settings},
         nonfinite_steps=sum(r.get("nonfinite_steps", 0) for r in extra),
         seconds=sum(r["seconds"] for r in extra),
-        tokens_per_second=common.mean_std([r["tokens_per_second"] for r in runs
+        tokens_per_second=runs.mean_std([r["tokens_per_second"] for r in scored
                                            if r.get("tokens_per_second")] or [0.0]))
   return dict(arms=out, settings=settings, multipliers=list(rc.multipliers))

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.compare import study as common
+from experiments.compare import runs
 from hope.titans import TitansMixer
 from runtime import repeat, training
 
@@ -26,7 +26,7 @@ def position_losses(run: training.Run, params, tokens: np.ndarray, pc, distance:
                     seed: int) -> np.ndarray:
   """Mean next-token loss at each position [2 * passage + distance] over
   pc.eval_sequences sequences of validation `tokens`."""
-  loss = common.jitted(run, "position_loss", lambda p, t: optax.softmax_cross_entropy_with_integer_labels(
+  loss = runs.jitted(run, "position_loss", lambda p, t: optax.softmax_cross_entropy_with_integer_labels(
       run.apply(p, t[:, :-1]), t[:, 1:]).mean(0))
   total = None
   batches = repeat.dataset(tokens, seed=10_000 + seed, passage=pc.passage, distance=distance,
@@ -73,27 +73,27 @@ def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
 def run(config, arms: list[str], workdir: Path) -> dict:
   """{arms: {arm: summary}, distances, passage, distance}; see the module docstring."""
   pc = config.repeat
-  corpus = common.corpora(config, ["repeat"])["repeat"]
+  corpus = runs.corpora(config, ["repeat"])["repeat"]
   length = 2 * pc.passage + pc.distance
   out = {}
   for arm in arms:
-    runs = []
+    scored = []
     for seed in range(config.seeds):
-      run_ = training.prepare(common.run_config(config, arm, seq_len=length, steps=pc.steps,
+      run_ = training.prepare(runs.run_config(config, arm, seq_len=length, steps=pc.steps,
                                                 seed=seed, batch_size=pc.batch_size))
       data = repeat.dataset(corpus.train, seed=seed, passage=pc.passage, distance=pc.distance,
                             batch_size=run_.config.batch_size)
-      runs.append(common.train_run(run_, data, workdir / arm / f"seed{seed}",
+      scored.append(runs.train_run(run_, data, workdir / arm / f"seed{seed}",
                                    lambda p, r=run_: scores(r, p, corpus.validation, pc),
                                    "repeat"))
     out[arm] = dict(
-        readings={d: {k: common.mean_std([r[d][k] for r in runs])
+        readings={d: {k: runs.mean_std([r[d][k] for r in scored])
                       for k in ("first", "second", "gain")} for d in map(str, pc.eval_distances)},
-        by_position=np.mean([r["by_position"] for r in runs], axis=0).tolist(),
-        gates=[r.get("gates") for r in runs],
-        nonfinite_steps=sum(r.get("nonfinite_steps", 0) for r in runs),
-        seconds=sum(r["seconds"] for r in runs),
-        tokens_per_second=common.mean_std([r["tokens_per_second"] for r in runs
+        by_position=np.mean([r["by_position"] for r in scored], axis=0).tolist(),
+        gates=[r.get("gates") for r in scored],
+        nonfinite_steps=sum(r.get("nonfinite_steps", 0) for r in scored),
+        seconds=sum(r["seconds"] for r in scored),
+        tokens_per_second=runs.mean_std([r["tokens_per_second"] for r in scored
                                            if r.get("tokens_per_second")] or [0.0]))
   return dict(arms=out, distances=list(pc.eval_distances), passage=pc.passage,
               distance=pc.distance, steps=pc.steps)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.compare import repeat_study, study
+from experiments.compare import repeat_study, runs, study
 from runtime import recall, repeat, training
 from runtime.errors import UsageError
 from experiments.configs import compare
@@ -154,7 +154,7 @@ def test_memory_gates_of_a_titans_memory_and_none_without_one():
   config = _micro(**{"model.dim": 16})
   tokens = np.arange(2 * 24, dtype=np.int32).reshape(2, 24)
   for arm, has_memory in (("titans_lmm", True), ("transformer", False)):
-    run = training.prepare(study.run_config(config, arm, seq_len=24, steps=1, seed=0))
+    run = training.prepare(runs.run_config(config, arm, seq_len=24, steps=1, seed=0))
     params = training.init_state(run, optax.sgd(0.1))["params"]
     gates = repeat_study.memory_gates(run, params, tokens, distance=40)
     if not has_memory:
