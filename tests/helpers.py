@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+
 from experiments.configs import transformer
 from tests.xla_test_flags import xla_flags
 
@@ -44,3 +46,13 @@ TINY_FLAGS = ("--config=experiments/configs/transformer.py:tiny", "--config.step
               "--config.model.num_layers=2", "--config.batch_size=8",
               "--config.log_every=4", "--config.checkpoint_every=4", "--config.warmup_steps=2",
               "--config.eval_batches=2")
+
+
+def fast_and_reference(loss, params):
+  """((out, grads) of the fast path, (out, grads) of the reference) for
+  `loss(params, fast) -> (scalar, out)`, each jitted once: the pair a fast-path test compares."""
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, out), grads = value_and_grad(params, True)
+  (_, out_ref), grads_ref = value_and_grad(params, False)
+  return (out, grads), (out_ref, grads_ref)
+

@@ -9,6 +9,7 @@ from flax import nnx
 
 from hope.cms_teach_reference import reference_teach
 from hope.hope_lm import hope_lm
+from tests.helpers import fast_and_reference
 
 SHAPE = dict(vocab_size=64, dim=16, num_layers=2, num_heads=2, mlp_dim=32, chunk_size_memory=8,
              chunk_size_other=3)
@@ -60,9 +61,7 @@ def test_teach_signal_matches_the_per_piece_loop_values_and_outer_gradients(mode
     logits = model(tokens) if fast else reference_teach(model, tokens)
     return _loss(logits, tokens), logits
 
-  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
-  (_, logits), grads = value_and_grad(params, True)
-  (_, logits_ref), grads_ref = value_and_grad(params, False)
+  (logits, grads), (logits_ref, grads_ref) = fast_and_reference(loss, params)
   chex.assert_trees_all_close(logits, logits_ref, rtol=1e-5, atol=1e-5)
   chex.assert_trees_all_close(grads, grads_ref, rtol=1e-4, atol=1e-6)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):

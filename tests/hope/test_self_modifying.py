@@ -10,6 +10,7 @@ from flax import nnx
 from hope.self_modifying import SelfModifyingMemory, check_finite
 from hope.self_modifying_reference import reference_self_modifying
 from hope.stream_chunks import chunk_grid
+from tests.helpers import fast_and_reference
 
 DIM, HEADS, BATCH, SEQ = 16, 2, 2, 32
 
@@ -82,9 +83,7 @@ def test_inner_rule_and_decay_options_match_the_per_token_reference(inner_rule, 
     y = layer(x)[0] if chunked else reference_self_modifying(layer, x)
     return jnp.sum(y * weights), y
 
-  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
-  (_, y), grads = value_and_grad(params, True)
-  (_, y_ref), grads_ref = value_and_grad(params, False)
+  (y, grads), (y_ref, grads_ref) = fast_and_reference(loss, params)
   chex.assert_trees_all_close(y, y_ref, rtol=1e-4, atol=1e-6)
   chex.assert_trees_all_close(grads, grads_ref, rtol=1e-4, atol=1e-6)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
