@@ -364,7 +364,7 @@ class NeuralMemory(nnx.Module):
       mask = jnp.pad(mask, ((0, 0), (0, pad)))
 
     q, k, v, conv = self._keys_values_queries(x, state.conv, mask)
-    gates = self._gates(x, mask)
+    gates = self.gates(x, mask)
     if self.implementation == "chunked":
       core = chunked_memory
     else:
@@ -430,7 +430,7 @@ class NeuralMemory(nnx.Module):
     q, k, v = jax.nn.silu(q), jax.nn.silu(k), jax.nn.silu(v)
     return l2_normalize(q), l2_normalize(k), v, (cache_q, cache_k, cache_v)
 
-  def _gates(self, x, mask):
+  def gates(self, x, mask):
     """(theta, eta, 1 - alpha, m) [batch, seq, heads], with masked tokens made no-ops."""
     logits = lambda proj, bias: proj(x).astype(jnp.float32) + bias[...]
     lr = self.max_lr * jax.nn.sigmoid(logits(self.lr_proj, self.lr_bias))

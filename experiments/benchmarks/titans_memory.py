@@ -37,7 +37,7 @@ def projections_only(module: NeuralMemory, x: jax.Array) -> jax.Array:
   """`module(x)` with the memory read-out M_t(q_t) replaced by q_t (the shared per-token work)."""
   mask = jnp.ones(x.shape[:2], bool)
   q, k, v, _ = module._keys_values_queries(x, module.init_state(x.shape[0]).conv, mask)
-  gates = module._gates(x, mask)
+  gates = module.gates(x, mask)
   y = q + sum(g[..., None] for g in gates[:3])  # keep every projection in the graph
   return module._output(x, y)
 

@@ -53,10 +53,5 @@ def run(config, arms: list[str], workdir: Path) -> dict:
     out[name] = dict(
         loss=runs.mean_std([r["loss"] for r in scored]),
         bits_per_byte=runs.mean_std([r["bits_per_byte"] for r in scored]),
-        params=training.prepare(runs.run_config(config, name, seq_len=config.train.seq_len,
-                                                  steps=ac.steps, seed=0)).num_params,
-        nonfinite_steps=sum(r.get("nonfinite_steps", 0) for r in scored),
-        seconds=sum(r["seconds"] for r in scored),
-        tokens_per_second=runs.mean_std([r["tokens_per_second"] for r in scored
-                                           if r.get("tokens_per_second")] or [0.0]))
+        params=run_.num_params, **runs.costs(scored, scored))
   return dict(variants=out, steps=ac.steps)

@@ -65,7 +65,6 @@ def run(config, arms: list[str], workdir: Path) -> dict:
     scored = [sweep[best]] + [train_and_score(config, arm, best, seed,
                                             workdir / arm / f"lr{best:g}" / f"seed{seed}")
                             for seed in range(1, config.seeds)]
-    extra = list(sweep.values()) + scored[1:]
     out[arm] = dict(
         learning_rate=best, steps=rc.steps,
         sweep={f"{lr:g}": {s: sweep[lr]["accuracy"][s][s.split("x")[0]] for s in settings}
@@ -73,8 +72,5 @@ def run(config, arms: list[str], workdir: Path) -> dict:
         accuracy={s: {m: runs.mean_std([r["accuracy"][s][str(int(m) * int(s.split("x")[0]))]
                                           for r in scored])
                       for m in map(str, rc.multipliers)} for s in settings},
-        nonfinite_steps=sum(r.get("nonfinite_steps", 0) for r in extra),
-        seconds=sum(r["seconds"] for r in extra),
-        tokens_per_second=runs.mean_std([r["tokens_per_second"] for r in scored
-                                           if r.get("tokens_per_second")] or [0.0]))
+        **runs.costs(list(sweep.values()) + scored[1:], scored))
   return dict(arms=out, settings=settings, multipliers=list(rc.multipliers))

@@ -50,7 +50,7 @@ def memory_gates(run: training.Run, params, tokens: np.ndarray, distance: int) -
   x, out = model.embed(tokens), []
   mask = jnp.ones(tokens.shape, bool)
   for block, mixer in zip(model.blocks, mixers):
-    lr, eta, retain, _ = mixer.memory._gates(block.mixer_norm(x), mask)
+    lr, eta, retain, _ = mixer.memory.gates(block.mixer_norm(x), mask)
     out.append(dict(theta_share=float(lr.mean() / mixer.memory.max_lr),
                     alpha=float(1 - retain.mean()), eta=float(eta.mean()),
                     kept=float(jnp.exp(distance * jnp.log(retain).mean()))))
@@ -91,9 +91,6 @@ def run(config, arms: list[str], workdir: Path) -> dict:
                       for k in ("first", "second", "gain")} for d in map(str, pc.eval_distances)},
         by_position=np.mean([r["by_position"] for r in scored], axis=0).tolist(),
         gates=[r.get("gates") for r in scored],
-        nonfinite_steps=sum(r.get("nonfinite_steps", 0) for r in scored),
-        seconds=sum(r["seconds"] for r in scored),
-        tokens_per_second=runs.mean_std([r["tokens_per_second"] for r in scored
-                                           if r.get("tokens_per_second")] or [0.0]))
+        **runs.costs(scored, scored))
   return dict(arms=out, distances=list(pc.eval_distances), passage=pc.passage,
               distance=pc.distance, steps=pc.steps)

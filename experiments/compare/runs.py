@@ -123,6 +123,15 @@ def train_run(run: training.Run, data, directory: Path, evaluate, study: str,
   return out
 
 
+def costs(every_run: list[dict], timed: list[dict]) -> dict:
+  """What the runs cost: non-finite steps and seconds summed over `every_run`, training
+  tokens per second (mean ± std) over the `timed` runs that logged a speed."""
+  speeds = [r["tokens_per_second"] for r in timed if r.get("tokens_per_second")]
+  return dict(nonfinite_steps=sum(r.get("nonfinite_steps", 0) for r in every_run),
+              seconds=sum(r["seconds"] for r in every_run),
+              tokens_per_second=mean_std(speeds or [0.0]))
+
+
 def mean_std(values) -> dict:
   """{mean, std (population; 0 for one value), values} of a list of numbers."""
   values = [float(v) for v in values]

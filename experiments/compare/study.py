@@ -147,10 +147,10 @@ def validate(config) -> tuple[dict, list[str]]:
       raise UsageError(f"parameter counts differ by {100 * spread:.1f}%, more than "
                        f"config.param_tolerance ({100 * config.param_tolerance:.0f}%): "
                        f"{listing}; adjust config.arm_models.<arm>.model.mlp_dim")
-  corpora(config, studies)  # missing or too little data fails here
+  texts = corpora(config, studies)  # missing or too little data fails here
   if "repeat" in studies:
-    repeat.check(corpora(config, studies)["repeat"].validation, pc.passage,
-                 max(pc.eval_distances), "config.repeat")
+    repeat.check(texts["repeat"].validation, pc.passage, max(pc.eval_distances),
+                 "config.repeat")
   return models, studies
 
 
