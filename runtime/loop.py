@@ -1,6 +1,7 @@
 """The one training loop: a run is a list of phases, trained in order in one workdir.
 
-A phase is a data source (endless batches of [batch, seq_len + 1] tokens), a number of steps
+A phase is a data source (endless batches of [batch, seq_len + 1] tokens, or of (tokens,
+loss weights) pairs: `training.loss_fn`), a number of steps
 and optionally its own learning-rate schedule. Plain pretraining is one phase; A then B is
 two; interleaved training is one phase over a mixture. `train` runs them under one optimizer:
 

@@ -47,18 +47,26 @@ def sequence(seed: int, index: int, context: int, num_pairs: int) -> tuple[np.nd
 
 
 def dataset(*, seed: int, context: int, num_pairs: int, batch_size: int,
-            first_index: int = 0, count: int | None = None) -> grain.IterDataset:
-  """Batches of sequences first_index, first_index + 1, ... (endless when count is None)."""
+            first_index: int = 0, count: int | None = None,
+            answers_only: bool = False) -> grain.IterDataset:
+  """Batches of sequences first_index, first_index + 1, ... (endless when count is None):
+  tokens [batch, context + 1], or with `answers_only` (tokens, loss weights [batch,
+  context]) whose weights are 1 at the queried values' targets and 0 elsewhere, so the
+  next-token loss scores only the answers, as Zoology trains (`runtime.training.loss_fn`)."""
+  weights = sequence(seed, 0, context, num_pairs)[1].astype(np.float32)
   ds = grain.MapDataset.range(first_index, first_index + count if count else 2 ** 60)
   ds = ds.map(lambda i: sequence(seed, int(i), context, num_pairs)[0])
+  if answers_only:
+    ds = ds.map(lambda tokens: (tokens, weights))
   return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
 
 
-def mixture(*, seed: int, settings, batch_size: int) -> grain.IterDataset:
+def mixture(*, seed: int, settings, batch_size: int,
+            answers_only: bool = False) -> grain.IterDataset:
   """Endless batches cycling through `settings` ((context, num_pairs) pairs): batch i holds
   sequences of settings[i % len(settings)], each setting from its own index range."""
   parts = [dataset(seed=seed, context=context, num_pairs=pairs, batch_size=batch_size,
-                   first_index=j * 2 ** 40)
+                   first_index=j * 2 ** 40, answers_only=answers_only)
            for j, (context, pairs) in enumerate(settings)]
   return parts[0] if len(parts) == 1 else grain.IterDataset.mix(parts)
 

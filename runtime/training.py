@@ -113,19 +113,25 @@ def init_state(run: Run, tx, seed=None) -> dict:
               rng=jax.random.PRNGKey(seed))
 
 
-def loss_fn(run: Run, params, tokens, rng=None):
-  """Mean next-token cross-entropy (nats) of tokens[:, 1:] given tokens[:, :-1]."""
-  return model_loss(nnx.merge(run.graphdef, params), tokens, rng)
+def loss_fn(run: Run, params, tokens, rng=None, weights=None):
+  """Next-token cross-entropy (nats) of tokens[:, 1:] given tokens[:, :-1]: the mean over
+  every position, or with `weights` [batch, seq_len] the weighted mean
+  sum(w * ce) / sum(w) (e.g. 0/1 weights to score only some targets)."""
+  return model_loss(nnx.merge(run.graphdef, params), tokens, rng, weights)
 
 
-def model_loss(model, tokens, rng=None):
+def model_loss(model, tokens, rng=None, weights=None):
   """`loss_fn` of a merged model."""
   logits = model(tokens[:, :-1], rng)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+  if weights is None:
+    return ce.mean()
+  return (ce * weights).sum() / jnp.maximum(weights.sum(), 1e-9)
 
 
 def make_train_step(run: Run, tx, shardings: dict, schedule: optax.Schedule | None = None):
-  """The jitted step: state and batch in their shardings, the state's buffers donated.
+  """The jitted step: state and batch in their shardings, the state's buffers donated. The
+  batch is tokens [batch, seq_len + 1] or (tokens, loss weights [batch, seq_len]) (`loss_fn`).
 
   `tx` is a step optimizer (`runtime.optimizers.StepOptimizer` or
   `memory_layers.row_sparse.RowSparseValueOptimizer`; a plain optax transformation is
@@ -142,10 +148,11 @@ def make_train_step(run: Run, tx, shardings: dict, schedule: optax.Schedule | No
   tx = optimizers.as_step_optimizer(tx)
   schedule = schedule or learning_rate_schedule(run.config)
 
-  def train_step(state, tokens):
+  def train_step(state, batch):
+    tokens, weights = batch if isinstance(batch, tuple) else (batch, None)
     rng = jax.random.fold_in(state["rng"], state["step"])
-    loss, grads = tx.value_and_grad(lambda model: model_loss(model, tokens, rng), run.graphdef,
-                                    state["params"])
+    loss, grads = tx.value_and_grad(lambda model: model_loss(model, tokens, rng, weights),
+                                    run.graphdef, state["params"])
     checked, grad_norm, commit = tx.update(grads, state["opt_state"], state["params"])
     finite = jnp.stack([jnp.isfinite(loss)] + [jnp.isfinite(x).all() for x in checked])
     ok = finite.all()
@@ -172,5 +179,8 @@ def initial_state(run: Run, tx, shardings: dict) -> dict:
   return jax.jit(lambda: init_state(run, tx), out_shardings=shardings)()
 
 
-def global_batch(run: Run, local: np.ndarray) -> jax.Array:
-  return jax.make_array_from_process_local_data(run.batch_sharding, local)
+def global_batch(run: Run, local):
+  """The global batch of this process's part: tokens [batch, seq_len + 1], or a tuple
+  (tokens, weights [batch, seq_len]) for a weighted loss."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(run.batch_sharding, x),
+                      local)

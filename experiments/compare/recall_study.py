@@ -43,7 +43,7 @@ def train_and_score(config, arm: str, lr: float, seed: int, directory: Path) -> 
                                            seed=seed, batch_size=rc.batch_size,
                                            learning_rate=lr))
   data = recall.mixture(seed=seed, settings=list(zip(rc.lengths, rc.pairs)),
-                        batch_size=run.config.batch_size)
+                        batch_size=run.config.batch_size, answers_only=True)
   return runs.train_run(run, data, directory, lambda p: dict(accuracy=accuracy(run, p, rc)),
                           "recall", rc.batch_size * float(np.mean(rc.lengths)))
 

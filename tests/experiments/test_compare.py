@@ -49,6 +49,11 @@ def test_recall_mixture_cycles_through_the_settings():
   assert shapes == [(3, 17), (3, 33), (3, 17), (3, 33)]
   first = next(iter(recall.mixture(seed=0, settings=[(16, 2)], batch_size=3)))
   np.testing.assert_array_equal(first[0], recall.sequence(0, 0, 16, 2)[0])
+  tokens, weights = next(iter(recall.mixture(seed=0, settings=[(16, 2)], batch_size=3,
+                                             answers_only=True)))
+  np.testing.assert_array_equal(tokens, first)
+  tokens, mask = recall.sequence(0, 0, 16, 2)
+  np.testing.assert_array_equal(weights, np.broadcast_to(mask, (3, 16)).astype(np.float32))
 
 
 def test_repeated_passage_is_the_passage_twice_around_filler():

@@ -106,3 +106,25 @@ def test_one_trainer_serves_every_seed():
   with jax.set_mesh(other.mesh):
     expected = training.initial_state(other, trainer.tx, trainer.shardings)
   chex.assert_trees_all_equal(one, expected)
+
+
+def test_a_weighted_batch_scores_the_weighted_targets_only():
+  """(tokens, weights) batches: the step's loss is sum(w * ce) / sum(w); plain token batches
+  keep the mean over every target."""
+  config = tiny_config()
+  run = training.prepare(config)
+  trainer = loop.Trainer(run)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 256, (config.batch_size, config.seq_len + 1), dtype=np.int32)
+  weights = np.zeros((config.batch_size, config.seq_len), np.float32)
+  weights[:, -4:] = 1.0
+  with jax.set_mesh(run.mesh):
+    params = trainer.initial_state()["params"]
+    logits = np.asarray(run.apply(params, training.global_batch(run, tokens[:, :-1])))
+    ce = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]))
+    expected = float((ce * weights).sum() / weights.sum())
+    _, weighted = trainer.step(trainer.initial_state(),
+                               training.global_batch(run, (tokens, weights)))
+    _, plain = trainer.step(trainer.initial_state(), training.global_batch(run, tokens))
+  np.testing.assert_allclose(float(weighted["loss"]), expected, rtol=1e-5)
+  np.testing.assert_allclose(float(plain["loss"]), ce.mean(), rtol=1e-5)
