@@ -51,7 +51,7 @@ _CPU = dict(
     model=dict(dim=64, num_layers=2, num_heads=4),
     train=dict(batch_size=16, seq_len=128, learning_rate=3e-3, warmup_steps=50,
                checkpoint_every=500, log_every=100, **_SKIP_NONFINITE),
-    recall=dict(lengths=(64, 128), pairs=(4, 8), steps=3000, batch_size=8,
+    recall=dict(lengths=(64, 128), pairs=(4, 8), steps=5000, batch_size=8,
                 learning_rates=(1e-3, 3e-3, 1e-2), multipliers=(1, 2, 4, 8, 16),
                 eval_sequences=128, eval_batch_size=32),
     repeat=dict(passage=32, distance=64, steps=500, batch_size=16, eval_distances=(64, 256, 1024),
