@@ -3,7 +3,8 @@ was learned carries beyond the training length.
 
 As in Zoology, one model learns every setting at once: each run trains recall.steps steps on
 batches that cycle through the (length L, pairs N) settings of recall.lengths / recall.pairs
-(`runtime.recall.mixture`, recall.batch_size sequences a batch). Seed 0 trains at every
+(`runtime.recall.mixture`, recall.batch_size sequences a batch), and the next-token loss
+scores the queried values only (the other targets are random draws: keys, values, filler). Seed 0 trains at every
 learning rate of recall.learning_rates; the rate with the best mean accuracy over the
 settings at their training lengths trains seeds 1 .. seeds - 1. Each run is scored (argmax
 accuracy on the queried values) on fresh sequences of m x L tokens for every setting and

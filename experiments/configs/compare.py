@@ -4,9 +4,10 @@
   python -m experiments.compare --config=experiments/configs/compare.py:340m --workdir=DIR
 
 Three studies (`studies`), each run for `seeds` seeds (0, 1, ...):
-  recall    multi-query associative recall (Zoology's setting), trained at each
-            (length, pairs) of `recall.lengths` / `recall.pairs`, with a learning-rate sweep
-            on seed 0; scored at every multiple of the training length in `recall.multipliers`;
+  recall    multi-query associative recall (Zoology's setting: the loss on the queried
+            values only), trained at each (length, pairs) of `recall.lengths` /
+            `recall.pairs`, with a learning-rate sweep on seed 0; scored at every multiple
+            of the training length in `recall.multipliers`;
   repeat    the repeated-passage probe: passage, filler of `repeat.distance` bytes, the
             passage again; the second reading's loss against the first's, at the training
             distance and at `repeat.eval_distances`;
