@@ -6,6 +6,10 @@ change in context, with the CMS driven by the next-token gradient) trains ablati
 steps of language modelling on the default corpus, one run per seed, and is scored by its
 validation loss over ablation.eval_batches batches in order. HOPE-Attention against the
 Transformer asks whether the CMS earns its parameters.
+
+A run of seed k sees the same training batches and the same validation batches whatever the
+variant, so each variant also reports its loss minus the first variant's, seed by seed
+(`paired`, mean ± std over seeds): the spread that the seeds share cancels there.
 """
 import itertools
 import math
@@ -54,4 +58,7 @@ def run(config, arms: list[str], workdir: Path) -> dict:
         loss=runs.mean_std([r["loss"] for r in scored]),
         bits_per_byte=runs.mean_std([r["bits_per_byte"] for r in scored]),
         params=run_.num_params, **runs.costs(scored, scored))
-  return dict(variants=out, steps=ac.steps)
+  first = out[next(iter(out))]["loss"]["values"]
+  for summary in out.values():
+    summary["paired"] = runs.mean_std(np.subtract(summary["loss"]["values"], first))
+  return dict(variants=out, steps=ac.steps, first=next(iter(out)))

@@ -59,10 +59,13 @@ def markdown(results: dict) -> str:
           f"{_pm(s['readings'][d]['gain'])}" for d in distances) + " |")
   if "ablation" in studies:
     r = studies["ablation"]
-    lines += ["", f"Ablation: validation loss after {r['steps']} steps (nats/byte):", "",
-              "| variant | parameters | loss | bits/byte |", "|---|---:|---:|---:|"]
+    lines += ["", f"Ablation: validation loss after {r['steps']} steps (nats/byte), and minus "
+                  f"{r['first']}'s, seed by seed:", "",
+              f"| variant | parameters | loss | bits/byte | minus {r['first']} |",
+              "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {s['params'] / 1e6:.3f}M | {_pm(s['loss'])} | "
-              f"{_pm(s['bits_per_byte'])} |" for n, s in r["variants"].items()]
+              f"{_pm(s['bits_per_byte'])} | {_pm(s['paired'])} |"
+              for n, s in r["variants"].items()]
   lines += ["", "Training time (seconds, all runs of the study) and speed (tokens per second "
                 "after the first step):", "", "| arm or variant | study | seconds | tokens/s | "
                 "non-finite steps |", "|---|---|---:|---:|---:|"]

@@ -90,7 +90,7 @@ def _micro(**overrides):
                   multipliers=(1, 2), eval_sequences=8, eval_batch_size=4)
   c.repeat.update(passage=8, distance=40, steps=2, eval_distances=(40, 80), eval_sequences=4,
                   eval_batch_size=4)
-  c.ablation.update(steps=2, eval_batches=1, variants="transformer")
+  c.ablation.update(steps=2, eval_batches=1, variants="transformer,transformer_swa")
   override(c, overrides)
   return c
 
@@ -142,7 +142,11 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   assert reading["gain"]["mean"] == pytest.approx(
       reading["first"]["mean"] - reading["second"]["mean"])
   assert len(saved["studies"]["repeat"]["arms"]["transformer"]["by_position"]) == 2 * 8 + 40
-  assert saved["studies"]["ablation"]["variants"]["transformer"]["loss"]["std"] >= 0
+  variants = saved["studies"]["ablation"]["variants"]
+  assert variants["transformer"]["paired"]["values"] == [0.0, 0.0]
+  np.testing.assert_allclose(variants["transformer_swa"]["paired"]["values"], np.subtract(
+      variants["transformer_swa"]["loss"]["values"], variants["transformer"]["loss"]["values"]))
+  assert "| transformer_swa | " in printed and "minus transformer |" in printed
   for png in ("recall.png", "repeat_gain.png", "repeat_by_position.png", "ablation.png"):
     assert (tmp_path / png).stat().st_size > 1000
   one = tmp_path / "repeat" / "transformer" / "seed1" / "repeat.json"
