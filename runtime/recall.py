@@ -53,10 +53,10 @@ def dataset(*, seed: int, context: int, num_pairs: int, batch_size: int,
   tokens [batch, context + 1], or with `answers_only` (tokens, loss weights [batch,
   context]) whose weights are 1 at the queried values' targets and 0 elsewhere, so the
   next-token loss scores only the answers, as Zoology trains (`runtime.training.loss_fn`)."""
-  weights = sequence(seed, 0, context, num_pairs)[1].astype(np.float32)
   ds = grain.MapDataset.range(first_index, first_index + count if count else 2 ** 60)
   ds = ds.map(lambda i: sequence(seed, int(i), context, num_pairs)[0])
   if answers_only:
+    weights = sequence(seed, 0, context, num_pairs)[1].astype(np.float32)  # same every index
     ds = ds.map(lambda tokens: (tokens, weights))
   return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
 

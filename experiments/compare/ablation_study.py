@@ -58,7 +58,8 @@ def run(config, arms: list[str], workdir: Path) -> dict:
         loss=runs.mean_std([r["loss"] for r in scored]),
         bits_per_byte=runs.mean_std([r["bits_per_byte"] for r in scored]),
         params=run_.num_params, **runs.costs(scored, scored))
-  first = out[next(iter(out))]["loss"]["values"]
+  first = next(iter(out))
   for summary in out.values():
-    summary["paired"] = runs.mean_std(np.subtract(summary["loss"]["values"], first))
-  return dict(variants=out, steps=ac.steps, first=next(iter(out)))
+    summary["paired"] = runs.mean_std(np.subtract(summary["loss"]["values"],
+                                                  out[first]["loss"]["values"]))
+  return dict(variants=out, steps=ac.steps, first=first)

@@ -4,13 +4,13 @@ was learned carries beyond the training length.
 As in Zoology, one model learns every setting at once: each run trains recall.steps steps on
 batches that cycle through the (length L, pairs N) settings of recall.lengths / recall.pairs
 (`runtime.recall.mixture`, recall.batch_size sequences a batch), and the next-token loss
-scores the queried values only (the other targets are random draws: keys, values, filler). Seed 0 trains at every
-learning rate of recall.learning_rates; the rate with the best mean accuracy over the
-settings at their training lengths trains seeds 1 .. seeds - 1. Each run is scored (argmax
-accuracy on the queried values) on fresh sequences of m x L tokens for every setting and
-every m in recall.multipliers, one forward pass each: beyond L a sliding window cannot
-reach the keys, and only what a model carries (attention over the whole context, or a
-memory's state) can.
+scores the queried values only (the other targets are random draws: keys, values, filler).
+Seed 0 trains at every learning rate of recall.learning_rates; the rate with the best mean
+accuracy over the settings at their training lengths trains seeds 1 .. seeds - 1. Each run
+is scored (argmax accuracy on the queried values) on fresh sequences of m x L tokens for
+every setting and every m in recall.multipliers, one forward pass each: beyond L a sliding
+window cannot reach the keys, and only what a model carries (attention over the whole
+context, or a memory's state) can.
 """
 from pathlib import Path
 
