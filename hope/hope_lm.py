@@ -23,6 +23,7 @@ from flax import nnx
 
 from hope.attention import CausalSelfAttention
 from hope.cms import SIGNALS, ContinuumMemory, teach_piece_of
+from hope.fused_kernel import check_kernel
 from hope.lm import Block, DecoderLM, check_shape
 from hope.self_modifying import SelfModifyingMemory, check_inner_rule
 
@@ -36,22 +37,26 @@ def hope_lm(*, vocab_size: int, dim: int, num_layers: int, num_heads: int, mlp_d
             cms_inner_lr: float = 1e-2, max_grad_norm: float | None = 1.0,
             cms_max_grad_norm: float | None = 8.0, window: int = 0, rope_base: float = 10_000.0,
             dtype: str = "float32", dropout_rate: float = 0.0, inner_rule: str = "dgd",
-            inner_decay: bool = True, cms_signal: str = "associative") -> DecoderLM:
+            inner_decay: bool = True, cms_signal: str = "associative",
+            kernel: str = "xla") -> DecoderLM:
   """Builds HOPE (`mixer='self_modifying'`) or HOPE-Attention (`mixer='attention'`).
 
   `inner_rule` ('dgd' or 'gd') and `inner_decay` are the self-modifying memories' inner
   optimizer (`hope.self_modifying`); HOPE-Attention has no such memories and refuses values
-  other than the defaults.
+  other than the defaults. `kernel="pallas"` runs the self-modifying memories' chunk updates
+  as Pallas kernels (`hope.fused_kernel`).
   """
   head_dim = check_shape(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
                          num_heads=num_heads, mlp_dim=mlp_dim, head_dim=head_dim)
   if mixer not in MIXERS:
     raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
   check_inner_rule("", inner_rule, inner_decay)
-  if mixer == "attention" and (inner_rule, inner_decay) != ("dgd", True):
-    raise ValueError(f"inner_rule ({inner_rule!r}) and inner_decay ({inner_decay!r}) set the "
-                     "self-modifying memories' inner optimizer; mixer='attention' has none, "
-                     "so they must keep their defaults ('dgd', True)")
+  check_kernel("", kernel)
+  if mixer == "attention" and (inner_rule, inner_decay, kernel) != ("dgd", True, "xla"):
+    raise ValueError(f"inner_rule ({inner_rule!r}), inner_decay ({inner_decay!r}) and kernel "
+                     f"({kernel!r}) set the self-modifying memories' inner optimizer and its "
+                     "kernel; mixer='attention' has none, so they must keep their defaults "
+                     "('dgd', True, 'xla')")
   if not isinstance(cms_signal, str) or cms_signal not in SIGNALS:
     raise ValueError("cms_signal must be 'associative' (each CMS level's own L2 objective) or "
                      f"'teach' (the next-token loss), got {cms_signal!r}")
@@ -75,7 +80,7 @@ def hope_lm(*, vocab_size: int, dim: int, num_layers: int, num_heads: int, mlp_d
                                chunk_size_memory=chunk_size_memory,
                                chunk_size_other=chunk_size_other, max_grad_norm=max_grad_norm,
                                inner_rule=inner_rule, inner_decay=inner_decay, piece=piece,
-                               rngs=rngs, dtype=compute_dtype)
+                               kernel=kernel, rngs=rngs, dtype=compute_dtype)
 
   blocks = [
       Block(dim, sequence_mixer(),

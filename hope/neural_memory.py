@@ -62,6 +62,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
+from hope.fused_kernel import check_kernel, fused_kernel
 from hope.layers import Dense, RMSNorm, first_nonfinite, l2_normalize, param
 from hope.short_conv import ShortConv
 
@@ -231,7 +232,7 @@ def _chunk(weights, momentum, q, k, v, coefficients, use_momentum: bool, max_gra
 
 
 def chunked_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chunk_size: int,
-                   use_momentum: bool, max_grad_norm: float | None = None):
+                   use_momentum: bool, max_grad_norm: float | None = None, kernel: str = "xla"):
   """The same computation as `reference_memory`, a `lax.scan` over chunks of b tokens.
 
   Inside a chunk starting from (W_0, S_0) every gradient is taken at W_0, so the per-token
@@ -250,7 +251,8 @@ def chunked_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chunk_
     W^l_b = c_b W^l_0 + d_b S^l_0 - H^T (A_{b,:} * Delta),
     S^l_b = f_b S^l_0 - H^T ((theta E_{b,:}) * Delta).
   The chunk body is rematerialised (`jax.checkpoint`), so the backward pass keeps one state
-  per chunk. `seq` must be a multiple of `chunk_size` (the module pads).
+  per chunk. `seq` must be a multiple of `chunk_size` (the module pads). `kernel="pallas"`
+  runs each chunk as one Pallas kernel, forward and backward (`hope.fused_kernel`).
   """
   seq = q.shape[0]
   chunks = seq // chunk_size
@@ -259,9 +261,13 @@ def chunked_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chunk_
       *map(split, (lr, eta, retain, write)))  # every chunk's at once, outside the scan
   inputs = (split(q), split(k), split(v), coefficients)
 
+  one_chunk = functools.partial(_chunk, use_momentum=use_momentum, max_grad_norm=max_grad_norm)
+  if kernel == "pallas":
+    one_chunk = fused_kernel(one_chunk)
+
   def body(carry, chunk):
     w, s = carry
-    y, w, s = _chunk(w, s, *chunk, use_momentum=use_momentum, max_grad_norm=max_grad_norm)
+    y, w, s = one_chunk(w, s, *chunk)
     return (w, s), y
 
   (w, s), y = jax.lax.scan(jax.checkpoint(body, prevent_cse=False), (weights, momentum), inputs)
@@ -276,7 +282,8 @@ class NeuralMemory(nnx.Module):
                momentum: bool = True, decay: bool = True, max_lr: float = 0.01,
                max_grad_norm: float | None = 1.0,
                implementation: str = "chunked", output_gate: bool = True,
-               rule: optax.GradientTransformation | None = None, rngs: nnx.Rngs,
+               rule: optax.GradientTransformation | None = None, kernel: str = "xla",
+               rngs: nnx.Rngs,
                dtype=jnp.float32):
     for name, value in (("dim", dim), ("num_heads", num_heads), ("depth", depth),
                         ("expansion", expansion), ("chunk_size", chunk_size),
@@ -294,13 +301,17 @@ class NeuralMemory(nnx.Module):
     check_clip_norm("", max_grad_norm)
     if implementation not in IMPLEMENTATIONS:
       raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    check_kernel("", kernel)
+    if kernel != "xla" and implementation != "chunked":
+      raise ValueError(f"kernel={kernel!r} runs the chunked form; implementation="
+                       f"{implementation!r} has no kernel")
     if rule is not None and implementation != "reference":
       raise ValueError("an optax rule for the in-context update needs implementation="
                        "'reference' (the chunked form is written for Titans' own rule)")
     head_dim = head_dim or dim // num_heads
     self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
     self.chunk_size, self.max_lr, self.implementation = chunk_size, max_lr, implementation
-    self.max_grad_norm = max_grad_norm
+    self.max_grad_norm, self.kernel = max_grad_norm, kernel
     self.use_momentum, self.use_decay = momentum, decay
     self.rule = rule
 
@@ -366,7 +377,7 @@ class NeuralMemory(nnx.Module):
     q, k, v, conv = self._keys_values_queries(x, state.conv, mask)
     gates = self.gates(x, mask)
     if self.implementation == "chunked":
-      core = chunked_memory
+      core = functools.partial(chunked_memory, kernel=self.kernel)
     else:
       core = functools.partial(reference_memory, rule=self.rule)
     run = lambda *a: core(*a, chunk_size=self.chunk_size, use_momentum=self.use_momentum,

@@ -88,6 +88,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from hope.fused_kernel import check_kernel, fused_kernel
 from hope.layers import Dense, first_nonfinite, l2_normalize, param, silu_grad
 from hope.neural_memory import check_clip_norm, clip_scale
 from hope.short_conv import ShortConv
@@ -196,12 +197,15 @@ def unit_lower_inverse(strict: jax.Array) -> jax.Array:
   return inverse
 
 
-def _inner_update(boundary: dict, running: dict, key, target, eta, log_alpha,
-                  max_grad_norm: float | None, rule: str) -> dict:
+def inner_update(boundary: dict, running: dict, key, target, eta, log_alpha, *,
+                 max_grad_norm: float | None, rule: str, kernel: str = "xla") -> dict:
   """One memory's running weights after a chunk: gradients at the boundary weights (eq. 91),
   each token's clipped to a global norm of max_grad_norm, then the recurrence of `rule` (DGD,
   eq. 88, or plain gradient descent) from the running weights. key, target [n, heads, d];
-  eta, log_alpha [n, heads]."""
+  eta, log_alpha [n, heads]. kernel="pallas": the same as one Pallas kernel."""
+  if kernel == "pallas":
+    update = functools.partial(inner_update, max_grad_norm=max_grad_norm, rule=rule)
+    return fused_kernel(update)(boundary, running, key, target, eta, log_alpha)
   factors = gradient_factors(boundary, key, target)
   squared = sum(jnp.sum(u * u, -1) * jnp.sum(x * x, -1) for u, x in factors.values())
   scale = clip_scale(squared, max_grad_norm)[..., None]
@@ -242,13 +246,17 @@ class SelfModifyingMemory(nnx.Module):
     inner_decay: False fixes alpha_t = 1 (no forgetting) in the inner rule.
     piece: every call's length must be a multiple of this, with no mask; a promise that
       saves chunk steps (module docstring). 1: calls of any length.
+    kernel: "xla", or "pallas" to run each memory's chunk update (gradients, clip and the
+      closed-form DGD or GD step) as one Pallas kernel, forward and backward
+      (`hope.fused_kernel`).
     dtype: dtype of the q and output projections; the memories run in float32.
   """
 
   def __init__(self, dim: int, *, num_heads: int, head_dim: int = 0,
                chunk_size_memory: int = 16, chunk_size_other: int = 16, conv_width: int = 4,
                max_grad_norm: float | None = 1.0, inner_rule: str = "dgd",
-               inner_decay: bool = True, piece: int = 1, rngs: nnx.Rngs, dtype=jnp.float32):
+               inner_decay: bool = True, piece: int = 1, kernel: str = "xla", rngs: nnx.Rngs,
+               dtype=jnp.float32):
     for name, value in (("dim", dim), ("num_heads", num_heads),
                         ("chunk_size_memory", chunk_size_memory),
                         ("chunk_size_other", chunk_size_other), ("conv_width", conv_width),
@@ -268,7 +276,8 @@ class SelfModifyingMemory(nnx.Module):
                        f"must equal dim ({dim}): the memories read x split into heads")
     check_clip_norm("SelfModifyingMemory ", max_grad_norm)
     check_inner_rule("SelfModifyingMemory ", inner_rule, inner_decay)
-    self.max_grad_norm = max_grad_norm
+    check_kernel("SelfModifyingMemory ", kernel)
+    self.max_grad_norm, self.kernel = max_grad_norm, kernel
     self.inner_rule, self.inner_decay = inner_rule, bool(inner_decay)
     self.piece = int(piece)
     self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
@@ -340,8 +349,8 @@ class SelfModifyingMemory(nnx.Module):
     seq = x.shape[0]
     eta_bias, alpha_bias = self.eta_bias[...], self.alpha_bias[...]
     apply_each = jax.vmap(memory_apply, in_axes=(0, None))
-    update = functools.partial(_inner_update, max_grad_norm=self.max_grad_norm,
-                               rule=self.inner_rule)
+    update = functools.partial(inner_update, max_grad_norm=self.max_grad_norm,
+                               rule=self.inner_rule, kernel=self.kernel)
     update_each = jax.vmap(update, in_axes=(0, 0, None, 0, None, None))
 
     def other_step(carry, chunk):

@@ -170,13 +170,15 @@ def titans(*, variant: str, vocab_size: int, dim: int, num_layers: int, num_head
            segment_len: int = 64, persistent_tokens: int = 4, memory_depth: int = 2,
            memory_expansion: int = 2, chunk_size: int = 16, momentum: bool = True,
            decay: bool = True, max_lr: float = 0.01, max_grad_norm: float | None = 1.0,
-           dropout_rate: float = 0.0, dtype: str = "float32") -> DecoderLM:
-  """A Titans LM: every block's mixer is a Titans `variant`, its MLP a SwiGLU."""
+           dropout_rate: float = 0.0, dtype: str = "float32", kernel: str = "xla") -> DecoderLM:
+  """A Titans LM: every block's mixer is a Titans `variant`, its MLP a SwiGLU; `kernel="pallas"`
+  runs the memories' chunks as Pallas kernels (`hope.fused_kernel`)."""
   head_dim = check_shape(vocab_size=vocab_size, dim=dim, num_layers=num_layers,
                          num_heads=num_heads, mlp_dim=mlp_dim, head_dim=head_dim)
   compute_dtype = jnp.dtype(dtype)
   memory = dict(depth=memory_depth, expansion=memory_expansion, chunk_size=chunk_size,
-                momentum=momentum, decay=decay, max_lr=max_lr, max_grad_norm=max_grad_norm)
+                momentum=momentum, decay=decay, max_lr=max_lr, max_grad_norm=max_grad_norm,
+                kernel=kernel)
   blocks = [
       Block(dim,
             TitansMixer(variant, dim, num_heads=num_heads, head_dim=head_dim, window=window,
