@@ -102,6 +102,13 @@ CASES = {
                                "--models transformer:huge"),
     "benchmark zero runs": ("experiments.benchmark", ["--runs=0"],
                             "--runs and --steps_per_run must be positive"),
+    "accelerator_check no --out": ("experiments.accelerator_check", ["--size=tiny"],
+                                   "--out is required"),
+    "accelerator_check --out folder missing": (
+        "experiments.accelerator_check", ["--out={workdir}/check.json"], "--out: folder"),
+    "accelerator_check unknown section": (
+        "experiments.accelerator_check", ["--out={inputs}/check.json", "--sections=lm,flops"],
+        "--sections: unknown ['flops']"),
     "old inject_facts command": ("experiments.inject_facts", [],
                                  "now `python -m experiments.fact_injection"),
     "old kill_test command": ("experiments.kill_test", [], "now `python -m experiments.crash_check`"),

@@ -62,3 +62,20 @@ def test_cli_writes_json(tmp_path):
   results = json.loads(out.read_text())
   assert {"date", "jax", "machine", "load_at_start"} <= set(results)
   assert results["suites"]["lm"]["rows"][0]["model"] == "transformer:tiny"
+
+
+def test_accelerator_check_runs_end_to_end_at_the_tiny_size(tmp_path):
+  out = tmp_path / "accelerator.json"
+  proc = run_cli("experiments.accelerator_check", "--size=tiny", f"--out={out}", timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(out.read_text())
+  assert set(result["sections"]) == {"lm", "kernels", "memory_lm", "sharded"}
+  lm = result["sections"]["lm"]
+  assert set(lm) == {"transformer", "hope", "titans_lmm"}
+  assert lm["transformer"]["relative_tokens_per_sec"] == 1.0 and lm["hope"]["tokens_per_sec"] > 0
+  for row in result["sections"]["kernels"]["rows"].values():
+    assert row["max_gradient_difference"] <= 1e-4 * row["max_gradient"]
+  assert result["sections"]["memory_lm"]["num_slots"] == 16 ** 2
+  assert [r["devices"] for r in result["sections"]["sharded"]["rows"]] == [1, 8]
+  assert result["met"] == {}  # the targets are judged on accelerators only
+
