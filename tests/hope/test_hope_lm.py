@@ -52,9 +52,10 @@ def test_inner_rule_and_decay_reach_every_self_modifying_memory():
 
 def test_teach_signal_matches_the_per_piece_loop_values_and_outer_gradients(model):
   """Logits and the outer gradients of the summed next-token loss with respect to every
-  parameter, with the per-piece clip engaged on some pieces and not on others."""
+  parameter, with the per-piece clip engaged on some pieces and not on others. Three pieces:
+  level 0 changes after each, level 1 after the second (read by the third)."""
   graphdef, params = nnx.split(model)
-  tokens = _tokens()
+  tokens = _tokens(seq=12)
 
   def loss(params, fast):
     model = nnx.merge(graphdef, params)
