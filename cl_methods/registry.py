@@ -56,8 +56,7 @@ def _derpp(m, layout, hp, steps, seed):
 
 
 def _ewc(m, layout, hp, steps, seed):
-  return regularization.ewc(m.apply_fn, strength=hp["strength"],
-                            n_contexts=_n_contexts(layout))
+  return regularization.ewc(m.apply_fn, strength=hp["strength"])
 
 
 def _online_ewc(m, layout, hp, steps, seed):

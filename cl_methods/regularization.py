@@ -100,36 +100,53 @@ def _penalized_loss(apply_fn, penalty):
 
 
 class EWCState(NamedTuple):
-  fisher: Any    # params-shaped; leaves stacked over contexts (T, ...) for offline EWC
-  anchor: Any
+  fisher: Any    # params-shaped: offline, the summed Fisher S; online, the running Fisher
+  anchor: Any    # params-shaped: offline, the Fisher-weighted mean anchor; online, the latest
+  offset: jax.Array    # scalar: offline, the constant C of `ewc`; online, 0
 
 
-def ewc(apply_fn, *, strength: float, n_contexts: int) -> method_lib.ContinualMethod:
-  """Offline EWC: one Fisher and anchor per finished context."""
+def _ewc_penalty(strength: float):
+  def penalty(params, state):
+    return 0.5 * strength * (pytree_math.weighted_sq_distance(state.fisher, params, state.anchor)
+                             + state.offset)
+  return penalty
+
+
+def merge_quadratics(state: EWCState, fisher, anchor) -> EWCState:
+  """S (theta - a)^2 + C plus F (theta - b)^2 as one term S' (theta - a')^2 + C', exactly:
+  S' = S + F, a' = (S a + F b) / S' (b where S' = 0), C' = C + sum S F / S' (a - b)^2."""
+  total = jax.tree.map(jnp.add, state.fisher, fisher)
+  safe = lambda t: jnp.where(t > 0, t, 1.0)
+  mean = jax.tree.map(lambda s, a, f, b, t: jnp.where(t > 0, (s * a + f * b) / safe(t), b),
+                      state.fisher, state.anchor, fisher, anchor, total)
+  gap = jax.tree.map(lambda s, a, f, b, t: jnp.sum(jnp.where(t > 0, s * f / safe(t), 0.0)
+                                                   * (a - b) ** 2),
+                     state.fisher, state.anchor, fisher, anchor, total)
+  return EWCState(fisher=total, anchor=mean, offset=state.offset + sum(jax.tree.leaves(gap)))
+
+
+def ewc(apply_fn, *, strength: float) -> method_lib.ContinualMethod:
+  """Offline EWC: one penalty term per finished context, F_k (theta - theta*_k)^2.
+
+  The K terms are one quadratic: sum_k F_k (theta - a_k)^2 = S (theta - a)^2 + C with
+  S = sum_k F_k, a = sum_k F_k a_k / S and C a constant; `merge_quadratics` folds each
+  finished context in exactly. So a step costs what online EWC's does, however many
+  contexts have finished, and the state is two params-shaped trees and a scalar.
+  """
 
   def init_state(params, example):
     del example
-    stacked = jax.tree.map(lambda a: jnp.zeros((n_contexts,) + a.shape, a.dtype), params)
-    return EWCState(fisher=stacked, anchor=stacked)
-
-  def penalty(params, state):
-    terms = jax.tree.map(lambda f, a, p: jnp.sum(f * (p[None] - a) ** 2),
-                         state.fisher, state.anchor, params)
-    return 0.5 * strength * sum(jax.tree.leaves(terms))
+    zeros = pytree_math.zeros_like(params)
+    return EWCState(fisher=zeros, anchor=zeros, offset=jnp.float32(0.0))
 
   def end_context(params, state, data, context, key):
-    del key
-    fisher = diagonal_fisher(apply_fn, params, data)
-
-    def put(stack, value):
-      return stack.at[context].set(value)
-
-    return params, EWCState(fisher=jax.tree.map(put, state.fisher, fisher),
-                            anchor=jax.tree.map(put, state.anchor, params))
+    del context, key
+    return params, merge_quadratics(state, diagonal_fisher(apply_fn, params, data), params)
 
   return method_lib.ContinualMethod(
       name="ewc", family="parameter regularization",
-      loss=_penalized_loss(apply_fn, penalty), predict=method_lib.classifier_predict(apply_fn),
+      loss=_penalized_loss(apply_fn, _ewc_penalty(strength)),
+      predict=method_lib.classifier_predict(apply_fn),
       init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON)
 
 
@@ -138,21 +155,19 @@ def online_ewc(apply_fn, *, strength: float, gamma: float) -> method_lib.Continu
 
   def init_state(params, example):
     del example
-    return EWCState(fisher=pytree_math.zeros_like(params), anchor=params)
-
-  def penalty(params, state):
-    return 0.5 * strength * pytree_math.weighted_sq_distance(state.fisher, params, state.anchor)
+    return EWCState(fisher=pytree_math.zeros_like(params), anchor=params,
+                    offset=jnp.float32(0.0))
 
   def end_context(params, state, data, context, key):
     del context, key
     fisher = diagonal_fisher(apply_fn, params, data)
     return params, EWCState(
         fisher=jax.tree.map(lambda old, new: gamma * old + new, state.fisher, fisher),
-        anchor=params)
+        anchor=params, offset=state.offset)
 
   return method_lib.ContinualMethod(
       name="online_ewc", family="parameter regularization",
-      loss=_penalized_loss(apply_fn, penalty), predict=method_lib.classifier_predict(apply_fn),
+      loss=_penalized_loss(apply_fn, _ewc_penalty(strength)), predict=method_lib.classifier_predict(apply_fn),
       init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON)
 
 

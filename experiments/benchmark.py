@@ -40,6 +40,8 @@ PKM_SIZES = flags.DEFINE_list("pkm_sizes", [str(n) for n in product_key.DEFAULT_
                               "pkm: numbers of slots N (perfect squares) to time.")
 PKM_MEMORY_SLOTS = flags.DEFINE_integer("pkm_memory_slots", 1024 ** 2,
                                         "pkm: N for the 8-device memory analysis (0: skip).")
+CL_METHODS = flags.DEFINE_list("cl_methods", None, "cl: time these methods side by side "
+                               "(split digits, Class-IL, MLP(400, 400)) instead of the grid.")
 SHARDED_MODEL = flags.DEFINE_string("sharded_model", "transformer:tiny",
                                     "sharded: the config:size whose step is timed.")
 

@@ -9,7 +9,7 @@ Each suite (warm-up, then the median of several timed runs) is a module with
   pkm      product-key lookup time per token as N grows (16K..1M slots), and per-device
            table bytes on 8 devices;
   sharded  a train step on 8 devices (data=8; data=4 x tensor=2) against one device;
-  cl       the continual-learning grid's wall time.
+  cl       the continual-learning grid's wall time, or chosen methods side by side.
 The JSON holds the date, machine, jax version, load average and every row.
 """
 import datetime
@@ -19,6 +19,7 @@ import platform
 
 import jax
 
+from cl_methods import registry
 from experiments import configs
 from experiments.benchmarks import continual_grid, product_key, sharded_step, titans_memory, train_step
 from experiments.benchmarks.timing import load_average
@@ -91,7 +92,11 @@ def suite_calls(names: list[str], o) -> list:
     calls.append(("sharded", lambda: sharded_step.run(o.sharded_model,
                                                       **warmup_runs["sharded"])))
   if "cl" in names:
-    calls.append(("cl", lambda: continual_grid.run(**warmup_runs["cl"])))
+    methods = list(o.cl_methods or ())
+    unknown = sorted(set(methods) - set(registry.METHOD_NAMES))
+    if unknown:
+      raise UsageError(f"--cl_methods: unknown {unknown}; choose from {list(registry.METHOD_NAMES)}")
+    calls.append(("cl", lambda: continual_grid.run(methods=methods, **warmup_runs["cl"])))
   return calls
 
 

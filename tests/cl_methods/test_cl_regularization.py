@@ -45,13 +45,14 @@ def test_exact_fisher_matches_brute_force(tiny_mlp, data):
 def test_ewc_penalty_weights_distance_by_fisher(tiny_mlp, data, make_batch):
   apply_fn, params = tiny_mlp.apply_fn, tiny_mlp.params
   lam = 100.0
-  method = regularization.ewc(apply_fn, strength=lam, n_contexts=3)
+  method = regularization.ewc(apply_fn, strength=lam)
   state = method.init_state(params, data)
   only_first_head = data._replace(mask=jnp.broadcast_to(data.mask[0], data.mask.shape))
   _, state = jax.jit(method.end_context)(params, state, only_first_head, jnp.int32(0),
                                          jax.random.key(0))
-  fisher = jax.tree.map(lambda f: f[0], state.fisher)
-  chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], state.anchor), params)
+  fisher = state.fisher
+  chex.assert_trees_all_close(state.anchor, params)
+  assert float(state.offset) == 0.0
   # Units 2 and 3 never enter the softmax: their head weights have zero Fisher ...
   head_f = np.asarray(fisher["head"]["kernel"])
   assert np.all(head_f[:, 2:] == 0) and np.all(head_f[:, :2] > 0)
@@ -78,24 +79,34 @@ def test_ewc_penalty_weights_distance_by_fisher(tiny_mlp, data, make_batch):
 
 
 def test_offline_ewc_keeps_one_term_per_context_online_ewc_one_decayed(tiny_mlp, data):
+  """Offline: the merged penalty equals sum_k 1/2 F_k (theta - theta*_k)^2 over the finished
+  contexts, in value and gradient; online: one gamma-decayed Fisher at the latest anchor."""
   apply_fn, params = tiny_mlp.apply_fn, tiny_mlp.params
-  offline = regularization.ewc(apply_fn, strength=1.0, n_contexts=3)
+  offline = regularization.ewc(apply_fn, strength=1.0)
   online = regularization.online_ewc(apply_fn, strength=1.0, gamma=0.5)
-  later = jax.tree.map(lambda a: a + 0.1, params)
+  anchors = [params, jax.tree.map(lambda a: a + 0.1, params),
+             jax.tree.map(lambda a: 0.5 * a - 0.2, params)]
   fisher = jax.jit(lambda p: regularization.diagonal_fisher(apply_fn, p, data))
-  f1, f2 = fisher(params), fisher(later)
+  fishers = [fisher(p) for p in anchors]
   s_off, s_on = offline.init_state(params, data), online.init_state(params, data)
   end_off, end_on = jax.jit(offline.end_context), jax.jit(online.end_context)
-  for c, p in enumerate([params, later]):
+  for c, p in enumerate(anchors):
     _, s_off = end_off(p, s_off, data, jnp.int32(c), None)
     _, s_on = end_on(p, s_on, data, jnp.int32(c), None)
-  chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], s_off.fisher), f1, rtol=1e-5)
-  chex.assert_trees_all_close(jax.tree.map(lambda a: a[1], s_off.fisher), f2, rtol=1e-5)
-  chex.assert_trees_all_close(jax.tree.map(lambda a: a[1], s_off.anchor), later)
-  assert all(float(jnp.abs(a[2]).sum()) == 0 for a in jax.tree.leaves(s_off.fisher))
-  chex.assert_trees_all_close(s_on.fisher, jax.tree.map(lambda a, b: 0.5 * a + b, f1, f2),
-                              rtol=1e-5)
-  chex.assert_trees_all_close(s_on.anchor, later)
+  rng = np.random.default_rng(2)
+  theta = jax.tree.map(lambda a: a + jnp.asarray(rng.normal(size=a.shape), a.dtype), params)
+  batch = data._replace(valid=jnp.zeros_like(data.valid))   # no examples: the penalty alone
+
+  def by_hand(p):
+    return 0.5 * sum(pytree_math.weighted_sq_distance(f, p, a) for f, a in zip(fishers, anchors))
+
+  merged = lambda p: offline.loss(p, s_off, batch, None)[0]
+  np.testing.assert_allclose(merged(theta), by_hand(theta), rtol=1e-5)
+  chex.assert_trees_all_close(jax.grad(merged)(theta), jax.grad(by_hand)(theta), rtol=1e-4,
+                              atol=1e-7)
+  chex.assert_trees_all_close(s_on.fisher, jax.tree.map(lambda a, b, c: 0.25 * a + 0.5 * b + c,
+                                                        *fishers), rtol=1e-5)
+  chex.assert_trees_all_close(s_on.anchor, anchors[-1])
 
 
 def test_si_path_integral_equals_loss_decrease():

@@ -102,6 +102,8 @@ CASES = {
                                "--models transformer:huge"),
     "benchmark zero runs": ("experiments.benchmark", ["--runs=0"],
                             "--runs and --steps_per_run must be positive"),
+    "benchmark unknown cl method": ("experiments.benchmark", ["--suite=cl", "--cl_methods=ewc,sgd"],
+                                    "--cl_methods: unknown ['sgd']"),
     "accelerator_check no --out": ("experiments.accelerator_check", ["--size=tiny"],
                                    "--out is required"),
     "accelerator_check --out folder missing": (

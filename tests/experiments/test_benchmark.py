@@ -53,6 +53,15 @@ def test_cl_suite():
   assert result["rows"][0]["pairs"] == 1 and result["rows"][0]["seconds"] > 0
 
 
+def test_cl_suite_times_chosen_methods_side_by_side():
+  result = continual_grid.run(methods=["finetune", "ewc"], overrides={
+      "steps_per_context": 2, "eval_every": 2, "n_contexts": 2, "curve_examples": 8,
+      "consolidation_examples": 8, "model.hidden": (8,)}, warmup=0, runs=1)
+  assert [r["method"] for r in result["rows"]] == ["finetune", "ewc"]
+  assert result["rows"][0]["relative"] == 1.0 and result["rows"][1]["seconds"] > 0
+  assert "ewc" in continual_grid.table(result)
+
+
 def test_cli_writes_json(tmp_path):
   out = tmp_path / "bench.json"
   proc = run_cli("experiments.benchmark", "--suite=lm", "--models=transformer:tiny",
