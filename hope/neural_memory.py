@@ -32,6 +32,7 @@ Two implementations of the same computation, tested against each other:
   each gradient with `jax.grad` at the chunk-start weights and updates S and M token by token.
 - `implementation="chunked"` (default): `chunked_memory`, a `lax.scan` over chunks of b
   tokens; see that function for the dual form. Per-token weights are never materialised.
+  With `kernel="pallas"` each chunk runs as one Pallas kernel (`hope.fused_kernel`).
 
 Inner rule: `rule=` any optax transformation replaces the momentum update (reference
 implementation only); the gates theta_t, eta_t, alpha_t reach it as the extra arguments
