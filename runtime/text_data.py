@@ -1,8 +1,11 @@
 """Language-modelling data: byte-level tokens from a text corpus, as grain pipelines.
 
 The default corpus is the Python standard library's own source (found with `sysconfig`,
-test folders excluded), which every machine with Python has. A local text file or folder can
-be used instead. Tokens are bytes (vocabulary 256); documents are separated by byte 0.
+test folders excluded), which every machine with Python has. Two more built-in corpora come
+from Debian's base packages: `c_headers`, the C headers under /usr/include, and `man_de`,
+the German manual pages under /usr/share/man/de (roff source, gzip-decompressed). A local
+text file or folder can be used instead. Tokens are bytes (vocabulary 256); documents are
+separated by byte 0.
 
 The train/validation split is deterministic and by file: a file goes to validation when
 crc32(its path relative to the corpus root) % 100 < validation_percent. A single file is
@@ -10,6 +13,7 @@ split by position instead (its last validation_percent of bytes).
 """
 import dataclasses
 import functools
+import gzip
 import os
 import sysconfig
 import zlib
@@ -23,6 +27,10 @@ from runtime.errors import UsageError
 VOCAB_SIZE = 256
 SEPARATOR = 0
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+# Built-in corpora other than the standard library: name -> (folder, file-name pattern).
+MACHINE_CORPORA = {"c_headers": ("/usr/include", "*.h"),
+                   "man_de": ("/usr/share/man/de", "*.gz")}
+BUILTIN_CORPORA = ("stdlib",) + tuple(MACHINE_CORPORA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +47,23 @@ def stdlib_root() -> Path:
 def _stdlib_files(root: Path) -> list[Path]:
   return sorted(p for p in root.rglob("*.py")
                 if not _SKIPPED_DIRS.intersection(p.relative_to(root).parts[:-1]))
+
+
+def _machine_files(name: str, field: str) -> tuple[Path, list[Path]]:
+  """The folder and files of the built-in corpus `name` (UsageError if it has none here)."""
+  folder, pattern = MACHINE_CORPORA[name]
+  root = Path(folder)
+  files = sorted(p for p in root.rglob(pattern) if p.is_file()) if root.is_dir() else []
+  if not files:
+    raise UsageError(f"{field}.source: the built-in corpus {name!r} reads {pattern} files "
+                     f"under {folder}, and this machine has none there")
+  return root, files
+
+
+def _read(path: Path) -> bytes:
+  """A file's bytes, gzip-decompressed when its name ends in .gz."""
+  data = path.read_bytes()
+  return gzip.decompress(data) if path.suffix == ".gz" else data
 
 
 def _is_text(data: bytes) -> bool:
@@ -61,18 +86,21 @@ def _join(documents: list[bytes]) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def load_corpus(source: str, validation_percent: int, field: str = "config.data") -> Corpus:
-  """Reads the corpus named by `source` ('stdlib' or a path) and splits it (cached)."""
+  """Reads the corpus named by `source` (one of BUILTIN_CORPORA, or a path) and splits it
+  (cached)."""
   if not isinstance(validation_percent, int) or not 0 < validation_percent < 100:
     raise UsageError(f"{field}.validation_percent must be an integer in 1..99, "
                      f"got {validation_percent!r}")
   if source == "stdlib":
     root = stdlib_root()
     files = _stdlib_files(root)
+  elif source in MACHINE_CORPORA:
+    root, files = _machine_files(source, field)
   else:
     path = Path(os.path.expanduser(str(source)))
     if not path.exists():
-      raise UsageError(f"{field}.source: {str(path)!r} does not exist "
-                       "(give 'stdlib' or a text file or folder)")
+      raise UsageError(f"{field}.source: {str(path)!r} does not exist (give one of "
+                       f"{list(BUILTIN_CORPORA)}, or a text file or folder)")
     if path.is_file():
       data = path.read_bytes()
       if not data.strip():
@@ -85,13 +113,14 @@ def load_corpus(source: str, validation_percent: int, field: str = "config.data"
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
   train, validation, skipped = [], [], 0
   for f in files:
-    data = f.read_bytes()
+    data = _read(f)
     if not data.strip() or not _is_text(data):
       skipped += not _is_text(data)
       continue
     key = zlib.crc32(f.relative_to(root).as_posix().encode()) % 100
     (validation if key < validation_percent else train).append(data)
-  where = "the standard library" if source == "stdlib" else f"folder {str(root)!r}"
+  where = {"stdlib": "the standard library"}.get(
+      source, f"built-in {source} ({root})" if source in MACHINE_CORPORA else f"folder {str(root)!r}")
   if not train and not validation:
     raise UsageError(f"{field}.source: {where} holds no non-empty text files "
                      f"({len(files)} files, {skipped} binary)")

@@ -61,7 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
       batch=("data", "fsdp"), embed="fsdp", vocab="tensor", heads="tensor", head_dim=None,
       mlp="tensor", slots="fsdp", value="tensor"))
 
-  # `stdlib`: the Python standard library's own source; or a path to a text file/folder.
+  # `stdlib`: the Python standard library's own source; `c_headers` (/usr/include) and
+  # `man_de` (German manual pages): other built-in text; or a path to a text file/folder.
   c.data = ml_collections.ConfigDict(dict(source="stdlib", validation_percent=5))
   return c
 

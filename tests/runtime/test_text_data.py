@@ -14,6 +14,16 @@ def test_stdlib_split_is_by_file_deterministic_and_disjoint():
   assert not any("test" in f.relative_to(text_data.stdlib_root()).parts[:-1] for f in files)
 
 
+def test_builtin_machine_corpora_read_their_own_files():
+  """The German manual pages arrive decompressed (roff in UTF-8), the C headers as C."""
+  man = text_data.load_corpus("man_de", 5)
+  assert "built-in man_de" in man.description and len(man.validation) > 0
+  text = bytes(man.train).decode("utf-8", errors="replace")
+  assert ".TH " in text and "ü" in text
+  headers = text_data.load_corpus("c_headers", 5)
+  assert b"#include" in bytes(headers.train[:1_000_000]) and len(headers.validation) > 0
+
+
 def test_folder_source_skips_binary_files_and_splits_by_file(tmp_path):
   for i in range(40):
     (tmp_path / f"doc{i}.txt").write_text(f"document {i} " * 50)
