@@ -119,8 +119,12 @@ def load_corpus(source: str, validation_percent: int, field: str = "config.data"
       continue
     key = zlib.crc32(f.relative_to(root).as_posix().encode()) % 100
     (validation if key < validation_percent else train).append(data)
-  where = {"stdlib": "the standard library"}.get(
-      source, f"built-in {source} ({root})" if source in MACHINE_CORPORA else f"folder {str(root)!r}")
+  if source == "stdlib":
+    where = "the standard library"
+  elif source in MACHINE_CORPORA:
+    where = f"built-in {source} ({root})"
+  else:
+    where = f"folder {str(root)!r}"
   if not train and not validation:
     raise UsageError(f"{field}.source: {where} holds no non-empty text files "
                      f"({len(files)} files, {skipped} binary)")
