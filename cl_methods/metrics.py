@@ -119,3 +119,20 @@ def summarize(accuracy_matrix, random_init_accuracy) -> dict:
       "forgetting": forgetting(accuracy_matrix),
       "learning_accuracy": learning_accuracy(accuracy_matrix),
   }
+
+
+def loss_summary(loss_matrix, initial_losses) -> dict:
+  """The boundary metrics of a loss matrix (lower is better: a language model's validation
+  loss L[i, j] on domain j after training on domain i; `initial_losses` its losses before
+  any training), defined as the accuracy metrics of -L, with the signs kept:
+
+  * avg_loss       = 1/T sum_j L[T-1, j]                                 (-ACC)
+  * bwt            = 1/(T-1) sum_{j<T-1} (L[j, j] - L[T-1, j])           (BWT; < 0: forgetting)
+  * fwt            = 1/(T-1) sum_{j>0} (b[j] - L[j-1, j])                (FWT; > 0: transfer)
+  * forgetting     = 1/(T-1) sum_{j<T-1} (L[T-1, j] - min_{l<T-1} L[l, j])   (>= 0)
+  * learning_loss  = 1/T sum_j L[j, j]                                   (-LA)
+  """
+  negated = -np.asarray(loss_matrix, dtype=np.float64)
+  out = summarize(negated, -np.asarray(initial_losses, dtype=np.float64))
+  return dict(avg_loss=-out["acc"], bwt=out["bwt"], fwt=out["fwt"],
+              forgetting=out["forgetting"], learning_loss=-out["learning_accuracy"])

@@ -56,11 +56,13 @@ def _derpp(m, layout, hp, steps, seed):
 
 
 def _ewc(m, layout, hp, steps, seed):
-  return regularization.ewc(m.apply_fn, strength=hp["strength"])
+  return regularization.ewc(m.apply_fn, strength=hp["strength"],
+                            fisher=hp.get("fisher", "exact"))
 
 
 def _online_ewc(m, layout, hp, steps, seed):
-  return regularization.online_ewc(m.apply_fn, strength=hp["strength"], gamma=hp["gamma"])
+  return regularization.online_ewc(m.apply_fn, strength=hp["strength"], gamma=hp["gamma"],
+                                   fisher=hp.get("fisher", "exact"))
 
 
 def _si(m, layout, hp, steps, seed):

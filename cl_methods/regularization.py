@@ -7,7 +7,9 @@ pulls important parameters back to their anchor:
       F_k,i = E_x sum_y p(y|x) (d log p(y|x) / d theta_i)^2
   (the *exact* Fisher: expectation over all labels weighted by the model's own predictive
   probabilities, with only the context's active output units in the softmax, as in van de
-  Ven et al.'s code), and one penalty term per finished context:
+  Ven et al.'s code; or, with fisher="sampled", its one-sample Monte-Carlo estimate, which
+  is what a language model's vocabulary and positions allow), and one penalty term per
+  finished context:
       L = CE + lambda/2 sum_k sum_i F_k,i (theta_i - theta*_k,i)^2.
 * Online EWC (Schwarz et al. 2018, "Progress & compress", eq. 8): one running Fisher
   F <- gamma F + F_k and the latest anchor: L = CE + lambda/2 sum_i F_i (theta_i - theta*_i)^2.
@@ -41,50 +43,93 @@ def _chunk_size(params, n_outputs: int) -> int:
   return int(max(1, min(64, _CHUNK_FLOATS // max(1, n_params * n_outputs))))
 
 
-def per_example_mean(fn, params, data, chunk: int):
-  """Mean over the valid examples of fn(params, x_i, mask_i), a params-shaped pytree.
+def per_example_mean(fn, params, data, chunk: int, key=None):
+  """Mean over the valid examples of fn(params, x_i, mask_i, key_i), a params-shaped pytree
+  (key_i: example i's key, split from `key`; None when `key` is None).
 
   Examples are processed `chunk` at a time (vmap inside lax.scan) to bound memory.
   """
   n = data.x.shape[0]
   pad = (-n) % chunk
+  keys = (jnp.zeros((n,), jnp.int32) if key is None
+          else jax.random.key_data(jax.random.split(key, n)))
 
   def padded(a):
     a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
     return a.reshape((-1, chunk) + a.shape[1:])
 
-  xs, masks, valid = padded(data.x), padded(data.mask), padded(data.valid)
-
   def body(total, chunk_data):
-    x, mask, ok = chunk_data
-    values = jax.vmap(fn, in_axes=(None, 0, 0))(params, x, mask)
+    x, mask, ok, k = chunk_data
+    k = None if key is None else jax.random.wrap_key_data(k)
+    values = jax.vmap(fn, in_axes=(None, 0, 0, 0 if key is not None else None))(
+        params, x, mask, k)
     w = ok.astype(jnp.float32)
     return jax.tree.map(lambda t, v: t + jnp.tensordot(w, v, axes=1), total, values), None
 
-  total, _ = jax.lax.scan(body, pytree_math.zeros_like(params), (xs, masks, valid))
+  total, _ = jax.lax.scan(body, pytree_math.zeros_like(params),
+                          (padded(data.x), padded(data.mask), padded(data.valid), padded(keys)))
   count = jnp.maximum(data.valid.sum(), 1).astype(jnp.float32)
   return jax.tree.map(lambda t: t / count, total)
 
 
-def diagonal_fisher(apply_fn, params, data):
-  """Exact diagonal Fisher information, averaged over the valid examples of `data`."""
+FISHER_ESTIMATES = ("exact", "sampled")
 
-  def example(p, x, mask):
-    def log_probs(q):
-      return jax.nn.log_softmax(losses.masked_logits(apply_fn(q, x[None])[0], mask))
-    prob = jnp.exp(log_probs(p))
-    jac = jax.jacrev(log_probs)(p)               # leaves: (n_units, *param_shape)
+
+def diagonal_fisher(apply_fn, params, data, *, estimate: str = "exact", key=None):
+  """Diagonal Fisher information, averaged over the valid examples of `data`.
+
+  "exact": sum_y p(y|x) (d log p(y|x) / d theta)^2, one backward pass per output unit.
+  "sampled": (d log p(y~|x) / d theta)^2 with y~ drawn from the model (an unbiased estimate
+  of the exact value, one backward pass per example; `key` required). For a sequence
+  (logits (T, K) per example, next-token prediction) y~ is drawn at every position and the
+  estimate is (sum_t d log p(y~_t | x_<t) / d theta)^2 / T, unbiased for the mean over
+  positions of the per-position Fisher (the positions' scores have zero mean and are
+  independent given x), i.e. the Fisher of the mean next-token loss.
+  """
+  if estimate not in FISHER_ESTIMATES:
+    raise ValueError(f"unknown Fisher estimate {estimate!r}; choose from {FISHER_ESTIMATES}")
+
+  def log_probs(q, x, mask):
+    logits = apply_fn(q, x[None])[0]
+    return jax.nn.log_softmax(losses.masked_logits(logits[None], mask[None])[0])
+
+  def exact(p, x, mask, key):
+    del key
+    prob = jnp.exp(log_probs(p, x, mask))
+    jac = jax.jacrev(log_probs)(p, x, mask)               # leaves: (n_units, *param_shape)
     return jax.tree.map(lambda j: jnp.tensordot(prob, j ** 2, axes=1), jac)
 
-  return per_example_mean(example, params, data, _chunk_size(params, data.mask.shape[-1]))
+  def sampled(p, x, mask, key):
+    logp = jax.lax.stop_gradient(log_probs(p, x, mask))   # (..., K)
+    y = jax.random.categorical(key, logp)
+    positions = max(1, y.size)
+
+    def score(q):
+      picked = jnp.take_along_axis(log_probs(q, x, mask), y[..., None], axis=-1)
+      return picked.sum()
+
+    return jax.tree.map(lambda g: g ** 2 / positions, jax.grad(score)(p))
+
+  if estimate == "exact":
+    if len(jax.eval_shape(apply_fn, params, data.x[:1]).shape) != 2:
+      raise ValueError("the exact Fisher serves one prediction per example; for sequences "
+                       "use the sampled estimate")
+    return per_example_mean(exact, params, data, _chunk_size(params, data.mask.shape[-1]))
+  if key is None:
+    raise ValueError("the sampled Fisher needs a key")
+  return per_example_mean(sampled, params, data, _chunk_size(params, 1), key)
 
 
 def output_sensitivity(apply_fn, params, data):
-  """MAS importance: mean over valid examples of |d ||f(x)||^2 / d theta| (active units)."""
+  """MAS importance: mean over valid examples of |d ||f(x)||^2 / d theta| over the active
+  units (for a sequence, ||f(x)||^2 is the mean over its positions)."""
 
-  def example(p, x, mask):
+  def example(p, x, mask, key):
+    del key
     def sq_norm(q):
-      return jnp.sum(jnp.where(mask, apply_fn(q, x[None])[0], 0.0) ** 2)
+      out = apply_fn(q, x[None])
+      sq = jnp.where(losses.per_position(mask[None], out), out, 0.0) ** 2
+      return losses.example_mean(sq.sum(-1))[0]
     return jax.tree.map(jnp.abs, jax.grad(sq_norm)(p))
 
   return per_example_mean(example, params, data, _chunk_size(params, 1))
@@ -125,7 +170,7 @@ def merge_quadratics(state: EWCState, fisher, anchor) -> EWCState:
   return EWCState(fisher=total, anchor=mean, offset=state.offset + sum(jax.tree.leaves(gap)))
 
 
-def ewc(apply_fn, *, strength: float) -> method_lib.ContinualMethod:
+def ewc(apply_fn, *, strength: float, fisher: str = "exact") -> method_lib.ContinualMethod:
   """Offline EWC: one penalty term per finished context, F_k (theta - theta*_k)^2.
 
   The K terms are one quadratic: sum_k F_k (theta - a_k)^2 = S (theta - a)^2 + C with
@@ -140,8 +185,9 @@ def ewc(apply_fn, *, strength: float) -> method_lib.ContinualMethod:
     return EWCState(fisher=zeros, anchor=zeros, offset=jnp.float32(0.0))
 
   def end_context(params, state, data, context, key):
-    del context, key
-    return params, merge_quadratics(state, diagonal_fisher(apply_fn, params, data), params)
+    del context
+    information = diagonal_fisher(apply_fn, params, data, estimate=fisher, key=key)
+    return params, merge_quadratics(state, information, params)
 
   return method_lib.ContinualMethod(
       name="ewc", family="parameter regularization",
@@ -150,7 +196,8 @@ def ewc(apply_fn, *, strength: float) -> method_lib.ContinualMethod:
       init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON)
 
 
-def online_ewc(apply_fn, *, strength: float, gamma: float) -> method_lib.ContinualMethod:
+def online_ewc(apply_fn, *, strength: float, gamma: float,
+               fisher: str = "exact") -> method_lib.ContinualMethod:
   """Online EWC: a running, gamma-decayed Fisher and the latest anchor."""
 
   def init_state(params, example):
@@ -159,10 +206,10 @@ def online_ewc(apply_fn, *, strength: float, gamma: float) -> method_lib.Continu
                     offset=jnp.float32(0.0))
 
   def end_context(params, state, data, context, key):
-    del context, key
-    fisher = diagonal_fisher(apply_fn, params, data)
+    del context
+    information = diagonal_fisher(apply_fn, params, data, estimate=fisher, key=key)
     return params, EWCState(
-        fisher=jax.tree.map(lambda old, new: gamma * old + new, state.fisher, fisher),
+        fisher=jax.tree.map(lambda old, new: gamma * old + new, state.fisher, information),
         anchor=params, offset=state.offset)
 
   return method_lib.ContinualMethod(

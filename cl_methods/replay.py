@@ -8,7 +8,8 @@
   the buffer also stores the logits z the network produced for each example when it was
   inserted; two independent buffer batches give
       L = CE(current) + alpha * ||f(x') - z'||^2 + beta * CE(f(x''), y'').
-  The squared error is a mean over the example's active output units.
+  The squared error is a mean over the example's active output units (and, for a sequence,
+  over its positions).
 
 Replayed examples keep the output mask of their own context, so in Task-IL each one is
 scored on its own head.
@@ -62,8 +63,7 @@ def dark_experience_replay(apply_fn, *, buffer_size: int, alpha: float,
 
   def init_state(params, example):
     items = _example_items(example)
-    items["logits"] = jnp.zeros(example.mask.shape, jnp.float32)
-    del params
+    items["logits"] = jnp.zeros(jax.eval_shape(apply_fn, params, example.x).shape, jnp.float32)
     return replay_buffer.init(buffer_size, items)
 
   def loss(params, buffer, batch, key):
@@ -71,8 +71,10 @@ def dark_experience_replay(apply_fn, *, buffer_size: int, alpha: float,
     logits = apply_fn(params, batch.x)
     current = losses.cross_entropy(logits, batch.y, batch.mask, batch.valid)
     items, valid = replay_buffer.sample(buffer, batch.x.shape[0], k1)
-    sq = jnp.where(items["mask"], (apply_fn(params, items["x"]) - items["logits"]) ** 2, 0.0)
-    per_example = sq.sum(-1) / jnp.maximum(items["mask"].sum(-1), 1)
+    logits_now = apply_fn(params, items["x"])
+    sq = jnp.where(losses.per_position(items["mask"], logits_now),
+                   (logits_now - items["logits"]) ** 2, 0.0)
+    per_example = losses.example_mean(sq.sum(-1)) / jnp.maximum(items["mask"].sum(-1), 1)
     logit_term = losses.valid_mean(per_example, valid)
     items2, valid2 = replay_buffer.sample(buffer, batch.x.shape[0], k2)
     label_term = losses.cross_entropy(apply_fn(params, items2["x"]), items2["y"],

@@ -13,6 +13,9 @@ two; interleaved training is one phase over a mixture. `train` runs them under o
   optimizer state, step, RNG, the data iterator's position and the config; checksummed,
   written atomically). At a phase's end, after `evaluate(params)` has been saved to
   WORKDIR/<phase>.json, the checkpoint holds the next phase's iterator;
+- with a continual-learning method (`Trainer(..., method=)`, `runtime.continual`), the
+  method's step trains, its state is checkpointed with the rest, and its boundary hooks run
+  at the phases' ends and starts (`Phase.context`);
 - a rerun resumes from the latest intact checkpoint, in the middle of any phase: a step whose
   files fail their checksums, or that does not restore, is moved to
   WORKDIR/corrupt_checkpoints/ and the one before it is used.
@@ -27,11 +30,14 @@ from typing import Callable
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import logging
 
+from cl_methods.method import ContinualMethod
+
 from hope.optimizers.tree_paths import named_leaves
-from runtime import text_data, training
+from runtime import continual, text_data, training
 from runtime.checkpoints import RESTORE_ERRORS, Checkpoints, does_not_restore
 from runtime.errors import RunStopped, UsageError
 from runtime.metrics import MetricsWriter
@@ -42,11 +48,18 @@ from runtime.workdir import check_workdir, write_json
 @dataclasses.dataclass
 class Phase:
   """One stretch of training: `steps` steps on batches from `data`; `learning_rate` is the
-  phase's schedule of its own step (None: the config's schedule, read at the run's step)."""
+  phase's schedule of its own step (None: the config's schedule, read at the run's step).
+
+  For a run with a continual-learning method: `context` is the context the phase trains
+  (the method's begin_context runs before its first step, end_context after its last, on
+  `examples`, sequences [N, seq_len + 1] of that context); -1 signals no context (a
+  task-free stream: no hooks run)."""
   name: str
   data: grain.IterDataset
   steps: int
   learning_rate: optax.Schedule | None = None
+  context: int = -1
+  examples: np.ndarray | None = None
 
 
 def run_schedule(config, phases: list[Phase]) -> optax.Schedule:
@@ -63,21 +76,50 @@ def run_schedule(config, phases: list[Phase]) -> optax.Schedule:
 class Trainer:
   """The compiled pieces of one training setup (optimizer, state shardings, train step,
   initial state), reusable by several runs of the same config and schedule, whatever their
-  seeds (the seed is an argument of the initial state, not a constant of the compile)."""
+  seeds (the seed is an argument of the initial state, not a constant of the compile).
 
-  def __init__(self, run: training.Run, schedule: optax.Schedule | None = None):
+  With a continual-learning `method` (`runtime.continual`), the state also holds the
+  method's state, the step is the method's, and `end_context` / `begin_context` are its
+  boundary hooks (None where the method has none, or without a method)."""
+
+  def __init__(self, run: training.Run, schedule: optax.Schedule | None = None,
+               method: ContinualMethod | None = None):
     self.run = run
     self.schedule = schedule or training.learning_rate_schedule(run.config)
     self.tx = training.optimizer(run.config, run, self.schedule)
     self.shardings = training.state_shardings(run, self.tx)
-    self.step = training.make_train_step(run, self.tx, self.shardings, self.schedule)
-    self._init = jax.jit(lambda seed: training.init_state(run, self.tx, seed),
-                         out_shardings=self.shardings)
+    self.method = method and continual.MethodTraining(method, run, self.tx, self.schedule)
+    self.end_context = self.begin_context = None
+    if self.method is None:
+      self.step = training.make_train_step(run, self.tx, self.shardings, self.schedule)
+      self._init_fn = lambda seed: training.init_state(run, self.tx, seed)
+    else:
+      self.shardings = dict(self.shardings, method=self.method.method_shardings)
+      self.step = self.method.make_step(self.shardings)
+      self.end_context, self.begin_context = self.method.make_hooks(self.shardings)
+
+      def init(seed):
+        state = training.init_state(run, self.tx, seed)
+        return dict(state, method=self.method.init_state(state["params"]))
+      self._init_fn = init
+    self._init = jax.jit(self._init_fn, out_shardings=self.shardings)
+    self.checkpointed = [k for k in self.shardings if k != "params"]
 
   def initial_state(self, seed: int | None = None) -> dict:
     """A fresh train state in its shardings (call under jax.set_mesh), initialised from
     `seed` (default: the run's config.seed)."""
     return self._init(jnp.int32(self.run.config.seed if seed is None else seed))
+
+  def abstract_state(self) -> dict:
+    shapes = jax.eval_shape(self._init_fn, jnp.int32(0))
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        shapes, self.shardings)
+
+  def batch(self, local, phase: Phase, phase_start: int):
+    """The global batch of this process's part of a step of `phase`."""
+    if self.method is not None:
+      local = continual.method_batch(local, phase.context, phase_start)
+    return training.global_batch(self.run, local)
 
 
 class NonFiniteGuard:
@@ -135,12 +177,12 @@ def restore_latest(ckpt: Checkpoints, trainer: Trainer, step: int | None,
   """(state, iterator) of the latest checkpoint that restores, from `step` down, with
   `iterator_at(step)` set to its saved position; a step that fails is quarantined.
   (None, iterator_at(0)) when none restores."""
-  target = training.abstract_state(trainer.run, trainer.tx, trainer.shardings)
+  target = trainer.abstract_state()
   while step is not None:
     iterator = iterator_at(step)
     try:
       params, rest = ckpt.restore(step, params=target["params"],
-                                  train_state={k: target[k] for k in ("opt_state", "step", "rng")},
+                                  train_state={k: target[k] for k in trainer.checkpointed},
                                   data_iterator=iterator)
       logging.info("resumed from %s at step %d", ckpt.directory, step)
       return dict(params=params, **rest), iterator
@@ -151,9 +193,14 @@ def restore_latest(ckpt: Checkpoints, trainer: Trainer, step: int | None,
 
 
 def train(run: training.Run, phases: list[Phase], workdir, *, trainer: Trainer | None = None,
-          evaluate: Callable[[dict], dict] | None = None, label: str = "") -> tuple[dict, dict]:
+          evaluate: Callable[[dict], dict] | None = None, label: str = "",
+          curve: tuple[int, Callable[[dict], dict]] | None = None) -> tuple[dict, dict]:
   """Trains `run` through `phases` in `workdir` (see the module docstring); returns (the
   final train state, {phase name: its WORKDIR/<phase>.json result} when `evaluate` is given).
+
+  `curve` = (every, fn): after every `every` steps, fn(params) is appended to
+  WORKDIR/curves.jsonl (the curves along training; a resumed run rewrites those after its
+  checkpoint).
 
   `run.config.steps` must be the phases' total. `trainer` (built for `run` and
   `run_schedule(run.config, phases)`) lets several runs share one compiled step.
@@ -184,6 +231,8 @@ def train(run: training.Run, phases: list[Phase], workdir, *, trainer: Trainer |
                                      lambda step: iter(phases[phase_at(step)].data))
     if state is None:
       state = trainer.initial_state(config.seed)
+      if trainer.begin_context is not None and phases[0].context >= 0:
+        state = trainer.begin_context(state, phases[0].context)
     start = int(state["step"])
     if evaluate is not None:  # the phases finished before this run: their saved results
       results = {p.name: json.loads((workdir / f"{p.name}.json").read_text())
@@ -196,7 +245,8 @@ def train(run: training.Run, phases: list[Phase], workdir, *, trainer: Trainer |
         phase, began, skipped_before = phases[i], time.perf_counter(), guard.skipped
         name = f"{label}{phase.name} " if len(phases) > 1 else label
         for step in range(max(start, ends[i] - phase.steps), ends[i]):
-          state, metrics = trainer.step(state, training.global_batch(run, next(iterator)))
+          state, metrics = trainer.step(state, trainer.batch(next(iterator), phase,
+                                                             ends[i] - phase.steps))
           done = step + 1
           if previous is not None:
             guard.check(*previous)
@@ -204,16 +254,20 @@ def train(run: training.Run, phases: list[Phase], workdir, *, trainer: Trainer |
           if timer is None:
             jax.block_until_ready(metrics)
             timer = done, time.perf_counter()
+          if curve is not None and done % curve[0] == 0:
+            writer.write("curves.jsonl", done, curve[1](state["params"]))
           if done % config.log_every == 0 or done == ends[i]:
             _log(writer, name, done, config, jax.device_get(metrics), timer,
                  step_flops / ref_flops)
           if done % config.checkpoint_every == 0 and done < ends[i]:
             guard.check(*previous)  # a stop never leaves a checkpoint of its step behind
             previous = None
-            _save(ckpt, done, state, iterator, config)
+            _save(ckpt, done, state, iterator, config, trainer.checkpointed)
         if previous is not None:
           guard.check(*previous)
           previous = None
+        if trainer.end_context is not None and phase.context >= 0 and ends[i] > start:
+          state = trainer.end_context(state, phase.examples, phase.context)
         if evaluate is not None:
           out = workdir / f"{phase.name}.json"
           if out.exists():  # evaluated before a crash, not yet checkpointed
@@ -225,8 +279,11 @@ def train(run: training.Run, phases: list[Phase], workdir, *, trainer: Trainer |
             write_json(out, results[phase.name])
         if i + 1 < len(phases):
           iterator = iter(phases[i + 1].data)  # saved with the step that begins the next phase
+          if (trainer.begin_context is not None and phases[i + 1].context >= 0
+              and ends[i] > start):
+            state = trainer.begin_context(state, phases[i + 1].context)
         if ends[i] > start:
-          _save(ckpt, ends[i], state, iterator, config)
+          _save(ckpt, ends[i], state, iterator, config, trainer.checkpointed)
     finally:  # a run that stops still completes the save in flight
       ckpt.wait()
       ckpt.close()
@@ -234,9 +291,8 @@ def train(run: training.Run, phases: list[Phase], workdir, *, trainer: Trainer |
   return state, results
 
 
-def _save(ckpt: Checkpoints, step: int, state: dict, iterator, config) -> None:
-  ckpt.save(step, params=state["params"],
-            train_state={k: state[k] for k in ("opt_state", "step", "rng")},
+def _save(ckpt: Checkpoints, step: int, state: dict, iterator, config, keys) -> None:
+  ckpt.save(step, params=state["params"], train_state={k: state[k] for k in keys},
             data_iterator=iterator, config=config.to_dict())
   if not config.async_checkpoints:
     ckpt.wait()

@@ -21,7 +21,7 @@ class MetricsWriter:
     self._tb = None
     if not self.enabled:
       return
-    for name in ("metrics.jsonl", "perf.jsonl"):
+    for name in ("metrics.jsonl", "perf.jsonl", "curves.jsonl"):
       _truncate_after(self.workdir / name, resume_step)
     try:
       from tensorboard.compat.proto import event_pb2, summary_pb2

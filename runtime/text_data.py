@@ -18,6 +18,7 @@ import os
 import sysconfig
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import grain
 import numpy as np
@@ -164,6 +165,32 @@ def lm_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int,
   ds = ds.map(lambda i: tokens[i * seq_len:(i + 1) * seq_len + 1].astype(np.int32))
   read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
   return ds.to_iter_dataset(read).batch(batch_size // process_count, drop_remainder=True)
+
+
+def mixture_dataset(domains: list[np.ndarray], *, seq_len: int, batch_size: int, seed: int,
+                    domain_weights: Callable[[int], np.ndarray], process_index: int = 0,
+                    process_count: int = 1) -> grain.IterDataset:
+  """Endless batches [batch_size // process_count, seq_len + 1] whose rows mix domains: row r of
+  batch n comes from domain k with probability domain_weights(n)[k], at a window drawn
+  uniformly from that domain's windows (`lm_dataset`'s windows), from a generator seeded
+  by (seed, n, global row). Fixed weights give joint (interleaved) training; weights that
+  move along n give a task-free stream. The position is grain state (checkpointed)."""
+  local = batch_size // process_count
+  windows = [num_windows(t, seq_len) for t in domains]
+  for k, w in enumerate(windows):
+    if w < 1:
+      raise UsageError(f"domain {k} holds fewer than seq_len + 1 = {seq_len + 1} tokens")
+
+  def row(i):
+    n, r = divmod(int(i), local)
+    rng = np.random.default_rng([seed, n, process_index * local + r])
+    k = rng.choice(len(domains), p=domain_weights(n))
+    w = rng.integers(windows[k])
+    return domains[k][w * seq_len:(w + 1) * seq_len + 1].astype(np.int32)
+
+  ds = grain.MapDataset.range(np.iinfo(np.int64).max // 2).map(row)
+  read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
+  return ds.to_iter_dataset(read).batch(local, drop_remainder=True)
 
 
 def stdlib_package(path: Path, root: Path) -> str:

@@ -98,12 +98,6 @@ def state_shardings(run: Run, tx) -> dict:
   return dict(params=run.param_shardings, opt_state=opt, step=replicated, rng=replicated)
 
 
-def abstract_state(run: Run, tx, shardings: dict) -> dict:
-  shapes = jax.eval_shape(lambda: init_state(run, tx))
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      shapes, shardings)
-
-
 def init_state(run: Run, tx, seed=None) -> dict:
   """The initial train state of `seed` (an int or a traced int32; default config.seed)."""
   seed = run.config.seed if seed is None else seed

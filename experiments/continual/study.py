@@ -20,6 +20,7 @@ from cl_methods import benchmark_models
 from cl_methods import datasets
 from cl_methods import plots
 from cl_methods import registry
+from cl_methods import regularization
 from cl_methods import runner
 from cl_methods import scenarios
 from cl_methods import streams
@@ -38,8 +39,9 @@ HPARAM_PATHS = {
     "derpp": {"buffer_size": "replay.buffer_size", "alpha": "derpp.alpha",
               "beta": "derpp.beta"},
     "agem": {"buffer_size": "replay.buffer_size", "eps": "agem.eps"},
-    "ewc": {"strength": "ewc.strength.{scenario}"},
-    "online_ewc": {"strength": "online_ewc.strength.{scenario}", "gamma": "online_ewc.gamma"},
+    "ewc": {"strength": "ewc.strength.{scenario}", "fisher": "ewc.fisher"},
+    "online_ewc": {"strength": "online_ewc.strength.{scenario}", "gamma": "online_ewc.gamma",
+                   "fisher": "online_ewc.fisher"},
     "si": {"strength": "si.strength.{scenario}", "damping": "si.damping"},
     "mas": {"strength": "mas.strength.{scenario}"},
     "lwf": {"temperature": "lwf.temperature"},
@@ -67,6 +69,8 @@ SCHEMA = (
     positive_int("replay.buffer_size"), Field("derpp.alpha", "float", low=0),
     Field("derpp.beta", "float", low=0), Field("agem.eps", "float", **_OPEN),
     Field("online_ewc.gamma", "float", low=0, high=1, low_open=True),
+    *(Field(f"{method}.fisher", "str", choices=regularization.FISHER_ESTIMATES)
+      for method in ("ewc", "online_ewc")),
     Field("si.damping", "float", **_OPEN), Field("lwf.temperature", "float", **_OPEN),
     Field("xdg.gate_fraction", "float", low=0, high=1, high_open=True),
     Field("packnet.prune_fraction", "float", **_FRACTION),

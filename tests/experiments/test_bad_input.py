@@ -87,6 +87,21 @@ CASES = {
     "continual missing data folder": (
         "experiments.continual", ["--config.benchmark=split_idx",
                                   "--config.data_dir={inputs}/nowhere"], "does not exist"),
+    # continual_lm: methods, domains and streams
+    "continual_lm unknown method": ("experiments.continual_lm", ["--config.methods=finetune,magic"],
+                                    "config.methods: unknown name(s) ['magic']"),
+    "continual_lm method that cannot train an LM": (
+        "experiments.continual_lm", ["--config.methods=finetune,xdg"],
+        "method xdg cannot train a language model"),
+    "continual_lm unknown domain": ("experiments.continual_lm",
+                                    ["--config.domains=stdlib,klingon"],
+                                    "config.domains: unknown domain 'klingon'"),
+    "continual_lm domain too small to validate": (
+        "experiments.continual_lm", ["--config.domains=man_de,{inputs}/small.txt"],
+        "fewer than config.validation_sequences"),
+    "continual_lm boundary method on a task-free stream": (
+        "experiments.continual_lm", ["--config.stream=task_free"],
+        "method ewc cannot run on a task-free stream"),
     # compare: arms, studies, variants, seeds and the probe's distance
     "compare unknown arm": (COMPARE, ["--config.arms=transformer,gpt5"],
                             "config.arms: unknown name(s) ['gpt5']"),
@@ -135,6 +150,7 @@ def inputs(tmp_path_factory):
   (folder / "empty_dir").mkdir()
   (folder / "binary.bin").write_bytes(bytes(range(256)) * 64)
   (folder / "a_file").write_text("not a folder")
+  (folder / "small.txt").write_text("a few words of text\n" * 200)
   np.savez(folder / "wrong_shape.npz", x_train=np.zeros((10, 4)), y_train=np.zeros((7,), int))
   np.savez(folder / "no_arrays.npz", images=np.zeros((10, 4)))
   return folder
@@ -145,6 +161,8 @@ def _arguments(module, args):
   baseline = {PRETRAIN: [*TINY_FLAGS, "--workdir={workdir}"],
               "experiments.continual": ["--config=experiments/configs/continual.py",
                                         "--workdir={workdir}"],
+              "experiments.continual_lm": ["--config=experiments/configs/continual_lm.py",
+                                           "--workdir={workdir}"],
               COMPARE: ["--config=experiments/configs/compare.py", "--workdir={workdir}"]}.get(module, [])
   for flag in ("--config=", "--workdir="):
     if any(a.startswith(flag) for a in args):
