@@ -28,11 +28,14 @@ from cl_methods import registry
 from cl_methods import scenarios
 from cl_methods.benchmark_models import FunctionalModel
 from cl_methods.method import ContinualMethod, StepInfo
-from runtime import optimizers, text_data, training
+from runtime import lm_methods, optimizers, text_data, training
 from runtime.errors import UsageError
 
 LM_SCENARIO = "domain"
-LM_METHODS = tuple(n for n, e in registry.ENTRIES.items() if e.serves(LM_SCENARIO))
+# The methods for language models only (`runtime.lm_methods`), with their hyperparameters.
+LM_ONLY = {"lora": ("rank", "alpha", "learning_rate", "weight_decay"),
+           "smf": ("top_t", "learning_rate")}
+LM_METHODS = tuple(n for n, e in registry.ENTRIES.items() if e.serves(LM_SCENARIO)) + tuple(LM_ONLY)
 
 
 def lm_layout(n_contexts: int) -> scenarios.OutputLayout:
@@ -48,6 +51,8 @@ def lm_layout(n_contexts: int) -> scenarios.OutputLayout:
 
 def check_method(name: str) -> None:
   """UsageError unless method `name` can train a language model."""
+  if name in LM_ONLY:
+    return
   if name not in registry.ENTRIES:
     raise UsageError(f"unknown method {name!r}; for language models choose from "
                      f"{', '.join(LM_METHODS)}")
@@ -60,8 +65,14 @@ def check_method(name: str) -> None:
 
 def build_method(name: str, run: training.Run, hparams: dict, *, n_contexts: int,
                  steps_per_context: int, seed: int) -> ContinualMethod:
-  """Method `name` over `run`'s model (the EWC family with the sampled Fisher)."""
+  """Method `name` over `run`'s model (the EWC family with the sampled Fisher); a method
+  that cannot serve the model (LoRA without target matrices, SMF without a memory layer)
+  is a UsageError. No compile."""
   check_method(name)
+  if name == "lora":
+    return lm_methods.lora_method(run, seed=seed, **hparams)
+  if name == "smf":
+    return lm_methods.sparse_memory_finetuning(run, **hparams)
   model = FunctionalModel(apply_fn=lambda params, x: run.apply(params, x), features_fn=None,
                           params=run.abstract_params, gated_layers=[])
   if name in ("ewc", "online_ewc"):

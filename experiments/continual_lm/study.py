@@ -35,6 +35,7 @@ from runtime.workdir import write_json
 ARCHITECTURES = ("transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "hope",
                  "hope_attention", "memory_lm")
 STREAMS = ("task_based", "task_free")
+MEMORY_ARCHITECTURES = ("memory_lm",)  # the architectures with a memory layer
 
 # Where each method's hyperparameters live in the config.
 HPARAM_PATHS = {
@@ -47,18 +48,23 @@ HPARAM_PATHS = {
     "si": {"strength": "si.strength", "damping": "si.damping"},
     "mas": {"strength": "mas.strength"},
     "lwf": {"temperature": "lwf.temperature"},
+    "lora": {"rank": "lora.rank", "alpha": "lora.alpha", "learning_rate": "lora.learning_rate",
+             "weight_decay": "lora.weight_decay"},
+    "smf": {"top_t": "smf.top_t", "learning_rate": "smf.learning_rate"},
 }
 
 _POSITIVE = dict(low=0, low_open=True)
+_METHOD_NAMES = registry.METHOD_NAMES + tuple(continual.LM_ONLY)
 SCHEMA = (
     Field("validation_percent", "int", low=1, high=99),
     Field("model_overrides.*", "int", low=0, note="0: the size's value"), Field("stream", "str", choices=STREAMS),
     Field("boundary_width", "float", low=0, high=1),
     Field("architectures", "names", choices=ARCHITECTURES),
-    Field("methods", "names", choices=registry.METHOD_NAMES),
+    Field("methods", "names", choices=_METHOD_NAMES),
+    Field("memory_methods", "names", choices=_METHOD_NAMES, special=("",), note="\"\": none"),
     Field("seeds", "ints", low=0),
     Field("headline.architectures", "names", choices=ARCHITECTURES),
-    Field("headline.methods", "names", choices=registry.METHOD_NAMES),
+    Field("headline.methods", "names", choices=_METHOD_NAMES),
     Field("headline.seeds", "ints", low=0),
     positive_int("steps_per_domain"), positive_int("batch_size"), positive_int("seq_len"),
     Field("learning_rate", "float", **_POSITIVE), Field("warmup_steps", "int", low=0),
@@ -71,6 +77,9 @@ SCHEMA = (
     Field("online_ewc.gamma", "float", low=0, high=1, low_open=True),
     Field("si.strength", "float", low=0), Field("si.damping", "float", **_POSITIVE),
     Field("mas.strength", "float", low=0), Field("lwf.temperature", "float", **_POSITIVE),
+    positive_int("lora.rank"), Field("lora.alpha", "float", low=0, note="0: the rank"),
+    Field("lora.learning_rate", "float", **_POSITIVE), Field("lora.weight_decay", "float", low=0),
+    positive_int("smf.top_t"), Field("smf.learning_rate", "float", **_POSITIVE),
 )
 
 
@@ -79,9 +88,12 @@ def _names(value: str) -> list[str]:
 
 
 def cells(config) -> list[tuple[str, str, int]]:
-  """(architecture, method, seed) of every cell: the grid at config.seeds, then the headline
-  cells at their extra seeds."""
-  out = [(a, m, s) for a in _names(config.architectures) for m in _names(config.methods)
+  """(architecture, method, seed) of every cell: the grid at config.seeds (with
+  config.memory_methods on the architectures with a memory layer), then the headline cells
+  at their extra seeds."""
+  out = [(a, m, s) for a in _names(config.architectures)
+         for m in _names(config.methods)
+         + (_names(config.memory_methods) if a in MEMORY_ARCHITECTURES else [])
          for s in config.seeds]
   out += [(a, m, s) for a in _names(config.headline.architectures)
           for m in _names(config.headline.methods) for s in config.headline.seeds
@@ -136,11 +148,11 @@ def validate(config) -> tuple[list, dict]:
   grid = cells(config)
   for method in dict.fromkeys(m for _, m, _ in grid):
     continual.check_method(method)
-    entry_needs = registry.ENTRIES[method].needs_boundaries
-    if config.stream == "task_free" and entry_needs and method != "joint":
-      raise UsageError(f"method {method} cannot run on a task-free stream: {entry_needs}")
-  for architecture in dict.fromkeys(a for a, _, _ in grid):
-    training.prepare(cell_config(config, architecture, 0))
+  for architecture, method in dict.fromkeys((a, m) for a, m, _ in grid):
+    built = build_method(config, training.prepare(cell_config(config, architecture, 0)), method, 0)
+    if config.stream == "task_free" and built.needs_boundaries and not built.interleaved:
+      raise UsageError(f"method {method} cannot run on a task-free stream: "
+                       f"{built.needs_boundaries}")
   corpora = {}
   for name in domains:
     if name not in text_data.BUILTIN_CORPORA and not Path(name).expanduser().exists():
@@ -183,14 +195,19 @@ class Scorer:
     return out
 
 
-def phases(config, corpora: dict, method: str, seed: int) -> list[loop.Phase]:
+def build_method(config, run: training.Run, method: str, seed: int):
+  return continual.build_method(method, run, method_hparams(config, method),
+                                n_contexts=len(_names(config.domains)),
+                                steps_per_context=config.steps_per_domain, seed=seed)
+
+
+def phases(config, corpora: dict, interleaved: bool, seed: int) -> list[loop.Phase]:
   """One phase per domain: that domain's batches (task-based), all domains at once (joint),
   or the cross-faded mixture (task-free); with the consolidation windows of its domain."""
   names = list(corpora)
   steps = config.steps_per_domain
   train = [corpora[n].train for n in names]
   fade = streams.context_probabilities(len(names), steps, config.boundary_width)
-  interleaved = registry.ENTRIES[method].interleaved
   warmup = optax.join_schedules(
       [optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps),
        optax.constant_schedule(config.learning_rate)], [config.warmup_steps])
@@ -241,10 +258,8 @@ def run_cell(config, corpora: dict, architecture: str, method_name: str, seed: i
                      "that cell's folder")
   run = training.prepare(cell_config(config, architecture, seed))
   names = list(corpora)
-  method = continual.build_method(method_name, run, method_hparams(config, method_name),
-                                  n_contexts=len(names),
-                                  steps_per_context=config.steps_per_domain, seed=seed)
-  stream = phases(config, corpora, method_name, seed)
+  method = build_method(config, run, method_name, seed)
+  stream = phases(config, corpora, method.interleaved, seed)
   schedule = loop.run_schedule(run.config, stream)
   cell_trainer = trainer(run, schedule, method_name, method)
   validation = {n: windows(corpora[n].validation, config.seq_len, config.validation_sequences)

@@ -2,28 +2,39 @@
 domains on a 4 x 2 mesh of fake devices, its state checkpointed with the run's, and a run
 killed in the middle of the second domain resumes to the uninterrupted run's final state,
 bit for bit (parameters, optimizer and method state)."""
+import functools
+
 import chex
 import jax
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from cl_methods import registry
-from runtime import continual, loop, text_data, training
+from runtime import continual, lm_methods, loop, text_data, training
 from runtime.errors import UsageError
+from experiments.configs import memory_lm
+from memory_layers import lora
 from tests.helpers import tiny_config
 
 SPREAD_OVER_WORKERS = True
 DOMAINS = [(np.arange(20_000) * 7919 % 251).astype(np.uint8),
            (np.arange(20_000) * 104_729 % 97 + 120).astype(np.uint8)]
 HPARAMS = dict(buffer_size=16, alpha=0.5, beta=0.5, eps=1e-7, strength=10.0, gamma=0.9,
-               damping=0.1, temperature=2.0)
+               damping=0.1, temperature=2.0, rank=2, learning_rate=1e-2, weight_decay=0.0,
+               top_t=8)
 CRASH = {"at": None}  # a batch index of the second domain that raises
 
 
-def _config():
-  return tiny_config(steps=6, checkpoint_every=4, log_every=3, async_checkpoints=False,
-                     keep_checkpoints=10, **{"mesh.data": 4, "mesh.fsdp": 2})
+def _config(method="finetune"):
+  config = tiny_config(steps=6, checkpoint_every=4, log_every=3, async_checkpoints=False,
+                       keep_checkpoints=10, **{"mesh.data": 4, "mesh.fsdp": 2})
+  if method == "smf":  # a memory layer, 16^2 slots
+    config.model = memory_lm.get_config("tiny").model
+    config.model.update(dim=32, num_layers=2, num_heads=4, mlp_dim=64, memory_layers=(1,),
+                        num_slots=256, key_dim=16, top_k=4, memory_heads=2)
+  return config
 
 
 def _phases(config):
@@ -46,7 +57,7 @@ def _phases(config):
 
 def test_lm_methods_are_those_that_serve_domain_il():
   assert set(continual.LM_METHODS) == {"finetune", "joint", "er", "derpp", "ewc", "online_ewc",
-                                       "si", "mas", "lwf", "agem"}
+                                       "si", "mas", "lwf", "agem", "lora", "smf"}
   with pytest.raises(UsageError, match="packnet cannot train a language model"):
     continual.check_method("packnet")
   with pytest.raises(UsageError, match="unknown method 'magic'"):
@@ -55,10 +66,11 @@ def test_lm_methods_are_those_that_serve_domain_il():
 
 @pytest.mark.parametrize("name", continual.LM_METHODS)
 def test_method_trains_sharded_and_resumes_to_the_same_state(name, tmp_path):
-  config = _config()
+  config = _config(name)
   run = training.prepare(config)
   assert dict(run.mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
-  hparams = {h: HPARAMS[h] for h in registry.ENTRIES[name].hparams}
+  names = continual.LM_ONLY[name] if name in continual.LM_ONLY else registry.ENTRIES[name].hparams
+  hparams = {h: HPARAMS[h] for h in names}
   method = continual.build_method(name, run, hparams, n_contexts=2, steps_per_context=3, seed=0)
   phases = _phases(config)
   trainer = loop.Trainer(run, loop.run_schedule(config, phases), method)
@@ -79,3 +91,36 @@ def test_method_trains_sharded_and_resumes_to_the_same_state(name, tmp_path):
     CRASH["at"] = None
   resumed, _ = loop.train(run, _phases(config), tmp_path / "killed", trainer=trainer)
   chex.assert_trees_all_equal(jax.device_get(resumed), whole)
+
+
+def test_lora_and_smf_refuse_models_they_cannot_serve():
+  run = training.prepare(_config())
+  with pytest.raises(UsageError, match="smf on transformer: the model .* has no memory layer"):
+    continual.build_method("smf", run, dict(top_t=8, learning_rate=1.0), n_contexts=2,
+                           steps_per_context=3, seed=0)
+
+
+def test_lora_trains_only_a_low_rank_update_after_the_first_context(tmp_path):
+  config = _config()
+  run = training.prepare(config)
+  method = continual.build_method("lora", run, dict(rank=2, alpha=0.0, learning_rate=1e-2,
+                                                   weight_decay=0.0),
+                                  n_contexts=2, steps_per_context=3, seed=0)
+  phases = _phases(config)
+  trainer = loop.Trainer(run, loop.run_schedule(config, phases), method)
+  state, _ = loop.train(run, phases, tmp_path, trainer=trainer)
+  state = jax.device_get(state)
+  targets = lora.lora_targets(nnx.merge(run.graphdef, run.abstract_params),
+                              lm_methods.LORA_TARGETS)
+  get = lambda tree, path: functools.reduce(lambda t, k: t[k], path, tree)
+  moved = []
+  for path, _ in jax.tree_util.tree_flatten_with_path(state["params"])[0]:
+    keys = tuple(k.key for k in path)
+    delta = get(state["params"], keys) - get(state["method"].base, keys)
+    if np.any(delta):
+      moved.append(keys)
+      n_in = targets[keys]  # only the target matrices move, each by a rank <= 2 update
+      matrix = np.asarray(delta).reshape(int(np.prod(delta.shape[:n_in])), -1)
+      singular = np.linalg.svd(matrix, compute_uv=False)  # beyond 2: float32 rounding only
+      assert singular[2] < 1e-3 * singular[0], (path, singular[:4])
+  assert len(moved) == len(targets)

@@ -81,3 +81,22 @@ def test_stdlib_domains_are_disjoint_and_split_by_file():
   assert len(docs(a.train)) + len(docs(a.validation)) > 20
   with pytest.raises(UsageError, match="no_such_package"):
     text_data.load_stdlib_domain(("no_such_package",), 10)
+
+
+def test_mixture_follows_its_weights_and_resumes_exactly():
+  domains = [np.full(400, 1, np.uint8), np.full(400, 2, np.uint8), np.full(400, 3, np.uint8)]
+  # Batches 0-9 from domain 0 only, then a 30/70 mix of domains 1 and 2.
+  weights = lambda n: np.array([1.0, 0.0, 0.0]) if n < 10 else np.array([0.0, 0.3, 0.7])
+  ds = text_data.mixture_dataset(domains, seq_len=4, batch_size=8, seed=5, domain_weights=weights)
+  it = iter(ds)
+  batches = np.stack([next(it) for _ in range(210)])          # [batch, row, seq_len + 1]
+  assert batches.shape == (210, 8, 5) and np.all(batches == batches[..., :1])
+  assert np.all(batches[:10] == 1)
+  later = batches[10:, :, 0]
+  assert set(np.unique(later)) == {2, 3}
+  assert np.mean(later == 3) == pytest.approx(0.7, abs=0.03)
+  state = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  resumed = iter(ds)
+  resumed.set_state(state)
+  np.testing.assert_array_equal(np.stack([next(resumed) for _ in range(3)]), np.stack(expected))
