@@ -57,12 +57,12 @@ def _derpp(m, layout, hp, steps, seed):
 
 def _ewc(m, layout, hp, steps, seed):
   return regularization.ewc(m.apply_fn, strength=hp["strength"],
-                            fisher=hp.get("fisher", "exact"))
+                            fisher=hp["fisher"])
 
 
 def _online_ewc(m, layout, hp, steps, seed):
   return regularization.online_ewc(m.apply_fn, strength=hp["strength"], gamma=hp["gamma"],
-                                   fisher=hp.get("fisher", "exact"))
+                                   fisher=hp["fisher"])
 
 
 def _si(m, layout, hp, steps, seed):
@@ -118,9 +118,9 @@ _ENTRY_LIST = [
     MethodEntry("joint", "baseline", _joint, interleaved=True),
     MethodEntry("er", "replay", _er, hparams=("buffer_size",)),
     MethodEntry("derpp", "replay", _derpp, hparams=("buffer_size", "alpha", "beta")),
-    MethodEntry("ewc", _REG, _ewc, hparams=("strength",),
+    MethodEntry("ewc", _REG, _ewc, hparams=("strength", "fisher"),
                 needs_boundaries=regularization.BOUNDARY_REASON),
-    MethodEntry("online_ewc", _REG, _online_ewc, hparams=("strength", "gamma"),
+    MethodEntry("online_ewc", _REG, _online_ewc, hparams=("strength", "gamma", "fisher"),
                 needs_boundaries=regularization.BOUNDARY_REASON),
     MethodEntry("si", _REG, _si, hparams=("strength", "damping"),
                 needs_boundaries=regularization.BOUNDARY_REASON),

@@ -75,7 +75,7 @@ def build_method(name: str, run: training.Run, hparams: dict, *, n_contexts: int
     return lm_methods.sparse_memory_finetuning(run, **hparams)
   model = FunctionalModel(apply_fn=lambda params, x: run.apply(params, x), features_fn=None,
                           params=run.abstract_params, gated_layers=[])
-  if name in ("ewc", "online_ewc"):
+  if name in ("ewc", "online_ewc"):  # the exact Fisher would need T x 256 backward passes
     hparams = dict(hparams, fisher="sampled")
   return registry.build(name, model, lm_layout(n_contexts), hparams,
                         steps_per_context=steps_per_context, seed=seed)

@@ -60,7 +60,7 @@ def run_methods(methods, *, overrides: dict | None = None, warmup: int = 1,
   first = seconds[methods[0]]
   return dict(protocol={k: list(v) if isinstance(v, tuple) else v
                         for k, v in METHODS_PROTOCOL.items()},
-              warmup=warmup, runs=runs,
+              overrides=overrides or {}, warmup=warmup, runs=runs,
               rows=[dict(method=m, seconds=s, relative=s / first, load=load_average())
                     for m, s in seconds.items()])
 

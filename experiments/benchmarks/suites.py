@@ -96,7 +96,9 @@ def suite_calls(names: list[str], o) -> list:
     unknown = sorted(set(methods) - set(registry.METHOD_NAMES))
     if unknown:
       raise UsageError(f"--cl_methods: unknown {unknown}; choose from {list(registry.METHOD_NAMES)}")
-    calls.append(("cl", lambda: continual_grid.run(methods=methods, **warmup_runs["cl"])))
+    fisher = {"ewc.fisher": o.cl_fisher, "online_ewc.fisher": o.cl_fisher}
+    calls.append(("cl", lambda: continual_grid.run(methods=methods, overrides=fisher,
+                                                   **warmup_runs["cl"])))
   return calls
 
 

@@ -10,8 +10,8 @@ from cl_methods import runner
 from cl_methods import scenarios
 from cl_methods import streams
 
-HPARAMS = dict(buffer_size=20, alpha=1.0, beta=0.5, strength=10.0, gamma=1.0, damping=0.1,
-               temperature=2.0, eps=1e-7, gate_fraction=0.5, prune_fraction=0.5,
+HPARAMS = dict(fisher="exact", buffer_size=20, alpha=1.0, beta=0.5, strength=10.0, gamma=1.0,
+               damping=0.1, temperature=2.0, eps=1e-7, gate_fraction=0.5, prune_fraction=0.5,
                retrain_fraction=0.5, exemplars_per_class=3, hidden=8, latent=2,
                importance_samples=2, decoder_std=0.2)
 

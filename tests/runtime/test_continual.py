@@ -21,9 +21,9 @@ from tests.helpers import tiny_config
 SPREAD_OVER_WORKERS = True
 DOMAINS = [(np.arange(20_000) * 7919 % 251).astype(np.uint8),
            (np.arange(20_000) * 104_729 % 97 + 120).astype(np.uint8)]
-HPARAMS = dict(buffer_size=16, alpha=0.5, beta=0.5, eps=1e-7, strength=10.0, gamma=0.9,
-               damping=0.1, temperature=2.0, rank=2, learning_rate=1e-2, weight_decay=0.0,
-               top_t=8)
+HPARAMS = dict(fisher="sampled", buffer_size=16, alpha=0.5, beta=0.5, eps=1e-7, strength=10.0,
+               gamma=0.9, damping=0.1, temperature=2.0, rank=2, learning_rate=1e-2,
+               weight_decay=0.0, top_t=8)
 CRASH = {"at": None}  # a batch index of the second domain that raises
 
 
