@@ -100,15 +100,10 @@ def diagonal_fisher(apply_fn, params, data, *, estimate: str = "exact", key=None
     return jax.tree.map(lambda j: jnp.tensordot(prob, j ** 2, axes=1), jac)
 
   def sampled(p, x, mask, key):
-    logp = jax.lax.stop_gradient(log_probs(p, x, mask))   # (..., K)
+    logp, pullback = jax.vjp(lambda q: log_probs(q, x, mask), p)   # one forward pass
     y = jax.random.categorical(key, logp)
-    positions = max(1, y.size)
-
-    def score(q):
-      picked = jnp.take_along_axis(log_probs(q, x, mask), y[..., None], axis=-1)
-      return picked.sum()
-
-    return jax.tree.map(lambda g: g ** 2 / positions, jax.grad(score)(p))
+    score, = pullback(jax.nn.one_hot(y, logp.shape[-1], dtype=logp.dtype))
+    return jax.tree.map(lambda g: g ** 2 / max(1, y.size), score)
 
   if estimate == "exact":
     if len(jax.eval_shape(apply_fn, params, data.x[:1]).shape) != 2:

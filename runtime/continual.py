@@ -4,7 +4,8 @@ A method sees a language model as a classifier of sequences: `apply_fn(params, x
 next-byte logits (B, T, 256) for inputs x = tokens[:, :-1], the labels are y = tokens[:, 1:],
 every byte is an active output unit, and a loss is the mean over positions (`cl_methods.losses`).
 A domain stream is Domain-IL: one label space, a new input distribution per context, no
-context given at test time; so the methods that serve Domain-IL serve language models.
+context given at test time; so the methods that serve Domain-IL serve language models, and
+so do LoRA and Sparse Memory Finetuning (`runtime.lm_methods`).
 
 `MethodTraining` holds what the loop needs: the train step (the method's loss, gradient
 transform and after-update around the run's step optimizer, with the runtime's non-finite
@@ -124,14 +125,13 @@ class MethodTraining:
     run = self.run
     self.step_optimizer = optimizers.as_step_optimizer(self.tx)
     replicated = NamedSharding(run.mesh, P())
-    example = as_method_batch(jnp.zeros((1, run.config.seq_len + 1), jnp.int32),
-                              jnp.zeros((1,), jnp.int32))
-    abstract = jax.eval_shape(self.method.init_state, run.abstract_params, example)
+    abstract = jax.eval_shape(self.init_state, run.abstract_params)
     self.method_shardings = _state_shardings(abstract, run, replicated)
     self.batch_shardings = dict(tokens=run.batch_sharding, context=run.batch_sharding,
                                 phase_start=run.batch_sharding)
 
   def init_state(self, params):
+    """The method's initial state (its shapes fixed by a batch of one sequence)."""
     example = as_method_batch(jnp.zeros((1, self.run.config.seq_len + 1), jnp.int32),
                               jnp.zeros((1,), jnp.int32))
     return self.method.init_state(params, example)

@@ -63,3 +63,23 @@ def test_a_rerun_skips_the_finished_cells(grid):
   trained = "transformer/finetune/seed0: avg loss"
   assert trained in first.stderr and trained not in second.stderr
   assert json.loads((run / "grid.json").read_text())["cells"] == 3
+
+
+def test_a_task_free_stream_runs_without_boundaries(tmp_path):
+  rng = np.random.default_rng(1)
+  (tmp_path / "a.txt").write_text(" ".join(rng.choice(["one", "two", "three"], 3000)))
+  (tmp_path / "b.txt").write_text("".join(map(str, rng.integers(0, 10, 15_000))))
+  result = run_cli(MODULE, "--config=experiments/configs/continual_lm.py",
+                   f"--workdir={tmp_path / 'run'}", "--config.stream=task_free",
+                   f"--config.domains={tmp_path / 'a.txt'},{tmp_path / 'b.txt'}",
+                   "--config.architectures=transformer", "--config.methods=finetune",
+                   "--config.memory_methods=", "--config.headline.architectures=transformer",
+                   "--config.headline.methods=finetune", "--config.headline.seeds=(0,)",
+                   "--config.model_overrides.dim=32", "--config.model_overrides.num_layers=1",
+                   "--config.model_overrides.mlp_dim=64", "--config.steps_per_domain=4",
+                   "--config.eval_every=2", "--config.seq_len=32", "--config.validation_sequences=4",
+                   "--config.curve_sequences=2", "--config.warmup_steps=1", timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  cell = json.loads((tmp_path / "run/transformer/finetune/seed0/cell.json").read_text())
+  assert np.array(cell["loss_matrix"]).shape == (2, 2)
+  assert cell["study_config"]["stream"] == "task_free"
