@@ -86,6 +86,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx, struct
 
 from hope.fused_kernel import check_kernel, fused_kernel
@@ -224,10 +225,6 @@ def check_inner_rule(owner: str, inner_rule, inner_decay) -> None:
                      f"got {inner_decay!r}")
 
 
-def _select(flag, new: dict, old: dict) -> dict:
-  return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
-
-
 class SelfModifyingMemory(nnx.Module):
   """Maps x [batch, seq, dim] to [batch, seq, dim] with self-modifying Titans memories.
 
@@ -362,13 +359,13 @@ class SelfModifyingMemory(nnx.Module):
       log_alpha = (jax.nn.log_sigmoid(jnp.mean(out[3], -1) + alpha_bias) * valid[:, None]
                    if self.inner_decay else jnp.zeros_like(eta))
       running = update_each(boundary, running, k, apply_each(boundary, v), eta, log_alpha)
-      return (_select(complete, running, boundary), running), (k, v, eta, log_alpha)
+      return (optax.tree_utils.tree_where(complete, running, boundary), running), (k, v, eta, log_alpha)
 
     def memory_step(carry, chunk):
       boundary, running = carry
       q, k, v, eta, log_alpha, complete = chunk                       # zero at empty slots
       running = update(boundary, running, k, memory_apply(boundary, v), eta, log_alpha)
-      return (_select(complete, running, boundary), running), memory_apply(boundary, q)
+      return (optax.tree_utils.tree_where(complete, running, boundary), running), memory_apply(boundary, q)
 
     grid = chunk_grid(count, state.other_position, self.chunk_size_other, seq,
                       at_boundary=at_boundary, granule=self.piece)

@@ -378,14 +378,13 @@ class RowSparseValueOptimizer:
     updated = merge_tables(new_rest, {p: r[0] for p, r in new_rows.items()})
 
     def commit(ok):
-      keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
       new_tables, mu, nu = {}, v["mu"], v["nu"]
       for p in paths:
         new_tables[p], s = self.values.write(tables[p], table_states[p], rows[p][0],
                                              *new_rows[p], commit=ok)
         mu, nu = set_path(mu, p, s.mu), set_path(nu, p, s.nu)
-      new_state = dict(dense=keep_if_bad(dense_state, state["dense"]),
+      new_state = dict(dense=optax.tree_utils.tree_where(ok, dense_state, state["dense"]),
                        values=dict(count=v["count"] + ok.astype(jnp.int32), mu=mu, nu=nu))
-      return merge_tables(keep_if_bad(new_rest, rest), new_tables), new_state
+      return merge_tables(optax.tree_utils.tree_where(ok, new_rest, rest), new_tables), new_state
 
     return jax.tree.leaves(all_grads) + jax.tree.leaves(updated), norm, commit

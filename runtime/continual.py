@@ -74,7 +74,7 @@ def build_method(name: str, run: training.Run, hparams: dict, *, n_contexts: int
     return lm_methods.lora_method(run, seed=seed, **hparams)
   if name == "smf":
     return lm_methods.sparse_memory_finetuning(run, **hparams)
-  model = FunctionalModel(apply_fn=lambda params, x: run.apply(params, x), features_fn=None,
+  model = FunctionalModel(apply_fn=run.apply, features_fn=None,
                           params=run.abstract_params, gated_layers=[])
   if name in ("ewc", "online_ewc"):  # the exact Fisher would need T x 256 backward passes
     hparams = dict(hparams, fisher="sampled")
@@ -160,8 +160,8 @@ class MethodTraining:
                         context=batch["context"][0])
         after_params, after_state = method.after_update(params, new_params, grads, method_state,
                                                         data, aux, info, k_after)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-        new_params, method_state = keep(after_params, params), keep(after_state, method_state)
+        new_params = optax.tree_utils.tree_where(ok, after_params, params)
+        method_state = optax.tree_utils.tree_where(ok, after_state, method_state)
       metrics = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state["step"]),
                      nonfinite=jnp.where(ok, -1, jnp.argmin(finite)))
       return dict(params=new_params, opt_state=opt_state, step=state["step"] + 1,

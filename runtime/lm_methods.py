@@ -21,6 +21,7 @@ pretrained model:
 The outer optimizer still runs on the full gradient (its update is replaced); both
 methods need signalled boundaries.
 """
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -67,7 +68,7 @@ def lora_method(run, *, rank: int, alpha: float, learning_rate: float, weight_de
     updates, opt_state = tx.update(adapter_grads, state.opt_state, state.adapters)
     adapters = optax.apply_updates(state.adapters, updates)
     lora_params = lora.merge_lora(state.base, adapters, alpha)
-    pick = lambda on, off: jax.tree.map(lambda a, b: jnp.where(state.active, a, b), on, off)
+    pick = functools.partial(optax.tree_utils.tree_where, state.active)
     return (pick(lora_params, new_params),
             pick(state._replace(adapters=adapters, opt_state=opt_state), state))
 
@@ -116,7 +117,7 @@ def sparse_memory_finetuning(run, *, top_t: int, learning_rate: float
     sparse = sparse_finetuning.with_value_tables(old_params, values, labels)
     background = state._replace(df=state.df + tfidf.batch_presence(counts),
                                 documents=state.documents + 1)
-    pick = lambda on, off: jax.tree.map(lambda a, b: jnp.where(state.active, a, b), on, off)
+    pick = functools.partial(optax.tree_utils.tree_where, state.active)
     return pick(sparse, new_params), pick(state, background)
 
   def begin_context(params, state, context):

@@ -27,7 +27,6 @@ import fnmatch
 import inspect
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -226,8 +225,8 @@ class StepOptimizer:
   def update(self, grads, state, params):
     updates, new_state = self.tx.update(grads, state, params)
     new_params = optax.apply_updates(params, updates)
-    keep_if_bad = lambda ok, new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    commit = lambda ok: (keep_if_bad(ok, new_params, params), keep_if_bad(ok, new_state, state))
+    commit = lambda ok: (optax.tree_utils.tree_where(ok, new_params, params),
+                         optax.tree_utils.tree_where(ok, new_state, state))
     return (jax.tree.leaves(grads) + jax.tree.leaves(new_params), optax.tree.norm(grads),
             commit)
 

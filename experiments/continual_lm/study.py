@@ -178,12 +178,25 @@ def windows(tokens: np.ndarray, seq_len: int, count: int, rng=None) -> np.ndarra
   return np.stack([tokens[i * seq_len:(i + 1) * seq_len + 1] for i in index]).astype(np.int32)
 
 
+def _setup_key(run: training.Run) -> str:
+  """What a compile depends on: the run's config without its seed."""
+  return json.dumps({k: v for k, v in run.config.to_dict().items() if k != "seed"},
+                    sort_keys=True, default=str)
+
+
+_LOSSES = {}
+
+
 class Scorer:
-  """Validation loss (nats/byte) of params on every domain's fixed windows."""
+  """Validation loss (nats/byte) of params on every domain's fixed windows (the jitted loss
+  shared by every cell of the same training setup)."""
 
   def __init__(self, run: training.Run, validation: dict, eval_batch: int):
-    self.run, self.validation, self.eval_batch = run, validation, eval_batch
-    self.loss = jax.jit(lambda p, t: training.loss_fn(run, p, t))
+    self.validation, self.eval_batch = validation, eval_batch
+    key = _setup_key(run)
+    if key not in _LOSSES:
+      _LOSSES[key] = jax.jit(lambda p, t: training.loss_fn(run, p, t))
+    self.loss = _LOSSES[key]
 
   def __call__(self, params, limit: int | None = None) -> dict:
     out = {}
@@ -237,8 +250,7 @@ _TRAINERS = {}
 
 def trainer(run: training.Run, schedule, method_name: str, method) -> loop.Trainer:
   """One compiled Trainer per (training setup, method), shared by the seeds."""
-  key = (json.dumps({k: v for k, v in run.config.to_dict().items() if k != "seed"},
-                    sort_keys=True, default=str), method_name)
+  key = (_setup_key(run), method_name)
   if key not in _TRAINERS:
     _TRAINERS[key] = loop.Trainer(run, schedule, method)
   return _TRAINERS[key]
