@@ -47,6 +47,19 @@ def initialize_distributed() -> None:
   jax.distributed.initialize(coordinator_address=COORDINATOR.value, num_processes=n, process_id=i)
 
 
+def parse_mesh(text: str, flag: str) -> dict:
+  """axis:size pairs ("data:2,tensor:4") as {axis: size}; bad syntax is a UsageError naming
+  `flag`."""
+  sizes = {}
+  for part in filter(None, text.split(",")):
+    name, _, size = part.partition(":")
+    try:
+      sizes[name.strip()] = int(size)
+    except ValueError:
+      raise UsageError(f"{flag}: {part!r} is not axis:size (e.g. data:2,tensor:4)") from None
+  return sizes
+
+
 def check_arguments(argv, *, workdir=None, config=None, example: str = "") -> None:
   """UsageError for positional arguments, for a `config` flag not given (naming `example`)
   and for a `workdir` flag not given."""

@@ -26,21 +26,10 @@ MESH = flags.DEFINE_string("mesh", "data:-1", "Evaluation mesh as axis:size pair
                            "data:2,tensor:4; unnamed axes are 1 and -1 means the rest.")
 
 
-def parse_mesh(text: str) -> dict:
-  sizes = {}
-  for part in filter(None, text.split(",")):
-    name, _, size = part.partition(":")
-    try:
-      sizes[name.strip()] = int(size)
-    except ValueError:
-      raise cli.UsageError(f"--mesh: {part!r} is not axis:size (e.g. data:2,tensor:4)") from None
-  return sizes
-
-
 def main(argv):
   cli.check_arguments(argv, workdir=WORKDIR)
   cli.initialize_distributed()
-  evaluate(WORKDIR.value, STEP.value, parse_mesh(MESH.value), CONTEXT.value)
+  evaluate(WORKDIR.value, STEP.value, cli.parse_mesh(MESH.value, "--mesh"), CONTEXT.value)
 
 
 if __name__ == "__main__":

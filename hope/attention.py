@@ -11,13 +11,30 @@ the odd 2^l-th parts of the sequence attend to the even parts just before them),
 scores computed are about T^2/2 + T * block/2 instead of T^2. The pieces are merged with
 their row maxima and sums, as in blockwise (flash) attention; the result equals the
 masked softmax to float rounding.
+
+Incremental decoding (`init_cache`, `decode`) keeps the rotated keys and the values of the
+tokens read so far in a `KVCache` of C slots, token p in slot p mod C: C = max_len for full
+attention, C = min(window, max_len) with a window, so a sliding window decodes every token
+at the same cost however long the context. A call reads t new tokens at positions
+length..length+t-1, attends over the cached and the new tokens under the causal (and
+window) mask, and writes the last min(t, C) of them.
 """
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from hope.layers import Dense
 from hope.rotary import apply_rotary
+
+
+@struct.dataclass
+class KVCache:
+  """keys, values [batch, C, heads, head_dim] (keys rotated); positions [C] of the token in
+  each slot (-1: empty); length: tokens read so far (int32)."""
+  keys: jax.Array
+  values: jax.Array
+  positions: jax.Array
+  length: jax.Array
 
 
 class CausalSelfAttention(nnx.Module):
@@ -44,6 +61,46 @@ class CausalSelfAttention(nnx.Module):
       return self.out(causal_attention(q, k, v))
     t = positions[:, None] - positions[None, :]
     return self.out(masked_attention(q, k, v, (t >= 0) & (t < self.window)))
+
+  def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+    """An empty cache for a document of at most `max_len` tokens."""
+    size = min(self.window, max_len) if self.window else max_len
+    heads, head_dim = self.key.kernel.shape[1:]
+    zeros = jnp.zeros((batch_size, size, heads, head_dim), self.key.dtype)
+    return KVCache(keys=zeros, values=zeros, positions=jnp.full((size,), -1, jnp.int32),
+                   length=jnp.zeros((), jnp.int32))
+
+  def decode(self, x: jax.Array, cache: KVCache,
+             prefix: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+    """The outputs for x [batch, t, embed], the next t tokens of the cached document (as
+    `__call__` over the whole document gives them), and the cache with them written.
+
+    `prefix` [batch, P, embed]: keys and values at positions 0..P-1 that every query sees
+    (a persistent memory); the document then starts at position P, as in `attend` over
+    [prefix | document] under `titans.prefix_window_mask`."""
+    t, size = x.shape[1], cache.positions.shape[0]
+    offset = 0 if prefix is None else prefix.shape[1]
+    positions = offset + cache.length + jnp.arange(t, dtype=jnp.int32)
+    q = apply_rotary(self.query(x), positions, self.rope_base)
+    k = apply_rotary(self.key(x), positions, self.rope_base)
+    v = self.value(x)
+    gap = positions[:, None] - jnp.concatenate([cache.positions, positions])[None, :]
+    mask = (jnp.concatenate([cache.positions, positions]) >= 0)[None, :] & (gap >= 0)
+    if self.window:
+      mask &= gap < self.window
+    keys, values = [cache.keys, k], [cache.values, v]
+    if prefix is not None:
+      keys.insert(0, apply_rotary(self.key(prefix), jnp.arange(offset), self.rope_base))
+      values.insert(0, self.value(prefix))
+      mask = jnp.concatenate([jnp.ones((t, offset), bool), mask], axis=1)
+    y = self.out(masked_attention(q, jnp.concatenate(keys, axis=1),
+                                  jnp.concatenate(values, axis=1), mask))
+    kept = min(t, size)
+    slots = positions[t - kept:] % size
+    return y, KVCache(keys=cache.keys.at[:, slots].set(k[:, t - kept:]),
+                      values=cache.values.at[:, slots].set(v[:, t - kept:]),
+                      positions=cache.positions.at[slots].set(positions[t - kept:]),
+                      length=cache.length + t)
 
   def attend(self, x_q: jax.Array, x_kv: jax.Array, q_positions: jax.Array,
              kv_positions: jax.Array, mask: jax.Array) -> jax.Array:

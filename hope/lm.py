@@ -12,6 +12,13 @@ Stateful parts (memories that learn in context) have `init_state(batch_size)` an
 `DecoderLM.stream` carries the states across calls, so a long document can be read piece by
 piece, and `init_state` resets them between documents.
 
+Incremental decoding (`DecoderLM.init_decode_state`, `DecoderLM.decode`) carries, besides
+the in-context states, what attention needs from earlier tokens: a part with
+`init_cache(batch_size, max_len)` and `decode(x, cache) -> (y, cache)` (softmax attention's
+key-value cache) decodes through them, a stateful part through its state, a per-token part
+(an MLP, a product-key memory) as it is. The logits of a document decoded in calls of any
+lengths equal those of one `__call__` over it.
+
 Teach signal. A part with a `teach_piece` P (a Continuum Memory System driven by the
 next-token loss, `hope.cms`) learns from the model's own loss: both `__call__` and `stream`
 then read the tokens in pieces of P (a `lax.scan` over pieces carrying every block's state)
@@ -64,6 +71,20 @@ def apply(module, x: jax.Array, state=None, mask=None) -> tuple[jax.Array, Any]:
   return module(x), None
 
 
+def init_decode_state(part, batch_size: int, max_len: int):
+  """A part's decoding state: its cache, its in-context state, or None (per-token part)."""
+  if hasattr(part, "init_cache"):
+    return part.init_cache(batch_size, max_len)
+  return part.init_state(batch_size) if is_stateful(part) else None
+
+
+def decode(part, x: jax.Array, state) -> tuple[jax.Array, Any]:
+  """`apply` for decoding: through the part's cache where it has one."""
+  if hasattr(part, "init_cache"):
+    return part.decode(x, state)
+  return apply(part, x, state)
+
+
 class Block(nnx.Module):
   """x + dropout(mixer(norm(x))), then x + dropout(mlp(norm(x))).
 
@@ -94,6 +115,20 @@ class Block(nnx.Module):
       return x, (mixer_state, mlp_state)
     y, mlp_state = apply(self.mlp, self.mlp_norm(x), mlp_state, mask)
     return x + self._dropout(y, keys[1]), (mixer_state, mlp_state)
+
+  def init_decode_state(self, batch_size: int, max_len: int) -> tuple:
+    return tuple(init_decode_state(m, batch_size, max_len) for m in (self.mixer, self.mlp))
+
+  def decode(self, x: jax.Array, state: tuple) -> tuple[jax.Array, tuple]:
+    """`__call__` without dropout, the parts decoding through their caches."""
+    mixer_state, mlp_state = state
+    y, mixer_state = decode(self.mixer, self.mixer_norm(x), mixer_state)
+    x = x + y
+    if self.mlp_norm is None:
+      x, mlp_state = decode(self.mlp, x, mlp_state)
+      return x, (mixer_state, mlp_state)
+    y, mlp_state = decode(self.mlp, self.mlp_norm(x), mlp_state)
+    return x + y, (mixer_state, mlp_state)
 
   def _dropout(self, y: jax.Array, key: jax.Array | None) -> jax.Array:
     if key is None or not self.dropout_rate:
@@ -148,6 +183,24 @@ class DecoderLM(nnx.Module):
              mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
     """Logits for the next piece of a document and the carried state; `mask` marks padding (0)."""
     return self._run(tokens, None, state, mask)
+
+  def init_decode_state(self, batch_size: int, max_len: int) -> tuple:
+    """The decoding state of every block for a document of at most `max_len` tokens."""
+    if self.teach_piece:
+      raise ValueError(f"a model taught by the next-token loss reads pieces of "
+                       f"{self.teach_piece} tokens; it cannot decode one token at a time")
+    return tuple(block.init_decode_state(batch_size, max_len) for block in self.blocks)
+
+  def decode(self, tokens: jax.Array, state: tuple) -> tuple[jax.Array, tuple]:
+    """Logits [batch, t, vocab] for the next t tokens [batch, t] of the document in `state`
+    (`init_decode_state`), and the state with them read."""
+    chex.assert_rank(tokens, 2)
+    x = self.embed(tokens)
+    new_states = []
+    for block, block_state in zip(self.blocks, state):
+      x, block_state = block.decode(x, block_state)
+      new_states.append(block_state)
+    return self.unembed(self.final_norm(x)).astype(jnp.float32), tuple(new_states)
 
   def _run(self, tokens, rng, state, mask):
     chex.assert_rank(tokens, 2)

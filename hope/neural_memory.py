@@ -77,6 +77,15 @@ LR_BIAS, MOMENTUM_BIAS, DECAY_BIAS = 0.0, 2.0, -4.0
 
 
 @struct.dataclass
+class DecodeState:
+  """The memory while decoding (`NeuralMemory.decode`): its state, the weights at the start
+  of the current chunk and the chunk's tokens read so far (`clock`, int32)."""
+  memory: "MemoryState"
+  chunk_start: tuple[jax.Array, ...]
+  clock: jax.Array
+
+
+@struct.dataclass
 class MemoryState:
   """Per-sequence memory state.
 
@@ -137,17 +146,27 @@ def reference_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chun
   gives back the recurrence above. Returns (y [seq, head_dim], final weights, final momentum
   or rule state).
   """
-  chunk_start = jnp.arange(q.shape[0]) % chunk_size == 0
+  y, w, s, _ = memory_recurrence(weights, momentum, weights, 0, q, k, v, lr, eta, retain, write,
+                                 chunk_size=chunk_size, max_grad_norm=max_grad_norm, rule=rule)
+  return y, w, (s if use_momentum or rule is not None else momentum)
+
+
+def memory_recurrence(weights, momentum, chunk_start_weights, clock, q, k, v, lr, eta, retain,
+                      write, *, chunk_size: int, max_grad_norm: float | None = None,
+                      rule: optax.GradientTransformation | None = None):
+  """`reference_memory`'s recurrence entered `clock` tokens into a chunk whose start
+  weights W' are `chunk_start_weights` (clock 0: a chunk starts at the first token).
+
+  Returns (y [seq, head_dim], weights, momentum or rule state, the start weights of the
+  chunk the last token lies in)."""
+  chunk_start = (clock + jnp.arange(q.shape[0])) % chunk_size == 0
   if rule is not None:
     rule = optax.with_extra_args_support(rule)
 
   def step(carry, token):
     w, s, w_start = carry
     q_t, k_t, v_t, lr_t, eta_t, retain_t, write_t, start_t = token
-    if chunk_size == 1:  # every token starts a chunk: no chunk-start copy to carry
-      w_start = w
-    else:
-      w_start = jax.tree.map(lambda old, new: jnp.where(start_t, new, old), w_start, w)
+    w_start = jax.tree.map(lambda old, new: jnp.where(start_t, new, old), w_start, w)
     grad = jax.grad(memory_loss)(w_start, k_t, v_t)
     scale = clip_scale(sum(jnp.sum(g * g) for g in grad), max_grad_norm)
     grad = tuple(scale * g for g in grad)
@@ -158,12 +177,11 @@ def reference_memory(weights, momentum, q, k, v, lr, eta, retain, write, *, chun
       u, new_s = rule.update(grad, s, w, learning_rate=lr_t, momentum=eta_t, decay=1 - retain_t)
       s = jax.tree.map(lambda old, new: jnp.where(write_t > 0, new, old), s, new_s)
       w = jax.tree.map(lambda w_l, u_l: w_l + write_t * u_l, w, u)
-    return (w, s, () if chunk_size == 1 else w_start), memory_mlp(w, q_t)
+    return (w, s, w_start), memory_mlp(w, q_t)
 
   tokens = (q, k, v, lr, eta, retain, write, chunk_start)
-  start = () if chunk_size == 1 else weights
-  (w, s, _), y = jax.lax.scan(step, (weights, momentum, start), tokens)
-  return y, w, (s if use_momentum or rule is not None else momentum)
+  (w, s, w_start), y = jax.lax.scan(step, (weights, momentum, chunk_start_weights), tokens)
+  return y, w, s, w_start
 
 
 def segment_products(g: jax.Array) -> jax.Array:
@@ -388,6 +406,33 @@ class NeuralMemory(nnx.Module):
         state.weights, state.momentum, *map(heads_first, (q, k, v) + gates))
     y = self._output(x, heads_first(y)) * mask[..., None]
     return y[:, :seq], MemoryState(weights=weights, momentum=momentum, conv=conv)
+
+  def init_cache(self, batch_size: int, max_len: int) -> DecodeState:
+    """The decoding state at the start of a document (any length: `max_len` is unused)."""
+    del max_len
+    state = self.init_state(batch_size)
+    return DecodeState(memory=state, chunk_start=state.weights, clock=jnp.zeros((), jnp.int32))
+
+  def decode(self, x: jax.Array, cache: DecodeState) -> tuple[jax.Array, DecodeState]:
+    """`__call__` on the next tokens x [batch, t, dim] of the document in `cache`, token by
+    token (`memory_recurrence`): a call may end inside a chunk, and the next one goes on
+    with that chunk's start weights, so calls of any lengths equal one call."""
+    batch, seq = self._check_input(x, cache.memory)
+    mask = jnp.ones((batch, seq), bool)
+    q, k, v, conv = self._keys_values_queries(x, cache.memory.conv, mask)
+    run = lambda w, s, w0, *a: memory_recurrence(
+        w, s, w0, cache.clock, *a, chunk_size=self.chunk_size, max_grad_norm=self.max_grad_norm,
+        rule=self.rule)
+    heads_first = lambda a: jnp.moveaxis(a, 2, 1)
+    y, weights, momentum, chunk_start = jax.vmap(jax.vmap(run))(
+        cache.memory.weights, cache.memory.momentum, cache.chunk_start,
+        *map(heads_first, (q, k, v) + self.gates(x, mask)))
+    if not (self.use_momentum or self.rule is not None):
+      momentum = cache.memory.momentum
+    memory = MemoryState(weights=weights, momentum=momentum, conv=conv)
+    return (self._output(x, heads_first(y)),
+            DecodeState(memory=memory, chunk_start=chunk_start,
+                        clock=(cache.clock + seq) % self.chunk_size))
 
   def retrieve(self, x: jax.Array, state: MemoryState) -> jax.Array:
     """Read-only: y_t = M_state(q_t) for every token (eq. 15), no write; state is not advanced.

@@ -85,7 +85,8 @@ class TitansMixer(nnx.Module):
       return
     if persistent_tokens < 0:
       raise ValueError(f"persistent_tokens must be >= 0, got {persistent_tokens}")
-    self.attention = CausalSelfAttention(dim, num_heads, head_dim, rngs=rngs, dtype=dtype)
+    self.attention = CausalSelfAttention(dim, num_heads, head_dim, rngs=rngs, window=window,
+                                         dtype=dtype)
     self.persistent = PersistentMemory(persistent_tokens, dim, rngs=rngs)
     self.window = window
     self.segment_len = segment_len
@@ -99,6 +100,29 @@ class TitansMixer(nnx.Module):
 
   def init_state(self, batch_size: int):
     return self.memory.init_state(batch_size)
+
+  def init_cache(self, batch_size: int, max_len: int):
+    """The decoding state: the memory's state, with MAG and MAL also the attention's cache."""
+    state = self.memory.init_cache(batch_size, max_len)
+    if self.variant == "lmm":
+      return state
+    if self.variant == "mac":
+      raise ValueError("Titans MAC cannot decode incrementally yet (its segments' retrieved "
+                       "context would need a cache of its own); use lmm, mag or mal")
+    return state, self.attention.init_cache(batch_size, max_len)
+
+  def decode(self, x: jax.Array, cache):
+    """`__call__` on the next tokens of the document in `cache` (`init_cache`)."""
+    if self.variant == "lmm":
+      return self.memory.decode(x, cache)
+    state, kv = cache
+    if self.variant == "mag":
+      y_attn, kv = self.attention.decode(x, kv, prefix=self.persistent.prepend(x[:, :0]))
+      y_mem, state = self.memory.decode(x, state)
+      return self.gate(y_attn, y_mem), (state, kv)
+    y_mem, state = self.memory.decode(x, state)  # mal
+    y, kv = self.attention.decode(y_mem, kv, prefix=self.persistent.prepend(y_mem[:, :0]))
+    return y, (state, kv)
 
   def __call__(self, x: jax.Array, state=None, mask=None):
     if self.variant == "lmm":

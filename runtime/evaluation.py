@@ -45,9 +45,10 @@ def piece_losses(run: training.Run, params, tokens: jax.Array, pieces: int) -> j
   return jax.lax.scan(read_piece, model.init_state(batch), windows)[1]
 
 
-def evaluate(workdir: str, step: int | None = None, mesh_sizes: dict | None = None,
-             context: int | None = None) -> dict:
-  workdir = str(Path(workdir).expanduser().absolute())  # orbax needs absolute paths
+def checkpoint_to_read(workdir: str, step: int | None) -> tuple[Checkpoints, int, ml_collections.ConfigDict]:
+  """(the checkpoints, the step to read, its run's config) of a pretraining workdir: `step`,
+  or the latest intact one (a corrupt newer one skipped with a warning). A workdir without
+  checkpoints, a missing or corrupt `step`: UsageError. Reads only."""
   checkpoints = Path(workdir) / "checkpoints"
   if not checkpoints.is_dir():
     raise UsageError(f"--workdir {workdir!r} holds no checkpoints (no {checkpoints})")
@@ -66,7 +67,20 @@ def evaluate(workdir: str, step: int | None = None, mesh_sizes: dict | None = No
                          f"saved steps are {sorted(steps)}")
   elif problem := ckpt.problem(step):
     raise UsageError(f"--step {step}: the checkpoint is corrupt ({problem})")
-  config = ml_collections.ConfigDict(ckpt.config(step))
+  return ckpt, step, ml_collections.ConfigDict(ckpt.config(step))
+
+
+def restore_params(ckpt: Checkpoints, step: int, run: training.Run):
+  """The parameters of checkpoint `step` in `run`'s shardings (call under jax.set_mesh)."""
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        run.abstract_params, run.param_shardings)
+  return ckpt.restore_params(step, target)
+
+
+def evaluate(workdir: str, step: int | None = None, mesh_sizes: dict | None = None,
+             context: int | None = None) -> dict:
+  workdir = str(Path(workdir).expanduser().absolute())  # orbax needs absolute paths
+  ckpt, step, config = checkpoint_to_read(workdir, step)
   context = context or config.seq_len
   if context <= 0 or context % config.seq_len:
     raise UsageError(f"--context ({context}) must be a positive multiple of the training "
@@ -77,10 +91,8 @@ def evaluate(workdir: str, step: int | None = None, mesh_sizes: dict | None = No
                             batch_size=config.batch_size, seed=config.seed, shuffle=False,
                             repeat=False, process_index=jax.process_index(),
                             process_count=jax.process_count())
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        run.abstract_params, run.param_shardings)
   with jax.set_mesh(run.mesh):
-    params = ckpt.restore_params(step, target)
+    params = restore_params(ckpt, step, run)
     pieces = context // config.seq_len
     score = jax.jit(lambda p, tokens: piece_losses(run, p, tokens, pieces),
                     in_shardings=(run.param_shardings, run.batch_sharding),

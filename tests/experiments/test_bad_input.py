@@ -75,6 +75,14 @@ CASES = {
     "evaluate no --workdir": ("experiments.evaluate", [], "--workdir is required"),
     "evaluate mesh syntax": ("experiments.evaluate", ["--workdir={inputs}", "--mesh=data=2"],
                              "--mesh: 'data=2' is not axis:size"),
+    # generate without a run
+    "generate no prompt": ("experiments.generate", ["--workdir={workdir}"],
+                           "give at least one --prompt"),
+    "generate empty workdir": ("experiments.generate", ["--workdir={workdir}", "--prompt=a"],
+                               "no checkpoints"),
+    "generate negative temperature": ("experiments.generate",
+                                      ["--workdir={workdir}", "--prompt=a", "--temperature=-1"],
+                                      "--temperature must be a finite number >= 0"),
     # continual: config values and data files
     "continual unknown method": ("experiments.continual", ["--config.method=magic"],
                                  "config.method"),

@@ -110,6 +110,30 @@ def test_evaluate_bad_input(small_run, args, expected):
   assert _snapshot(small_run) == before
 
 
+def test_generate_from_a_checkpoint(small_run):
+  args = ("experiments.generate", f"--workdir={small_run}", "--prompt=def ",
+          "--prompt=import os\\n", "--max_new_tokens=5", "--temperature=0.8", "--top_p=0.9")
+  first, again = run_cli(*args), run_cli(*args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert first.stdout == again.stdout          # same seed, same text
+  assert first.stdout.count("--- ") == 2 and "--- 'import os\\n'" in first.stdout
+  assert "tokens/s" in first.stderr
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--prompt="], "prompt 1 is empty"),
+    (["--prompt=a", "--max_new_tokens=0"], "--max_new_tokens must be positive"),
+    (["--prompts_file=/nonexistent/prompts.txt"], "does not exist"),
+    (["--prompt=a", "--top_p=1.5"], "--top_p must be in (0, 1]"),
+    (["--prompt=a", "--step=7"], "no such checkpoint"),
+], ids=["empty prompt", "no new tokens", "missing prompts file", "top_p out of range",
+        "unknown step"])
+def test_generate_bad_input(small_run, args, expected):
+  before = _snapshot(small_run)
+  _assert_clean_error(run_cli("experiments.generate", f"--workdir={small_run}", *args), expected)
+  assert _snapshot(small_run) == before
+
+
 def _assert_clean_error(result, expected):
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert result.returncode == 2, result.stderr[-3000:]

@@ -8,6 +8,7 @@ from flax import nnx
 
 from runtime import text_data
 from runtime import evaluation
+from runtime import generation
 from runtime import loop
 from runtime import training
 from tests.helpers import tiny_config
@@ -70,3 +71,27 @@ def test_metrics_logged(trained_workdir):
   perf = [json.loads(l) for l in (trained_workdir / "perf.jsonl").read_text().splitlines()]
   assert all(r["tokens_per_sec"] > 0 and 0 < r["mfu"] for r in perf)
   assert list((trained_workdir / "tensorboard").iterdir())
+
+
+def test_generation_from_the_4x2_checkpoint(trained_workdir):
+  """Greedy continuations are the same on the 4 x 2 mesh and on one device, each row of a
+  batch continues as its prompt alone would, and each token is the argmax of the full
+  forward over the text so far."""
+  ckpt, step, config = evaluation.checkpoint_to_read(str(trained_workdir), None)
+  prompts = [b"def f(x):", b"import"]
+  greedy = generation.Sampling(temperature=0)
+  texts = []
+  for sizes in (dict(data=4, tensor=2), dict(data=1)):
+    run = training.prepare(config, mesh_sizes=sizes)
+    with jax.set_mesh(run.mesh):
+      params = evaluation.restore_params(ckpt, step, run)
+      texts.append(generation.generate(run, params, prompts, max_new_tokens=6,
+                                       sampling=greedy).texts)
+  assert texts[0] == texts[1]
+  alone = generation.generate(run, params, prompts[1:], max_new_tokens=6, sampling=greedy)
+  assert alone.texts == texts[1][1:]
+  model = nnx.merge(run.graphdef, params)
+  tokens = list(prompts[1])
+  for _ in range(6):
+    tokens.append(int(np.argmax(model(np.array([tokens], np.int32))[0, -1])))
+  assert bytes(tokens[len(prompts[1]):]) == texts[1][1]

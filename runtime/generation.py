@@ -1,0 +1,117 @@
+"""Sampling text from a language model by incremental decoding (`DecoderLM.decode`): the
+library behind `python -m experiments.generate`.
+
+A batch of prompts of different lengths is decoded in lockstep, every row at the same
+positions: the common prefix (the shortest prompt's length) is read in one call, then one
+token per call, where token i of row r is its prompt's token while i < len(prompt r) and is
+sampled from the logits at i - 1 afterwards. Each row thus reads exactly its own document,
+and attention caches, memory states and chunk clocks stay shared in shape.
+
+Sampling (`sample`): temperature 0 is greedy; otherwise the logits are divided by the
+temperature, cut to the `top_k` largest (0: no cut) and to the smallest set whose
+probabilities sum to at least `top_p` (nucleus sampling, Holtzman et al. 2020; 1: no cut),
+and a token is drawn from the softmax of what is left.
+"""
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from runtime import training
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+  def check(self) -> None:
+    """ValueError naming the setting out of range."""
+    if not (self.temperature >= 0 and np.isfinite(self.temperature)):
+      raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0 (0: no cut), got {self.top_k}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1] (1: no cut), got {self.top_p}")
+
+
+def sample(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
+  """Tokens [batch] drawn from logits [batch, vocab] under `sampling` (module docstring)."""
+  if sampling.temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits.astype(jnp.float32) / sampling.temperature
+  if sampling.top_k and sampling.top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if sampling.top_p < 1:
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs     # mass of the larger logits
+    kept = jnp.sum(before < sampling.top_p, axis=-1, keepdims=True)    # >= 1
+    threshold = jnp.take_along_axis(ordered, kept - 1, axis=-1)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return jax.random.categorical(key, logits).astype(jnp.int32)
+
+
+def decode_batch(model, tokens: jax.Array, lengths: jax.Array, key: jax.Array, *,
+                 prefill: int, sampling: Sampling) -> jax.Array:
+  """tokens [batch, L] with row r's prompt in its first lengths[r] places (the rest is
+  overwritten) -> the same rows with every place after the prompt sampled. `prefill` <=
+  min(lengths) tokens are read in one call, the rest one at a time (module docstring)."""
+  batch, total = tokens.shape
+  logits, state = model.decode(tokens[:, :prefill], model.init_decode_state(batch, total))
+
+  def next_token(i, carry):
+    tokens, last, state = carry
+    drawn = sample(last, jax.random.fold_in(key, i), sampling)
+    token = jnp.where(i < lengths, tokens[:, i], drawn)
+    logits, state = model.decode(token[:, None], state)
+    return tokens.at[:, i].set(token), logits[:, 0], state
+
+  tokens, _, _ = jax.lax.fori_loop(prefill, total, next_token, (tokens, logits[:, -1], state))
+  return tokens
+
+
+@dataclasses.dataclass
+class Generated:
+  texts: list[bytes]     # each prompt's continuation (max_new_tokens bytes)
+  seconds: float         # decoding time, compile excluded
+  compile_seconds: float
+
+  @property
+  def tokens_per_second(self) -> float:
+    return sum(len(t) for t in self.texts) / max(self.seconds, 1e-9)
+
+
+def generate(run: training.Run, params, prompts: list[bytes], *, max_new_tokens: int,
+             sampling: Sampling = Sampling(), seed: int = 0) -> Generated:
+  """Continues every prompt (bytes, non-empty) by max_new_tokens sampled bytes; call under
+  jax.set_mesh(run.mesh). Compiles once per (batch, prompt lengths, max_new_tokens)."""
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError("every prompt must hold at least one byte")
+  if max_new_tokens <= 0:
+    raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+  sampling.check()
+  lengths = np.array([len(p) for p in prompts], np.int32)
+  total = int(lengths.max()) + max_new_tokens
+  tokens = np.zeros((len(prompts), total), np.int32)
+  for row, prompt in zip(tokens, prompts):
+    row[:len(prompt)] = np.frombuffer(prompt, np.uint8)
+
+  def run_batch(params, tokens, lengths, key):
+    return decode_batch(nnx.merge(run.graphdef, params), tokens, lengths, key,
+                        prefill=int(prefill), sampling=sampling)
+
+  prefill = lengths.min()
+  args = (params, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.key(seed))
+  began = time.perf_counter()
+  compiled = jax.jit(run_batch).lower(*args).compile()
+  compiled_at = time.perf_counter()
+  out = np.asarray(jax.block_until_ready(compiled(*args)))
+  done = time.perf_counter()
+  texts = [row[n:n + max_new_tokens].astype(np.uint8).tobytes() for row, n in zip(out, lengths)]
+  return Generated(texts=texts, seconds=done - compiled_at, compile_seconds=compiled_at - began)
