@@ -439,11 +439,17 @@ class NeuralMemory(nnx.Module):
 
     The query's short convolution starts from state's query cache.
     """
-    batch, seq = self._check_input(x, state)
-    q, _ = self.query_conv(self.query(x), state.conv[0], jnp.ones((batch, seq), bool))
+    self._check_input(x, state)
+    return self.read(x, state.weights, state.conv[0])[0]
+
+  def read(self, x: jax.Array, weights, query_cache: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`retrieve` through memory `weights` with the query convolution's cache given:
+    (y, the cache after x)."""
+    q, query_cache = self.query_conv(self.query(x), query_cache,
+                                     jnp.ones(x.shape[:2], bool))
     q = l2_normalize(jax.nn.silu(q))
-    y = jax.vmap(jax.vmap(memory_mlp))(state.weights, jnp.moveaxis(q, 2, 1))
-    return self._output(x, jnp.moveaxis(y, 1, 2))
+    y = jax.vmap(jax.vmap(memory_mlp))(weights, jnp.moveaxis(q, 2, 1))
+    return self._output(x, jnp.moveaxis(y, 1, 2)), query_cache
 
   def flops_per_token(self, seq_len: int) -> float:
     """Forward model FLOPs per token of the chunked form (matmuls; elementwise work ignored).

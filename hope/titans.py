@@ -19,15 +19,29 @@ state across pieces of a document) identical to one call over the whole document
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+import optax
+from flax import nnx, struct
 
 from hope.attention import CausalSelfAttention
 from hope.layers import Dense, RMSNorm, param
 from hope.lm import Block, DecoderLM, check_shape
 from hope.mlp import SwiGLU
-from hope.neural_memory import NeuralMemory
+from hope.neural_memory import DecodeState, MemoryState, NeuralMemory
 
 VARIANTS = ("lmm", "mac", "mag", "mal")
+
+
+@struct.dataclass
+class MacDecodeState:
+  """Titans MAC while decoding: the memory's decoding state, its state at the current
+  segment's start and the retrieval's query-convolution cache, the segment's retrieved h
+  and inputs S so far [batch, segment_len, dim], and the place in the segment (`clock`)."""
+  memory: DecodeState
+  segment_start: MemoryState
+  query_cache: jax.Array
+  retrieved: jax.Array
+  segment: jax.Array
+  clock: jax.Array
 
 
 class PersistentMemory(nnx.Module):
@@ -107,14 +121,19 @@ class TitansMixer(nnx.Module):
     if self.variant == "lmm":
       return state
     if self.variant == "mac":
-      raise ValueError("Titans MAC cannot decode incrementally yet (its segments' retrieved "
-                       "context would need a cache of its own); use lmm, mag or mal")
+      inputs = jnp.zeros((batch_size, self.segment_len, self.memory.dim), jnp.float32)
+      return MacDecodeState(memory=state, segment_start=state.memory,
+                            query_cache=state.memory.conv[0], retrieved=inputs, segment=inputs,
+                            clock=jnp.zeros((), jnp.int32))
     return state, self.attention.init_cache(batch_size, max_len)
 
   def decode(self, x: jax.Array, cache):
     """`__call__` on the next tokens of the document in `cache` (`init_cache`)."""
     if self.variant == "lmm":
       return self.memory.decode(x, cache)
+    if self.variant == "mac":
+      cache, out = jax.lax.scan(self._mac_token, cache, jnp.swapaxes(x, 0, 1)[:, :, None])
+      return jnp.swapaxes(out[:, :, 0], 0, 1), cache
     state, kv = cache
     if self.variant == "mag":
       y_attn, kv = self.attention.decode(x, kv, prefix=self.persistent.prepend(x[:, :0]))
@@ -123,6 +142,32 @@ class TitansMixer(nnx.Module):
     y_mem, state = self.memory.decode(x, state)  # mal
     y, kv = self.attention.decode(y_mem, kv, prefix=self.persistent.prepend(y_mem[:, :0]))
     return y, (state, kv)
+
+  def _mac_token(self, cache, x):
+    """MAC on one token x [batch, 1, dim] at place p = cache.clock of its segment: h_p from
+    the memory at the segment's start, attention over [persistent | h_<=p | S_<=p], the
+    write of y into the memory and the gate; at the segment's end the memory's state
+    becomes the next segment's start."""
+    p, size = cache.clock, self.segment_len
+    h, query_cache = self.memory.read(x, cache.segment_start.weights, cache.query_cache)
+    retrieved = jax.lax.dynamic_update_slice_in_dim(cache.retrieved, h.astype(jnp.float32), p, 1)
+    segment = jax.lax.dynamic_update_slice_in_dim(cache.segment, x.astype(jnp.float32), p, 1)
+    num_prefix = self.persistent.tokens.shape[0]
+    local = num_prefix + jnp.arange(size)
+    seen = jnp.arange(size) <= p
+    mask = jnp.concatenate([jnp.ones(num_prefix, bool), seen, seen])[None]
+    context = jnp.concatenate([self.persistent.prepend(retrieved.astype(x.dtype)),
+                               segment.astype(x.dtype)], axis=1)
+    y = self.attention.attend(x, context, num_prefix + p[None],
+                              jnp.concatenate([jnp.arange(num_prefix), local, local]), mask)
+    written, memory = self.memory.decode(y, cache.memory)
+    ends = p == size - 1
+    cache = MacDecodeState(
+        memory=memory, segment_start=optax.tree_utils.tree_where(ends, memory.memory,
+                                                                 cache.segment_start),
+        query_cache=jnp.where(ends, memory.memory.conv[0], query_cache), retrieved=retrieved,
+        segment=segment, clock=(p + 1) % size)
+    return cache, self.gate(y, written)
 
   def __call__(self, x: jax.Array, state=None, mask=None):
     if self.variant == "lmm":
