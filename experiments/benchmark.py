@@ -1,6 +1,6 @@
 """Speed and memory of the zoo: one command, several suites, a table and a JSON file.
 
-  python -m experiments.benchmark --suite=lm|memory|pkm|sharded|cl|all [--out=bench.json]
+  python -m experiments.benchmark --suite=lm|memory|pkm|sharded|cl|generate|all [--out=bench.json]
 
 The suites are described in experiments/benchmarks/__init__.py; results: docs/results/.
 """
@@ -27,7 +27,7 @@ RUNS = flags.DEFINE_integer("runs", None, "Timed runs per benchmark, the median 
                             f"(default per suite: {', '.join(f'{k} {v[1]}' for k, v in DEFAULT_RUNS.items())}).")
 WARMUP = flags.DEFINE_integer("warmup", None, "Untimed runs first (default per suite: "
                               f"{', '.join(f'{k} {v[0]}' for k, v in DEFAULT_RUNS.items())}).")
-MODELS = flags.DEFINE_list("models", None, "lm: only these config:size entries, e.g. "
+MODELS = flags.DEFINE_list("models", None, "lm, generate: only these config:size entries, e.g. "
                            "transformer:small,hope:small (default: every config, tiny and small).")
 SEQ_LEN = flags.DEFINE_integer("seq_len", None, "lm: override every config's seq_len.")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "lm: override every config's batch_size.")

@@ -9,7 +9,9 @@ Each suite (warm-up, then the median of several timed runs) is a module with
   pkm      product-key lookup time per token as N grows (16K..1M slots), and per-device
            table bytes on 8 devices;
   sharded  a train step on 8 devices (data=8; data=4 x tensor=2) against one device;
-  cl       the continual-learning grid's wall time, or chosen methods side by side.
+  cl       the continual-learning grid's wall time, or chosen methods side by side;
+  generate sampling speed by incremental decoding: tokens/s at batch 1 and 8, and the cost
+           of a token after 1K and 8K tokens of context (tiny configs).
 The JSON holds the date, machine, jax version, load average and every row.
 """
 import datetime
@@ -21,14 +23,16 @@ import jax
 
 from cl_methods import registry
 from experiments import configs
-from experiments.benchmarks import continual_grid, product_key, sharded_step, titans_memory, train_step
+from experiments.benchmarks import (continual_grid, decoding, product_key, sharded_step,
+                                    titans_memory, train_step)
 from experiments.benchmarks.timing import load_average
 from runtime.errors import UsageError
 
 SUITES = {"lm": train_step, "memory": titans_memory, "pkm": product_key,
-          "sharded": sharded_step, "cl": continual_grid}
+          "sharded": sharded_step, "cl": continual_grid, "generate": decoding}
 # Default (warm-up, runs) per suite; a run of `cl` is a whole grid.
-DEFAULT_RUNS = {"lm": (2, 5), "memory": (1, 3), "pkm": (2, 5), "sharded": (2, 5), "cl": (1, 3)}
+DEFAULT_RUNS = {"lm": (2, 5), "memory": (1, 3), "pkm": (2, 5), "sharded": (2, 5), "cl": (1, 3),
+                "generate": (1, 3)}
 
 
 def integers(values, name: str) -> list[int]:
@@ -54,16 +58,7 @@ def suite_calls(names: list[str], o) -> list:
                              runs=runs if o.runs is None else o.runs)
   calls = []
   if "lm" in names:
-    models = o.models or list(train_step.DEFAULT_MODELS)
-    for entry in models:
-      name, _, size = entry.partition(":")
-      if name not in configs.LM_CONFIGS:
-        raise UsageError(f"--models: unknown config {name!r}; choose from "
-                             f"{list(configs.LM_CONFIGS)}")
-      try:
-        train_step.load_config(entry)
-      except ValueError as e:
-        raise UsageError(f"--models {name}:{size}: {e}") from e
+    models = _checked_models(o.models or list(train_step.DEFAULT_MODELS))
     calls.append(("lm", lambda: train_step.run(
         models, seq_len=o.seq_len, batch_size=o.batch_size,
         steps_per_run=o.steps_per_run, **warmup_runs["lm"])))
@@ -99,7 +94,25 @@ def suite_calls(names: list[str], o) -> list:
     fisher = {"ewc.fisher": o.cl_fisher, "online_ewc.fisher": o.cl_fisher}
     calls.append(("cl", lambda: continual_grid.run(methods=methods, overrides=fisher,
                                                    **warmup_runs["cl"])))
+  if "generate" in names:
+    entries = _checked_models(o.models or list(decoding.DEFAULT_MODELS))
+    tiny = [e for e in entries if e.partition(":")[2] in ("", "tiny")]
+    calls.append(("generate", lambda: decoding.run(entries, tiny, **warmup_runs["generate"])))
   return calls
+
+
+def _checked_models(models: list[str]) -> list[str]:
+  """--models entries name:size, each a known config; UsageError naming the first that is not."""
+  for entry in models:
+    name, _, size = entry.partition(":")
+    if name not in configs.LM_CONFIGS:
+      raise UsageError(f"--models: unknown config {name!r}; choose from "
+                       f"{list(configs.LM_CONFIGS)}")
+    try:
+      train_step.load_config(entry)
+    except ValueError as e:
+      raise UsageError(f"--models {name}:{size}: {e}") from e
+  return models
 
 
 def machine() -> str:

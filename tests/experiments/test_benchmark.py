@@ -1,8 +1,8 @@
 """Smoke test of the benchmark suites at tiny sizes (the measurements themselves are not tests)."""
 import json
 
-from experiments.benchmarks import (continual_grid, product_key, sharded_step, titans_memory,
-                                    train_step)
+from experiments.benchmarks import (continual_grid, decoding, product_key, sharded_step,
+                                    titans_memory, train_step)
 from tests.helpers import run_cli
 
 SPREAD_OVER_WORKERS = True  # no shared fixtures
@@ -17,6 +17,16 @@ def test_lm_suite():
   assert row["model"] == "transformer:tiny" and row["tokens_per_sec"] > 0
   assert 0 < row["utilisation"] < 1 and row["peak_memory_bytes"] > 0
   assert "transformer:tiny" in train_step.table(result)
+
+
+def test_generate_suite():
+  result = decoding.run(["transformer:tiny"], ["transformer:tiny"], batches=(1, 2),
+                        prompt_len=4, new_tokens=2, contexts=(8, 16), piece=8, probe_tokens=2,
+                        warmup=0, runs=1)
+  row, = result["rows"]
+  assert row["tokens_per_second_batch1"] > 0 and row["tokens_per_second_batch2"] > 0
+  assert row["ms_per_token_at_8"] > 0 and row["ms_per_token_at_16"] > 0
+  assert "transformer:tiny" in decoding.table(result)
 
 
 def test_memory_suite():
