@@ -2,7 +2,7 @@ r"""Generates text from a checkpoint of a pretraining run.
 
   python -m experiments.generate --workdir=DIR [--step=N] --prompt="def " [--prompt=...] \
       [--prompts_file=F] [--max_new_tokens=200] [--temperature=0.8] [--top_k=0] [--top_p=0.95] \
-      [--seed=0] [--mesh=data:-1]
+      [--seed=0] [--mesh=data:-1] [--context_file=F]
 
 Reads the run's config from the checkpoint (the latest intact one unless --step), restores the
 parameters onto the mesh (any shape: the checkpoint need not come from the same mesh), and
@@ -11,6 +11,9 @@ prompt is a newline) by --max_new_tokens bytes, decoding incrementally: attentio
 key-value cache, Titans and HOPE memories and CMS levels carry their state and chunk clocks
 token by token (`runtime.generation`). Temperature 0 is greedy decoding. Prints each
 continuation and the decoding speed (tokens per second, compile excluded).
+
+--context_file=F: the file's bytes are read before every prompt with every state carried,
+so the memories learn from it at test time (attention attends to it).
 """
 from pathlib import Path
 
@@ -32,6 +35,8 @@ TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely bytes (
 TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling: the smallest set of bytes with "
                            "this much probability (1: all).")
 SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+CONTEXT_FILE = flags.DEFINE_string("context_file", None, "A document read before every prompt, "
+                                   "the states carried (test-time learning).")
 MESH = flags.DEFINE_string("mesh", "data:-1", "Mesh as axis:size pairs, e.g. data:2,tensor:4.")
 
 
@@ -58,6 +63,12 @@ def main(argv):
   prompts = read_prompts()
   if MAX_NEW.value <= 0:
     raise cli.UsageError(f"--max_new_tokens must be positive, got {MAX_NEW.value}")
+  context = b""
+  if CONTEXT_FILE.value:
+    path = Path(CONTEXT_FILE.value).expanduser()
+    if not path.is_file():
+      raise cli.UsageError(f"--context_file {str(path)!r} does not exist")
+    context = path.read_bytes()
   sampling = generation.Sampling(TEMPERATURE.value, TOP_K.value, TOP_P.value)
   try:
     sampling.check()
@@ -74,7 +85,7 @@ def main(argv):
   with jax.set_mesh(run.mesh):
     params = evaluation.restore_params(ckpt, step, run)
     out = generation.generate(run, params, prompts, max_new_tokens=MAX_NEW.value,
-                              sampling=sampling, seed=SEED.value)
+                              sampling=sampling, seed=SEED.value, context=context)
   if jax.process_index() == 0:
     for prompt, text in zip(prompts, out.texts):
       print(f"--- {prompt.decode(errors='replace')!r}")

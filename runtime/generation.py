@@ -88,14 +88,18 @@ class Generated:
 
 
 def generate(run: training.Run, params, prompts: list[bytes], *, max_new_tokens: int,
-             sampling: Sampling = Sampling(), seed: int = 0) -> Generated:
+             sampling: Sampling = Sampling(), seed: int = 0, context: bytes = b"") -> Generated:
   """Continues every prompt (bytes, non-empty) by max_new_tokens sampled bytes; call under
-  jax.set_mesh(run.mesh). Compiles once per (batch, prompt lengths, max_new_tokens)."""
+  jax.set_mesh(run.mesh). Compiles once per (batch, prompt lengths, max_new_tokens).
+
+  `context`: a document read before every prompt, its states carried into the prompt (the
+  memories learn from it at test time; attention attends to it)."""
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("every prompt must hold at least one byte")
   if max_new_tokens <= 0:
     raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
   sampling.check()
+  prompts = [context + p for p in prompts]
   lengths = np.array([len(p) for p in prompts], np.int32)
   total = int(lengths.max()) + max_new_tokens
   tokens = np.zeros((len(prompts), total), np.int32)

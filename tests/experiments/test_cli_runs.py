@@ -124,9 +124,11 @@ def test_generate_from_a_checkpoint(small_run):
     (["--prompt="], "prompt 1 is empty"),
     (["--prompt=a", "--max_new_tokens=0"], "--max_new_tokens must be positive"),
     (["--prompts_file=/nonexistent/prompts.txt"], "does not exist"),
+    (["--prompt=a", "--context_file=/nonexistent/context.txt"], "does not exist"),
     (["--prompt=a", "--top_p=1.5"], "--top_p must be in (0, 1]"),
     (["--prompt=a", "--step=7"], "no such checkpoint"),
-], ids=["empty prompt", "no new tokens", "missing prompts file", "top_p out of range",
+], ids=["empty prompt", "no new tokens", "missing prompts file", "missing context file",
+                         "top_p out of range",
         "unknown step"])
 def test_generate_bad_input(small_run, args, expected):
   before = _snapshot(small_run)

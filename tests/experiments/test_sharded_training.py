@@ -88,8 +88,12 @@ def test_generation_from_the_4x2_checkpoint(trained_workdir):
       texts.append(generation.generate(run, params, prompts, max_new_tokens=6,
                                        sampling=greedy).texts)
   assert texts[0] == texts[1]
-  alone = generation.generate(run, params, prompts[1:], max_new_tokens=6, sampling=greedy)
+  with jax.set_mesh(run.mesh):
+    alone = generation.generate(run, params, prompts[1:], max_new_tokens=6, sampling=greedy)
+    with_context = generation.generate(run, params, [b"ort"], max_new_tokens=6,
+                                       sampling=greedy, context=b"imp")
   assert alone.texts == texts[1][1:]
+  assert with_context.texts == alone.texts      # read before the prompt, states carried
   model = nnx.merge(run.graphdef, params)
   tokens = list(prompts[1])
   for _ in range(6):
