@@ -16,8 +16,10 @@ Incremental decoding (`init_cache`, `decode`) keeps the rotated keys and the val
 tokens read so far in a `KVCache` of C slots, token p in slot p mod C: C = max_len for full
 attention, C = min(window, max_len) with a window, so a sliding window decodes every token
 at the same cost however long the context. A call reads t new tokens at positions
-length..length+t-1, attends over the cached and the new tokens under the causal (and
-window) mask, and writes the last min(t, C) of them.
+length..length+t-1, writes the last min(t, C) of them and attends under the causal (and
+window) mask: over the cache after the write (one token, or full attention, whose cache
+evicts nothing), or, for several tokens through a window, over the cache before the write
+and the new tokens.
 """
 import jax
 import jax.numpy as jnp
@@ -84,23 +86,28 @@ class CausalSelfAttention(nnx.Module):
     q = apply_rotary(self.query(x), positions, self.rope_base)
     k = apply_rotary(self.key(x), positions, self.rope_base)
     v = self.value(x)
-    gap = positions[:, None] - jnp.concatenate([cache.positions, positions])[None, :]
-    mask = (jnp.concatenate([cache.positions, positions]) >= 0)[None, :] & (gap >= 0)
-    if self.window:
-      mask &= gap < self.window
-    keys, values = [cache.keys, k], [cache.values, v]
-    if prefix is not None:
-      keys.insert(0, apply_rotary(self.key(prefix), jnp.arange(offset), self.rope_base))
-      values.insert(0, self.value(prefix))
-      mask = jnp.concatenate([jnp.ones((t, offset), bool), mask], axis=1)
-    y = self.out(masked_attention(q, jnp.concatenate(keys, axis=1),
-                                  jnp.concatenate(values, axis=1), mask))
     kept = min(t, size)
     slots = positions[t - kept:] % size
-    return y, KVCache(keys=cache.keys.at[:, slots].set(k[:, t - kept:]),
+    written = KVCache(keys=cache.keys.at[:, slots].set(k[:, t - kept:]),
                       values=cache.values.at[:, slots].set(v[:, t - kept:]),
                       positions=cache.positions.at[slots].set(positions[t - kept:]),
                       length=cache.length + t)
+    if t == 1 or not self.window:  # the write evicts nothing this call reads: attend in place
+      keys, values, kv_positions = written.keys, written.values, written.positions
+    else:  # a window's ring may evict keys that this call's earlier queries still see
+      keys = jnp.concatenate([cache.keys, k], axis=1)
+      values = jnp.concatenate([cache.values, v], axis=1)
+      kv_positions = jnp.concatenate([cache.positions, positions])
+    gap = positions[:, None] - kv_positions[None, :]
+    mask = (kv_positions >= 0)[None, :] & (gap >= 0)
+    if self.window:
+      mask &= gap < self.window
+    if prefix is not None:
+      keys = jnp.concatenate([apply_rotary(self.key(prefix), jnp.arange(offset), self.rope_base),
+                              keys], axis=1)
+      values = jnp.concatenate([self.value(prefix), values], axis=1)
+      mask = jnp.concatenate([jnp.ones((t, offset), bool), mask], axis=1)
+    return self.out(masked_attention(q, keys, values, mask)), written
 
   def attend(self, x_q: jax.Array, x_kv: jax.Array, q_positions: jax.Array,
              kv_positions: jax.Array, mask: jax.Array) -> jax.Array:
