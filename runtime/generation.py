@@ -14,13 +14,16 @@ and a token is drawn from the softmax of what is left.
 """
 import dataclasses
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from runtime import training
+from runtime import evaluation, training
+from runtime.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,3 +122,30 @@ def generate(run: training.Run, params, prompts: list[bytes], *, max_new_tokens:
   done = time.perf_counter()
   texts = [row[n:n + max_new_tokens].astype(np.uint8).tobytes() for row, n in zip(out, lengths)]
   return Generated(texts=texts, seconds=done - compiled_at, compile_seconds=compiled_at - began)
+
+
+def from_checkpoint(workdir: str, step: int | None, mesh_sizes: dict, prompts: list[bytes], *,
+                    max_new_tokens: int, sampling: Sampling, seed: int = 0,
+                    context: bytes = b"") -> tuple[ml_collections.ConfigDict, int, Generated]:
+  """`generate` from checkpoint `step` (default: the latest intact one) of a pretraining
+  workdir, on a mesh of `mesh_sizes`: (the run's config, the step, what was generated).
+  Bad settings, a missing checkpoint or a model that cannot decode: UsageError, before any
+  compile."""
+  if max_new_tokens <= 0:
+    raise UsageError(f"--max_new_tokens must be positive, got {max_new_tokens}")
+  try:
+    sampling.check()
+  except ValueError as e:
+    raise UsageError(f"--{e}") from None
+  workdir = str(Path(workdir).expanduser().absolute())
+  ckpt, step, config = evaluation.checkpoint_to_read(workdir, step)
+  run = training.prepare(config, mesh_sizes=mesh_sizes)
+  try:  # shapes only: refuses a model that cannot decode one token at a time
+    jax.eval_shape(lambda p: nnx.merge(run.graphdef, p).init_decode_state(1, 1),
+                   run.abstract_params)
+  except ValueError as e:
+    raise UsageError(f"{config.model.name} cannot generate: {e}") from None
+  with jax.set_mesh(run.mesh):
+    params = evaluation.restore_params(ckpt, step, run)
+    return config, step, generate(run, params, prompts, max_new_tokens=max_new_tokens,
+                                  sampling=sampling, seed=seed, context=context)
