@@ -106,29 +106,27 @@ class Block(nnx.Module):
 
   def __call__(self, x: jax.Array, rng: jax.Array | None = None, state: tuple | None = None,
                mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
-    mixer_state, mlp_state = state if state is not None else (None, None)
     keys = jax.random.split(rng) if rng is not None else (None, None)
-    y, mixer_state = apply(self.mixer, self.mixer_norm(x), mixer_state, mask)
-    x = x + self._dropout(y, keys[0])
-    if self.mlp_norm is None:
-      x, mlp_state = apply(self.mlp, x, mlp_state, mask)
-      return x, (mixer_state, mlp_state)
-    y, mlp_state = apply(self.mlp, self.mlp_norm(x), mlp_state, mask)
-    return x + self._dropout(y, keys[1]), (mixer_state, mlp_state)
+    return self._residuals(x, state if state is not None else (None, None), keys,
+                           lambda part, y, s: apply(part, y, s, mask))
 
   def init_decode_state(self, batch_size: int, max_len: int) -> tuple:
     return tuple(init_decode_state(m, batch_size, max_len) for m in (self.mixer, self.mlp))
 
   def decode(self, x: jax.Array, state: tuple) -> tuple[jax.Array, tuple]:
     """`__call__` without dropout, the parts decoding through their caches."""
+    return self._residuals(x, state, (None, None), decode)
+
+  def _residuals(self, x, state, keys, run_part):
+    """The two residual updates, each part run by run_part(part, input, its state)."""
     mixer_state, mlp_state = state
-    y, mixer_state = decode(self.mixer, self.mixer_norm(x), mixer_state)
-    x = x + y
+    y, mixer_state = run_part(self.mixer, self.mixer_norm(x), mixer_state)
+    x = x + self._dropout(y, keys[0])
     if self.mlp_norm is None:
-      x, mlp_state = decode(self.mlp, x, mlp_state)
+      x, mlp_state = run_part(self.mlp, x, mlp_state)
       return x, (mixer_state, mlp_state)
-    y, mlp_state = decode(self.mlp, self.mlp_norm(x), mlp_state)
-    return x + y, (mixer_state, mlp_state)
+    y, mlp_state = run_part(self.mlp, self.mlp_norm(x), mlp_state)
+    return x + self._dropout(y, keys[1]), (mixer_state, mlp_state)
 
   def _dropout(self, y: jax.Array, key: jax.Array | None) -> jax.Array:
     if key is None or not self.dropout_rate:
@@ -195,12 +193,7 @@ class DecoderLM(nnx.Module):
     """Logits [batch, t, vocab] for the next t tokens [batch, t] of the document in `state`
     (`init_decode_state`), and the state with them read."""
     chex.assert_rank(tokens, 2)
-    x = self.embed(tokens)
-    new_states = []
-    for block, block_state in zip(self.blocks, state):
-      x, block_state = block.decode(x, block_state)
-      new_states.append(block_state)
-    return self.unembed(self.final_norm(x)).astype(jnp.float32), tuple(new_states)
+    return self._through_blocks(tokens, state, lambda block, x, s, i: block.decode(x, s))
 
   def _run(self, tokens, rng, state, mask):
     chex.assert_rank(tokens, 2)
@@ -247,12 +240,18 @@ class DecoderLM(nnx.Module):
 
   def _forward(self, tokens, rng, state, mask):
     """Embedding, the blocks (each part's own call), the final norm and the logits."""
-    x = self.embed(tokens)
     keys = jax.random.split(rng, len(self.blocks)) if rng is not None else [None] * len(self.blocks)
     states = state if state is not None else [None] * len(self.blocks)
+    return self._through_blocks(tokens, states,
+                                lambda block, x, s, i: block(x, keys[i], s, mask))
+
+  def _through_blocks(self, tokens, states, run_block):
+    """Embedding, run_block(block, x, its state, index) for each block, the final norm and
+    the logits; returns (logits, the blocks' new states)."""
+    x = self.embed(tokens)
     new_states = []
-    for block, key, block_state in zip(self.blocks, keys, states):
-      x, block_state = block(x, key, block_state, mask)
+    for i, (block, block_state) in enumerate(zip(self.blocks, states)):
+      x, block_state = run_block(block, x, block_state, i)
       new_states.append(block_state)
     return self.unembed(self.final_norm(x)).astype(jnp.float32), tuple(new_states)
 
