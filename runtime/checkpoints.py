@@ -27,6 +27,7 @@ from pathlib import Path
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -169,6 +170,17 @@ def _digests(step_dir: Path) -> dict:
     with open(path, "rb") as f:
       digests[str(path.relative_to(step_dir))] = hashlib.file_digest(f, "sha256").hexdigest()
   return digests
+
+
+def directory_exists(directory: Path) -> bool:
+  """Whether `directory` exists, as process 0 sees it: every process takes the same branch
+  (one that another process creates meanwhile would otherwise split them onto different
+  orbax barriers)."""
+  exists = Path(directory).exists()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    exists = bool(multihost_utils.broadcast_one_to_all(np.bool_(exists)))
+  return exists
 
 
 def _sync(name: str) -> None:

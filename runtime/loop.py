@@ -38,7 +38,8 @@ from cl_methods.method import ContinualMethod
 
 from hope.optimizers.tree_paths import named_leaves
 from runtime import continual, text_data, training
-from runtime.checkpoints import RESTORE_ERRORS, Checkpoints, does_not_restore
+from runtime.checkpoints import (RESTORE_ERRORS, Checkpoints, directory_exists,
+                                 does_not_restore)
 from runtime.errors import RunStopped, UsageError
 from runtime.metrics import MetricsWriter
 from runtime.performance import reference_flops
@@ -166,7 +167,7 @@ def check_same_model(ckpt: Checkpoints, step: int, run: training.Run) -> None:
 def resumable_step(directory: Path, run: training.Run) -> tuple[int | None, dict]:
   """(the latest intact checkpoint step of this model or None, {newer step: what is wrong});
   a checkpoint of another model is a UsageError. Reads only."""
-  if not directory.exists():
+  if not directory_exists(directory):
     return None, {}
   ckpt = Checkpoints(directory, read_only=True)
   return ckpt.latest_intact(lambda step: check_same_model(ckpt, step, run))
