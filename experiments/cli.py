@@ -60,15 +60,17 @@ def parse_mesh(text: str, flag: str) -> dict:
   return sizes
 
 
-def check_arguments(argv, *, workdir=None, config=None, example: str = "") -> None:
+def check_arguments(argv, *, workdir=None, config=None, example: str = "",
+                    required: tuple = ()) -> None:
   """UsageError for positional arguments, for a `config` flag not given (naming `example`)
-  and for a `workdir` flag not given."""
+  and for a `workdir` flag or one of the `required` flags not given."""
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments {argv[1:]}")
   if config is not None and config.value is None:
     raise UsageError(f"--config is required, e.g. --config={example}")
-  if workdir is not None and not workdir.value:
-    raise UsageError(f"--{workdir.name} is required")
+  for flag in (workdir, *required):
+    if flag is not None and not flag.value:
+      raise UsageError(f"--{flag.name} is required")
 
 
 def fail(message: str, status: int = 2) -> None:

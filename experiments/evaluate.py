@@ -5,8 +5,9 @@
 Reads the run's config from the checkpoint, restores the parameters onto the evaluation mesh
 (any shape: the checkpoint need not come from the same mesh), and scores the first
 `config.eval_batches` validation batches in order. Writes DIR/eval/step_<N>.json with
-`loss` (mean next-token cross-entropy, nats), `perplexity`, `bits_per_byte`, `tokens`, and
-`loss_by_piece`.
+`loss` (mean next-token cross-entropy, nats per token), `perplexity`, `bits_per_byte` (the
+loss over the validation split's bytes per token: runs with different tokenizers compare),
+`tokenizer`, `tokens`, and `loss_by_piece`.
 
 `--context=T` (a multiple of the training seq_len) scores documents of T tokens read in
 pieces of seq_len: models with in-context memories (Titans, HOPE, CMS) carry their state

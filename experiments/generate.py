@@ -1,10 +1,10 @@
 r"""Generates text from a checkpoint: `python -m experiments.generate --workdir=DIR --prompt="def "`.
 
 Restores the checkpoint (the latest intact one unless --step) onto --mesh and continues each
---prompt and each line of --prompts_file ("\n" is a newline) by --max_new_tokens bytes,
-decoding one token at a time (`runtime.generation`; --temperature=0 is greedy). The bytes
-of --context_file are read before every prompt with every state carried (test-time
-learning). Prints the texts and the speed (tokens/s, compile excluded).
+--prompt and each line of --prompts_file ("\n" is a newline) by --max_new_tokens tokens of
+the run's tokenizer (or --tokenizer), decoding one token at a time (`runtime.generation`;
+--temperature=0 is greedy). --context_file is read before every prompt with every state
+carried (test-time learning). Prints the texts and the speed (tokens/s, compile excluded).
 """
 from pathlib import Path
 
@@ -20,9 +20,10 @@ STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest 
 PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable); \\n is a newline.")
 PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A file with one prompt per line.")
 CONTEXT_FILE = flags.DEFINE_string("context_file", None, "A document read before every prompt.")
-MAX_NEW = flags.DEFINE_integer("max_new_tokens", 200, "Bytes to generate per prompt.")
+MAX_NEW = flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate per prompt.")
+TOKENIZER = flags.DEFINE_string("tokenizer", None, "A SentencePiece .model (default: the run's).")
 TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
-TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely bytes (0: all).")
+TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
 TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling probability mass (1: all).")
 SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 MESH = flags.DEFINE_string("mesh", "data:-1", "Mesh as axis:size pairs, e.g. data:2,tensor:4.")
@@ -47,7 +48,7 @@ def main(argv):
       WORKDIR.value, STEP.value, cli.parse_mesh(MESH.value, "--mesh"),
       [p.encode() for p in prompts], max_new_tokens=MAX_NEW.value, seed=SEED.value,
       sampling=generation.Sampling(TEMPERATURE.value, TOP_K.value, TOP_P.value),
-      context=read_file(CONTEXT_FILE) if CONTEXT_FILE.value else b"")
+      context=read_file(CONTEXT_FILE) if CONTEXT_FILE.value else b"", tokenizer=TOKENIZER.value)
   if jax.process_index() == 0:
     for prompt, text in zip(prompts, out.texts):
       print(f"--- {prompt!r}\n{prompt}{text.decode(errors='replace')}")

@@ -240,7 +240,9 @@ LM_TRAINING = (
     Field("optimizer.kwargs.eps", "float", low=0, low_open=True),
     Field("mesh.*", "int", low=1, special=(-1,), note="-1: the remaining devices"),
     Field("data.validation_percent", "int", low=1, high=99),
-    Field("data.source", "str", note="'stdlib' or a text file or folder"),
+    Field("data.source", "str",
+          note="a built-in corpus, a text file or folder, or a prepared shard directory"),
+    Field("data.workers", "int", low=0, note="0: batches made in process"),
     Field("model.name", "str"),
     Field("model.vocab_size", "int", low=1),
     Field("model.dim", "int", low=1), Field("model.num_layers", "int", low=1),
@@ -257,8 +259,10 @@ LM_TRAINING = (
 
 
 def applies(config, item) -> bool:
-  """Whether the config has an optional field of LM_TRAINING (model.*, optimizer.kwargs.*)."""
-  if not isinstance(item, Field) or not item.path.startswith(("model.", "optimizer.kwargs.")):
+  """Whether the config has an optional field of LM_TRAINING (model.*, optimizer.kwargs.*,
+  data.workers)."""
+  if not isinstance(item, Field) or not item.path.startswith(("model.", "optimizer.kwargs.",
+                                                              "data.workers")):
     return True
   try:
     get(config, item.path)

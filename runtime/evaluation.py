@@ -105,7 +105,9 @@ def evaluate(workdir: str, step: int | None = None, mesh_sizes: dict | None = No
   tokens = rows * context
   loss = float(by_piece.sum() / tokens)
   result = dict(step=step, loss=loss, perplexity=math.exp(loss),
-                bits_per_byte=loss / math.log(2), tokens=tokens, context=context,
+                bits_per_byte=loss / math.log(2) / corpus.bytes_per_token,
+                tokenizer=corpus.tokenizer.name, bytes_per_token=corpus.bytes_per_token,
+                tokens=tokens, context=context,
                 loss_by_piece=(by_piece / (rows * config.seq_len)).tolist())
   if jax.process_index() == 0:
     out = Path(workdir) / "eval" / f"step_{step}.json"

@@ -11,6 +11,9 @@ Sampling (`sample`): temperature 0 is greedy; otherwise the logits are divided b
 temperature, cut to the `top_k` largest (0: no cut) and to the smallest set whose
 probabilities sum to at least `top_p` (nucleus sampling, Holtzman et al. 2020; 1: no cut),
 and a token is drawn from the softmax of what is left.
+
+Text passes through the run's tokenizer (bytes, or the SentencePiece model of a prepared
+corpus): prompts are encoded, continuations decoded.
 """
 import dataclasses
 import time
@@ -22,7 +25,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from runtime import evaluation, training
+from runtime import evaluation, text_data, tokenizers, training
 from runtime.errors import UsageError
 
 
@@ -79,35 +82,43 @@ def decode_batch(model, tokens: jax.Array, lengths: jax.Array, key: jax.Array, *
   return tokens
 
 
+def check_request(prompts: list[bytes], max_new_tokens: int, sampling: Sampling) -> None:
+  """ValueError naming what is wrong: no prompt or an empty one, max_new_tokens <= 0, a
+  sampling setting out of range."""
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError("prompts: every prompt must hold at least one byte")
+  if max_new_tokens <= 0:
+    raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+  sampling.check()
+
+
 @dataclasses.dataclass
 class Generated:
-  texts: list[bytes]     # each prompt's continuation (max_new_tokens bytes)
+  texts: list[bytes]     # each prompt's continuation (max_new_tokens tokens, decoded)
+  tokens: int            # tokens generated, all prompts together
   seconds: float         # decoding time, compile excluded
   compile_seconds: float
 
   @property
   def tokens_per_second(self) -> float:
-    return sum(len(t) for t in self.texts) / max(self.seconds, 1e-9)
+    return self.tokens / max(self.seconds, 1e-9)
 
 
 def generate(run: training.Run, params, prompts: list[bytes], *, max_new_tokens: int,
-             sampling: Sampling = Sampling(), seed: int = 0, context: bytes = b"") -> Generated:
-  """Continues every prompt (bytes, non-empty) by max_new_tokens sampled bytes; call under
+             sampling: Sampling = Sampling(), seed: int = 0, context: bytes = b"",
+             tokenizer=tokenizers.ByteTokenizer()) -> Generated:
+  """Continues every prompt (bytes, non-empty) by max_new_tokens sampled tokens; call under
   jax.set_mesh(run.mesh). Compiles once per (batch, prompt lengths, max_new_tokens).
 
   `context`: a document read before every prompt, its states carried into the prompt (the
   memories learn from it at test time; attention attends to it)."""
-  if not prompts or any(len(p) == 0 for p in prompts):
-    raise ValueError("every prompt must hold at least one byte")
-  if max_new_tokens <= 0:
-    raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
-  sampling.check()
-  prompts = [context + p for p in prompts]
+  check_request(prompts, max_new_tokens, sampling)
+  prompts = [tokenizer.encode(context + p) for p in prompts]
   lengths = np.array([len(p) for p in prompts], np.int32)
   total = int(lengths.max()) + max_new_tokens
   tokens = np.zeros((len(prompts), total), np.int32)
   for row, prompt in zip(tokens, prompts):
-    row[:len(prompt)] = np.frombuffer(prompt, np.uint8)
+    row[:len(prompt)] = prompt
 
   def run_batch(params, tokens, lengths, key):
     return decode_batch(nnx.merge(run.graphdef, params), tokens, lengths, key,
@@ -120,26 +131,33 @@ def generate(run: training.Run, params, prompts: list[bytes], *, max_new_tokens:
   compiled_at = time.perf_counter()
   out = np.asarray(jax.block_until_ready(compiled(*args)))
   done = time.perf_counter()
-  texts = [row[n:n + max_new_tokens].astype(np.uint8).tobytes() for row, n in zip(out, lengths)]
-  return Generated(texts=texts, seconds=done - compiled_at, compile_seconds=compiled_at - began)
+  texts = [tokenizer.decode(row[n:n + max_new_tokens]) for row, n in zip(out, lengths)]
+  return Generated(texts=texts, tokens=len(prompts) * max_new_tokens,
+                   seconds=done - compiled_at, compile_seconds=compiled_at - began)
 
 
 def from_checkpoint(workdir: str, step: int | None, mesh_sizes: dict, prompts: list[bytes], *,
-                    max_new_tokens: int, sampling: Sampling, seed: int = 0,
-                    context: bytes = b"") -> tuple[ml_collections.ConfigDict, int, Generated]:
+                    max_new_tokens: int, sampling: Sampling, seed: int = 0, context: bytes = b"",
+                    tokenizer: str | None = None
+                    ) -> tuple[ml_collections.ConfigDict, int, Generated]:
   """`generate` from checkpoint `step` (default: the latest intact one) of a pretraining
   workdir, on a mesh of `mesh_sizes`: (the run's config, the step, what was generated).
-  Bad settings, a missing checkpoint or a model that cannot decode: UsageError, before any
-  compile."""
-  if max_new_tokens <= 0:
-    raise UsageError(f"--max_new_tokens must be positive, got {max_new_tokens}")
+  `tokenizer`: a SentencePiece model file (default: the tokenizer of the run's data).
+  Bad settings, a missing checkpoint, a tokenizer whose vocabulary is not the model's or a
+  model that cannot decode: UsageError, before any compile."""
   try:
-    sampling.check()
+    check_request(prompts, max_new_tokens, sampling)
   except ValueError as e:
     raise UsageError(f"--{e}") from None
   workdir = str(Path(workdir).expanduser().absolute())
   ckpt, step, config = evaluation.checkpoint_to_read(workdir, step)
-  run = training.prepare(config, mesh_sizes=mesh_sizes)
+  tok = (tokenizers.SentencePieceTokenizer.from_file(tokenizer) if tokenizer
+         else text_data.tokenizer_for(config.data.source, "the run's config.data.source"))
+  if tok.vocab_size != config.model.vocab_size:
+    where = "--tokenizer" if tokenizer else "the run's data (give --tokenizer)"
+    raise UsageError(f"{where}: the {tok.name} tokenizer has {tok.vocab_size} ids, the "
+                     f"checkpoint's model {config.model.vocab_size}")
+  run = training.prepare(config, mesh_sizes=mesh_sizes, tokenizer=tok)
   try:  # shapes only: refuses a model that cannot decode one token at a time
     jax.eval_shape(lambda p: nnx.merge(run.graphdef, p).init_decode_state(1, 1),
                    run.abstract_params)
@@ -148,4 +166,4 @@ def from_checkpoint(workdir: str, step: int | None, mesh_sizes: dict, prompts: l
   with jax.set_mesh(run.mesh):
     params = evaluation.restore_params(ckpt, step, run)
     return config, step, generate(run, params, prompts, max_new_tokens=max_new_tokens,
-                                  sampling=sampling, seed=seed, context=context)
+                                  sampling=sampling, seed=seed, context=context, tokenizer=tok)

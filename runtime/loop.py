@@ -318,13 +318,18 @@ def _log(writer: MetricsWriter, name: str, done: int, config, metrics: dict, tim
 
 def pretrain(config, workdir) -> dict:
   """Plain pretraining: one phase of config.steps on the corpus of config.data, in `workdir`
-  (resuming from its latest intact checkpoint); returns the final train state."""
+  (resuming from its latest intact checkpoint); returns the final train state. A
+  model.vocab_size of 256, the byte default, becomes the data's tokenizer's."""
+  if config.model.get("vocab_size") == text_data.VOCAB_SIZE:
+    config = config.copy_and_resolve_references()
+    config.model.vocab_size = text_data.tokenizer_for(config.data.source).vocab_size
   run = training.prepare(config)
   corpus = text_data.load_corpus(config.data.source, config.data.validation_percent)
   dataset = text_data.lm_dataset(corpus.train, seq_len=config.seq_len,
                                  batch_size=config.batch_size, seed=config.seed, shuffle=True,
                                  repeat=True, process_index=jax.process_index(),
-                                 process_count=jax.process_count())
+                                 process_count=jax.process_count(),
+                                 workers=config.data.get("workers", 0))
   logging.info("data: %s", corpus.description)
   state, _ = train(run, [Phase("pretrain", dataset, config.steps)], workdir)
   return state

@@ -5,7 +5,9 @@ test folders excluded), which every machine with Python has. Two more built-in c
 from Debian's base packages: `c_headers`, the C headers under /usr/include, and `man_de`,
 the German manual pages under /usr/share/man/de (roff source, gzip-decompressed). A local
 text file or folder can be used instead. Tokens are bytes (vocabulary 256); documents are
-separated by byte 0.
+separated by byte 0. A directory prepared by `experiments.prepare_data` (`token_shards`:
+ArrayRecord shards of token ids, bytes or SentencePiece) is read from its shards instead,
+with its own train/validation split.
 
 The train/validation split is deterministic and by file: a file goes to validation when
 crc32(its path relative to the corpus root) % 100 < validation_percent. A single file is
@@ -18,11 +20,14 @@ import os
 import sysconfig
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import grain
 import numpy as np
+from absl import flags
 
+from runtime import token_shards
+from runtime import tokenizers
 from runtime.errors import UsageError
 
 VOCAB_SIZE = 256
@@ -36,9 +41,18 @@ BUILTIN_CORPORA = ("stdlib",) + tuple(MACHINE_CORPORA)
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-  train: np.ndarray  # uint8 tokens
-  validation: np.ndarray
+  train: Any  # token ids: a uint8 np.ndarray of bytes, or token_shards.ShardedTokens
+  validation: Any
   description: str
+  tokenizer: Any = tokenizers.ByteTokenizer()
+  bytes_per_token: float = 1.0  # in the validation split: bits/byte = loss/ln 2/bytes_per_token
+
+
+def tokenizer_for(source: str, field: str = "config.data.source"):
+  """The tokenizer of a data source: a prepared directory's, else bytes."""
+  if token_shards.is_prepared(source):
+    return token_shards.load(source, field, verify=False).tokenizer
+  return tokenizers.ByteTokenizer()
 
 
 def stdlib_root() -> Path:
@@ -50,14 +64,20 @@ def _stdlib_files(root: Path) -> list[Path]:
                 if not _SKIPPED_DIRS.intersection(p.relative_to(root).parts[:-1]))
 
 
+def _setting(field: str, key: str) -> str:
+  """How an error names setting `key`: config.data.source (field "config.data"), or the
+  flag --source (field "")."""
+  return f"{field}.{key}" if field else f"--{key}"
+
+
 def _machine_files(name: str, field: str) -> tuple[Path, list[Path]]:
   """The folder and files of the built-in corpus `name` (UsageError if it has none here)."""
   folder, pattern = MACHINE_CORPORA[name]
   root = Path(folder)
   files = sorted(p for p in root.rglob(pattern) if p.is_file()) if root.is_dir() else []
   if not files:
-    raise UsageError(f"{field}.source: the built-in corpus {name!r} reads {pattern} files "
-                     f"under {folder}, and this machine has none there")
+    raise UsageError(f"{_setting(field, 'source')}: the built-in corpus {name!r} reads {pattern} "
+                     f"files under {folder}, and this machine has none there")
   return root, files
 
 
@@ -87,10 +107,24 @@ def _join(documents: list[bytes]) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def load_corpus(source: str, validation_percent: int, field: str = "config.data") -> Corpus:
-  """Reads the corpus named by `source` (one of BUILTIN_CORPORA, or a path) and splits it
-  (cached)."""
+  """Reads the corpus named by `source` (one of BUILTIN_CORPORA, a path, or a prepared
+  directory, whose own split replaces validation_percent) and splits it (cached)."""
+  if token_shards.is_prepared(source):
+    prepared = token_shards.load(source, _setting(field, "source"))
+    return Corpus(prepared.split("train"), prepared.split("validation"),
+                  f"prepared {str(prepared.root)!r} ({prepared.tokenizer.name}, vocabulary "
+                  f"{prepared.tokenizer.vocab_size}): {prepared.meta['description']}",
+                  prepared.tokenizer, prepared.bytes_per_token("validation"))
+  train, validation, description = split_documents(source, validation_percent, field)
+  return Corpus(_join(train), _join(validation), description)
+
+
+def split_documents(source: str, validation_percent: int,
+                    field: str = "config.data") -> tuple[list[bytes], list[bytes], str]:
+  """The train and validation documents of `source` (one of BUILTIN_CORPORA, or a path) and
+  a description: split by file, or by position when there are too few files."""
   if not isinstance(validation_percent, int) or not 0 < validation_percent < 100:
-    raise UsageError(f"{field}.validation_percent must be an integer in 1..99, "
+    raise UsageError(f"{_setting(field, 'validation_percent')} must be an integer in 1..99, "
                      f"got {validation_percent!r}")
   if source == "stdlib":
     root = stdlib_root()
@@ -100,16 +134,16 @@ def load_corpus(source: str, validation_percent: int, field: str = "config.data"
   else:
     path = Path(os.path.expanduser(str(source)))
     if not path.exists():
-      raise UsageError(f"{field}.source: {str(path)!r} does not exist (give one of "
+      raise UsageError(f"{_setting(field, 'source')}: {str(path)!r} does not exist (give one of "
                        f"{list(BUILTIN_CORPORA)}, or a text file or folder)")
     if path.is_file():
       data = path.read_bytes()
       if not data.strip():
-        raise UsageError(f"{field}.source: file {str(path)!r} is empty")
+        raise UsageError(f"{_setting(field, 'source')}: file {str(path)!r} is empty")
       if not _is_text(data):
-        raise UsageError(f"{field}.source: file {str(path)!r} is not UTF-8 text")
+        raise UsageError(f"{_setting(field, 'source')}: file {str(path)!r} is not UTF-8 text")
       cut = len(data) * (100 - validation_percent) // 100
-      return Corpus(_join([data[:cut]]), _join([data[cut:]]), f"file {path}")
+      return [data[:cut]], [data[cut:]], f"file {path}"
     root = path
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
   train, validation, skipped = [], [], 0
@@ -127,15 +161,15 @@ def load_corpus(source: str, validation_percent: int, field: str = "config.data"
   else:
     where = f"folder {str(root)!r}"
   if not train and not validation:
-    raise UsageError(f"{field}.source: {where} holds no non-empty text files "
+    raise UsageError(f"{_setting(field, 'source')}: {where} holds no non-empty text files "
                      f"({len(files)} files, {skipped} binary)")
   if not train or not validation:
     # Too few files to split by file: split the concatenation by position instead.
-    tokens = _join(train + validation)
-    cut = len(tokens) * (100 - validation_percent) // 100
-    return Corpus(tokens[:cut], tokens[cut:], f"{where} (split by position)")
-  desc = f"{where}: {len(train)} train / {len(validation)} validation files"
-  return Corpus(_join(train), _join(validation), desc)
+    text = bytes(_join(train + validation)[:-1])
+    cut = len(text) * (100 - validation_percent) // 100
+    return (text[:cut].split(bytes([SEPARATOR])), text[cut:].split(bytes([SEPARATOR])),
+            f"{where} (split by position)")
+  return train, validation, f"{where}: {len(train)} train / {len(validation)} validation files"
 
 
 def num_windows(tokens: np.ndarray, seq_len: int) -> int:
@@ -143,14 +177,17 @@ def num_windows(tokens: np.ndarray, seq_len: int) -> int:
   return max(0, (len(tokens) - 1) // seq_len)
 
 
-def lm_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int,
+def lm_dataset(tokens, *, seq_len: int, batch_size: int, seed: int,
                shuffle: bool, repeat: bool, process_index: int = 0,
-               process_count: int = 1) -> grain.IterDataset:
-  """Batches of `batch_size // process_count` windows [local_batch, seq_len + 1] (uint8 -> int32).
+               process_count: int = 1, workers: int = 0) -> grain.IterDataset:
+  """Batches of `batch_size // process_count` windows [local_batch, seq_len + 1] (int32) of
+  `tokens` (a np.ndarray or token_shards.ShardedTokens).
 
   Window i covers tokens[i * seq_len : i * seq_len + seq_len + 1]. With `shuffle`, each epoch
   is a fresh permutation from `seed`; each process reads every process_count-th window.
-  The iterator's position is grain state, so it checkpoints and resumes exactly.
+  With `workers` > 0 the batches are made by that many worker processes (grain's
+  mp_prefetch; the batches and their order do not change). The iterator's position is grain
+  state, so it checkpoints and resumes exactly.
   """
   windows = num_windows(tokens, seq_len)
   if windows < batch_size:
@@ -163,8 +200,13 @@ def lm_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int,
     ds = ds.repeat(None)
   ds = ds[process_index::process_count]
   ds = ds.map(lambda i: tokens[i * seq_len:(i + 1) * seq_len + 1].astype(np.int32))
-  read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
-  return ds.to_iter_dataset(read).batch(batch_size // process_count, drop_remainder=True)
+  ds = ds.batch(batch_size // process_count, drop_remainder=True)
+  batches = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
+  if workers:  # worker w makes batches w, w + workers, ...; they are read back in order
+    if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags (their defaults)
+      flags.FLAGS.mark_as_parsed()
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return batches
 
 
 def mixture_dataset(domains: list[np.ndarray], *, seq_len: int, batch_size: int, seed: int,

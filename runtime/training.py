@@ -47,8 +47,10 @@ class Run:
     return nnx.merge(self.graphdef, params)(tokens, rng)
 
 
-def prepare(config: ml_collections.ConfigDict, *, mesh_sizes: dict | None = None) -> Run:
-  """Validates the config, builds the mesh and the abstract model: no compile, no writes."""
+def prepare(config: ml_collections.ConfigDict, *, mesh_sizes: dict | None = None,
+            tokenizer=None) -> Run:
+  """Validates the config, builds the mesh and the abstract model: no compile, no writes.
+  config.model.vocab_size must be `tokenizer`'s (default: config.data.source's tokenizer)."""
   config_schema.check_lm(config)
   rules = mesh_lib.check_rules(dict(config.axis_rules))
   mesh = mesh_lib.make_mesh(mesh_sizes or dict(config.mesh),
@@ -58,9 +60,11 @@ def prepare(config: ml_collections.ConfigDict, *, mesh_sizes: dict | None = None
                   (jax.process_count(), "the number of processes")):
     if config.batch_size % n:
       raise UsageError(f"config.batch_size ({config.batch_size}) must be divisible by {what} ({n})")
-  if config.model.get("vocab_size", text_data.VOCAB_SIZE) != text_data.VOCAB_SIZE:
-    raise UsageError(f"config.model.vocab_size must be {text_data.VOCAB_SIZE} for byte-level data, "
-                     f"got {config.model.vocab_size}")
+  tokenizer = tokenizer or text_data.tokenizer_for(config.data.source)
+  if config.model.get("vocab_size", text_data.VOCAB_SIZE) != tokenizer.vocab_size:
+    raise UsageError(f"config.model.vocab_size ({config.model.get('vocab_size')}) does not match "
+                     f"the {tokenizer.name} tokenizer of config.data.source "
+                     f"({tokenizer.vocab_size} ids)")
   model = nnx.eval_shape(lambda: models.build(config.model.to_dict(), config.seed, rules))
   graphdef, state = nnx.split(model)
   abstract_params = nnx.to_pure_dict(state)

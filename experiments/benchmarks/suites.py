@@ -11,7 +11,9 @@ Each suite (warm-up, then the median of several timed runs) is a module with
   sharded  a train step on 8 devices (data=8; data=4 x tensor=2) against one device;
   cl       the continual-learning grid's wall time, or chosen methods side by side;
   generate sampling speed by incremental decoding: tokens/s at batch 1 and 8, and the cost
-           of a token after 1K and 8K tokens of context (tiny configs).
+           of a token after 1K and 8K tokens of context (tiny configs);
+  loader   batches from SentencePiece shards of the standard library (in process and with
+           2 workers) against the small transformer's train step they feed.
 The JSON holds the date, machine, jax version, load average and every row.
 """
 import datetime
@@ -23,16 +25,16 @@ import jax
 
 from cl_methods import registry
 from experiments import configs
-from experiments.benchmarks import (continual_grid, decoding, product_key, sharded_step,
-                                    titans_memory, train_step)
+from experiments.benchmarks import (continual_grid, decoding, loader, product_key,
+                                    sharded_step, titans_memory, train_step)
 from experiments.benchmarks.timing import load_average
 from runtime.errors import UsageError
 
 SUITES = {"lm": train_step, "memory": titans_memory, "pkm": product_key,
-          "sharded": sharded_step, "cl": continual_grid, "generate": decoding}
+          "sharded": sharded_step, "cl": continual_grid, "generate": decoding, "loader": loader}
 # Default (warm-up, runs) per suite; a run of `cl` is a whole grid.
 DEFAULT_RUNS = {"lm": (2, 5), "memory": (1, 3), "pkm": (2, 5), "sharded": (2, 5), "cl": (1, 3),
-                "generate": (1, 3)}
+                "generate": (1, 3), "loader": (1, 5)}
 
 
 def integers(values, name: str) -> list[int]:
@@ -98,6 +100,9 @@ def suite_calls(names: list[str], o) -> list:
     entries = _checked_models(o.models or list(decoding.DEFAULT_MODELS))
     tiny = [e for e in entries if e.partition(":")[2] in ("", "tiny")]
     calls.append(("generate", lambda: decoding.run(entries, tiny, **warmup_runs["generate"])))
+  if "loader" in names:
+    calls.append(("loader", lambda: loader.run(steps_per_run=o.steps_per_run,
+                                               **warmup_runs["loader"])))
   return calls
 
 

@@ -6,7 +6,7 @@ The training contract (keys users override with --config.KEY=VALUE):
   eval_batches, on_nonfinite ('stop' or 'skip'), max_consecutive_skips,
   optimizer.* (runtime/optimizers.py), mesh.{data,fsdp,tensor} (-1: the remaining devices),
   axis_rules.<logical> (mesh axis, tuple of mesh axes, or None),
-  data.{source,validation_percent}.
+  data.{source,validation_percent,workers}.
 """
 import ml_collections
 
@@ -62,8 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
       mlp="tensor", slots="fsdp", value="tensor"))
 
   # `stdlib`: the Python standard library's own source; `c_headers` (/usr/include) and
-  # `man_de` (German manual pages): other built-in text; or a path to a text file/folder.
-  c.data = ml_collections.ConfigDict(dict(source="stdlib", validation_percent=5))
+  # `man_de` (German manual pages): other built-in text; a path to a text file/folder; or a
+  # directory of token shards written by experiments.prepare_data (its tokenizer replaces
+  # the byte default model.vocab_size = 256). workers: grain worker processes making the batches (0: in process).
+  c.data = ml_collections.ConfigDict(dict(source="stdlib", validation_percent=5, workers=0))
   return c
 
 

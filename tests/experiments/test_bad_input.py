@@ -7,6 +7,7 @@ test_cli_runs.py and test_reliability.py; the README lists them all.
 import numpy as np
 import pytest
 
+from runtime import token_shards, tokenizers
 from tests.helpers import TINY_FLAGS, run_cli
 
 PRETRAIN = "experiments.pretrain"
@@ -53,7 +54,7 @@ CASES = {
     "pretrain heads do not divide": (PRETRAIN, ["--config.model.num_heads=5"],
                                      "num_heads (5) must divide"),
     "pretrain vocabulary not bytes": (PRETRAIN, ["--config.model.vocab_size=1000"],
-                                      "config.model.vocab_size must be 256"),
+                                      "config.model.vocab_size (1000) does not match the bytes"),
     "pretrain batch vs mesh": (PRETRAIN, ["--config.batch_size=6", "--config.mesh.data=4"],
                                "divisible by"),
     "pretrain process id without coordinator": (PRETRAIN, ["--process_id=1"],
@@ -70,6 +71,23 @@ CASES = {
     "pretrain zero validation share": (PRETRAIN, ["--config.data.validation_percent=0"],
                                        "validation_percent must be an integer in 1..99"),
     "pretrain unwritable workdir": (PRETRAIN, ["--workdir={inputs}/a_file/run"], "is not writable"),
+    "pretrain corrupt shard": (PRETRAIN, ["--config.data.source={inputs}/corrupt_shards"],
+                               "train-00000.array_record' is corrupt"),
+    "pretrain missing shard": (PRETRAIN, ["--config.data.source={inputs}/missing_shard"],
+                               "train-00000.array_record' is missing"),
+    # prepare_data
+    "prepare_data no --out": ("experiments.prepare_data", [], "--out is required"),
+    "prepare_data existing --out": ("experiments.prepare_data", ["--out={inputs}"],
+                                    "exists; give a new directory"),
+    "prepare_data vocabulary too small": ("experiments.prepare_data",
+                                          ["--out={workdir}", "--vocab_size=100"],
+                                          "--vocab_size must be 0 (bytes) or at least 260"),
+    "prepare_data missing source": ("experiments.prepare_data",
+                                    ["--out={workdir}", "--source=/nonexistent/corpus"],
+                                    "--source: '/nonexistent/corpus' does not exist"),
+    "prepare_data tokenizer not a model": ("experiments.prepare_data",
+                                           ["--out={workdir}", "--tokenizer={inputs}/small.txt"],
+                                           "small.txt': not a SentencePiece model"),
     # evaluate without a run
     "evaluate empty workdir": ("experiments.evaluate", ["--workdir={workdir}"], "no checkpoints"),
     "evaluate no --workdir": ("experiments.evaluate", [], "--workdir is required"),
@@ -161,6 +179,13 @@ def inputs(tmp_path_factory):
   (folder / "small.txt").write_text("a few words of text\n" * 200)
   np.savez(folder / "wrong_shape.npz", x_train=np.zeros((10, 4)), y_train=np.zeros((7,), int))
   np.savez(folder / "no_arrays.npz", images=np.zeros((10, 4)))
+  text = [b"a few words of text\n" * 200] * 4
+  for name in ("corrupt_shards", "missing_shard"):
+    token_shards.write(folder / name, dict(train=text, validation=text[:1]),
+                       tokenizers.ByteTokenizer(), description="test")
+  shard = folder / "corrupt_shards" / "train-00000.array_record"
+  shard.write_bytes(shard.read_bytes()[:-1] + b"x")
+  (folder / "missing_shard" / "train-00000.array_record").unlink()
   return folder
 
 

@@ -1,8 +1,9 @@
 """Smoke test of the benchmark suites at tiny sizes (the measurements themselves are not tests)."""
 import json
 
-from experiments.benchmarks import (continual_grid, decoding, product_key, sharded_step,
-                                    titans_memory, train_step)
+from experiments.benchmarks import (continual_grid, decoding, loader, product_key,
+                                    sharded_step, titans_memory, train_step)
+from runtime import text_data
 from tests.helpers import run_cli
 
 SPREAD_OVER_WORKERS = True  # no shared fixtures
@@ -27,6 +28,16 @@ def test_generate_suite():
   assert row["tokens_per_second_batch1"] > 0 and row["tokens_per_second_batch2"] > 0
   assert row["ms_per_token_at_8"] > 0 and row["ms_per_token_at_16"] > 0
   assert "transformer:tiny" in decoding.table(result)
+
+
+def test_loader_suite(tmp_path):
+  for f in sorted((text_data.stdlib_root() / "json").glob("*.py")):
+    (tmp_path / f.name).write_bytes(f.read_bytes() * 3)
+  result = loader.run(model="transformer:tiny", source=str(tmp_path), vocab_size=400,
+                      warmup=0, runs=1, steps_per_run=1)
+  assert [r["what"] for r in result["rows"]] == ["step", "loader, 0 workers", "loader, 2 workers"]
+  assert all(r["tokens_per_sec"] > 0 for r in result["rows"])
+  assert "loader, 2 workers" in loader.table(result)
 
 
 def test_memory_suite():

@@ -9,19 +9,27 @@ import time
 import portpicker
 import pytest
 
+from runtime import text_data, token_shards, tokenizers
 from tests.helpers import ROOT, TINY_FLAGS, run_cli, xla_flags
 
 
 def test_two_processes_train_get_killed_and_resume(tmp_path):
   """Two processes joined by jax.distributed on loopback (4 CPU devices each, one 4x2 mesh)
-  train and checkpoint; both are SIGKILLed; the same two commands resume and finish."""
-  workdir = tmp_path / "multi"
+  train on SentencePiece shards (each reading its half of every batch) and checkpoint; both
+  are SIGKILLed; the same two commands resume and finish."""
+  workdir, corpus = tmp_path / "multi", tmp_path / "corpus"
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(4))
+  files = sorted((text_data.stdlib_root() / "json").glob("*.py"))
+  docs = [f.read_bytes() for f in files] * 4
+  tokenizer = tokenizers.SentencePieceTokenizer(tokenizers.train_sentencepiece(docs, 400))
+  token_shards.write(corpus, dict(train=docs[1:], validation=docs[:1]), tokenizer,
+                     description="json", record_tokens=256, shard_records=4)
 
   def start(port):
     return [subprocess.Popen(
         [sys.executable, "-m", "experiments.pretrain", *TINY_FLAGS, "--config.steps=60",
          "--config.checkpoint_every=3", "--config.log_every=3", "--config.mesh.tensor=2",
+         f"--config.data.source={corpus}",
          f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
          "--num_processes=2", f"--process_id={i}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -36,6 +44,7 @@ def test_two_processes_train_get_killed_and_resume(tmp_path):
   outputs = [p.communicate(timeout=60)[0] for p in procs]
   assert all(p.returncode == -signal.SIGKILL for p in procs), outputs[0][-3000:]
   assert "'data': 4, 'fsdp': 1, 'tensor': 2" in outputs[0]  # one mesh over both processes
+  assert "(sentencepiece:tokenizer.model, vocabulary 400)" in outputs[0]
   assert not (workdir / "checkpoints" / "60").exists(), "the run ended before it was killed"
 
   procs = start(portpicker.pick_unused_port())
@@ -127,12 +136,19 @@ def test_generate_from_a_checkpoint(small_run):
     (["--prompt=a", "--context_file=/nonexistent/context.txt"], "does not exist"),
     (["--prompt=a", "--top_p=1.5"], "--top_p must be in (0, 1]"),
     (["--prompt=a", "--step=7"], "no such checkpoint"),
+    (["--prompt=a", "--tokenizer={model}"], "tokenizer has 400 ids, the checkpoint's model 256"),
+    (["--prompt=a", "--tokenizer=/nonexistent.model"], "does not exist"),
 ], ids=["empty prompt", "no new tokens", "missing prompts file", "missing context file",
-                         "top_p out of range",
-        "unknown step"])
-def test_generate_bad_input(small_run, args, expected):
+        "top_p out of range", "unknown step", "tokenizer of another vocabulary",
+        "missing tokenizer"])
+def test_generate_bad_input(small_run, args, expected, tmp_path):
+  model = tmp_path / "other.model"
+  if any("{model}" in a for a in args):
+    docs = [f.read_bytes() for f in sorted((text_data.stdlib_root() / "json").glob("*.py"))]
+    model.write_bytes(tokenizers.train_sentencepiece(docs, 400))
   before = _snapshot(small_run)
-  _assert_clean_error(run_cli("experiments.generate", f"--workdir={small_run}", *args), expected)
+  _assert_clean_error(run_cli("experiments.generate", f"--workdir={small_run}",
+                              *(a.format(model=model) for a in args)), expected)
   assert _snapshot(small_run) == before
 
 
