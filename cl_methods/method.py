@@ -15,7 +15,9 @@ context index arrives as an int32 array so one compile serves every context):
       e.g. SI's path integral, reservoir insertion, PackNet's frozen weights.
   begin_context(params, state, context) -> state                        [optional]
   end_context(params, state, data, context, key) -> (params, state)     [optional]
-      consolidation at a context boundary on up to N examples of the finished context.
+      consolidation at a context boundary on up to N examples of the finished context;
+      after the last context too unless `end_context_at_last` is False (a method whose
+      consolidation only serves later contexts: importances and anchors).
   predict(params, state, batch) -> scores (B, n_units)
       the runner takes the argmax over `batch.mask`.
   init_params(model_params, example, key) -> trainable params                    [optional]
@@ -63,6 +65,8 @@ class ContinualMethod:
   unsupported: dict = dataclasses.field(default_factory=dict)
   # Why the method needs signalled context boundaries ("" when it does not).
   needs_boundaries: str = ""
+  # Whether end_context runs after the last context as well (see the module docstring).
+  end_context_at_last: bool = True
   # Trains on all contexts interleaved (the joint upper bound).
   interleaved: bool = False
   # Uses one output head per context (a Task-IL layout with T*K units).

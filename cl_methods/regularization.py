@@ -86,7 +86,8 @@ def diagonal_fisher(apply_fn, params, data, *, estimate: str = "exact", key=None
   """Diagonal Fisher information, averaged over the valid examples of `data`.
 
   "exact": sum_y p(y|x) (d log p(y|x) / d theta)^2: one forward pass, then one backward pass
-  per output unit, accumulated one unit at a time.
+  per output unit with p(y|x) > 0, accumulated one unit at a time (masked units, whose
+  weight is exactly zero, are skipped where the examples are not vectorised).
   "sampled": (d log p(y~|x) / d theta)^2 with y~ drawn from the model (an unbiased estimate
   of the exact value, one backward pass per example; `key` required). For a sequence
   (logits (T, K) per example, next-token prediction) y~ is drawn at every position and the
@@ -107,8 +108,10 @@ def diagonal_fisher(apply_fn, params, data, *, estimate: str = "exact", key=None
     prob = jnp.exp(logp)
 
     def add_unit(total, y):
-      score, = pullback(jax.nn.one_hot(y, logp.shape[-1], dtype=logp.dtype))
-      return jax.tree.map(lambda t, g: t + prob[y] * g ** 2, total, score), None
+      def add(total):
+        score, = pullback(jax.nn.one_hot(y, logp.shape[-1], dtype=logp.dtype))
+        return jax.tree.map(lambda t, g: t + prob[y] * g ** 2, total, score)
+      return jax.lax.cond(prob[y] > 0, add, lambda total: total, total), None
 
     total, _ = jax.lax.scan(add_unit, pytree_math.zeros_like(p), jnp.arange(logp.shape[-1]))
     return total
@@ -202,7 +205,8 @@ def ewc(apply_fn, *, strength: float, fisher: str = "exact") -> method_lib.Conti
       name="ewc", family="parameter regularization",
       loss=_penalized_loss(apply_fn, _ewc_penalty(strength)),
       predict=method_lib.classifier_predict(apply_fn),
-      init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON)
+      init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON,
+      end_context_at_last=False)
 
 
 def online_ewc(apply_fn, *, strength: float, gamma: float,
@@ -224,7 +228,8 @@ def online_ewc(apply_fn, *, strength: float, gamma: float,
   return method_lib.ContinualMethod(
       name="online_ewc", family="parameter regularization",
       loss=_penalized_loss(apply_fn, _ewc_penalty(strength)), predict=method_lib.classifier_predict(apply_fn),
-      init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON)
+      init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON,
+      end_context_at_last=False)
 
 
 class SIState(NamedTuple):
@@ -262,7 +267,7 @@ def synaptic_intelligence(apply_fn, *, strength: float,
       name="si", family="parameter regularization",
       loss=_penalized_loss(apply_fn, penalty), predict=method_lib.classifier_predict(apply_fn),
       init_state=init_state, after_update=after_update, end_context=end_context,
-      needs_boundaries=BOUNDARY_REASON)
+      needs_boundaries=BOUNDARY_REASON, end_context_at_last=False)
 
 
 class MASState(NamedTuple):
@@ -289,4 +294,5 @@ def memory_aware_synapses(apply_fn, *, strength: float) -> method_lib.ContinualM
   return method_lib.ContinualMethod(
       name="mas", family="parameter regularization",
       loss=_penalized_loss(apply_fn, penalty), predict=method_lib.classifier_predict(apply_fn),
-      init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON)
+      init_state=init_state, end_context=end_context, needs_boundaries=BOUNDARY_REASON,
+      end_context_at_last=False)

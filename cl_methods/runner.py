@@ -6,8 +6,9 @@ evaluation):
 2. train `steps_per_context` batches per context; after every `eval_every` steps evaluate
    every context on `curve_examples` test examples (accuracy curves: the stability gap);
 3. at the end of context i call the method's `end_context` on up to
-   `consolidation_examples` training examples of context i, evaluate every context on its
-   full test set (row i of R), then call `begin_context(i + 1)`.
+   `consolidation_examples` training examples of context i (after the last context only
+   where `method.end_context_at_last`), evaluate every context on its full test set (row i
+   of R), then call `begin_context(i + 1)`.
 Joint training (`method.interleaved`) draws all batches from all contexts and is evaluated
 at the same steps; a task-free stream never calls the boundary hooks.
 
@@ -193,7 +194,8 @@ def run(method, contexts, layout, params, tx, settings: RunSettings = RunSetting
     step = step0 + k
     if step % s == 0:
       finished = step // s - 1
-      if hooks and method.end_context is not None:
+      if hooks and method.end_context is not None and (finished + 1 < t_count
+                                                       or method.end_context_at_last):
         idx, valid = batch_lib.padded_members(contexts.train_members[finished],
                                               settings.consolidation_examples, rng)
         params, state = end_context(params, state, jnp.asarray(idx), jnp.asarray(valid),

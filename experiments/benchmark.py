@@ -2,7 +2,7 @@
 
   python -m experiments.benchmark --suite=lm|memory|pkm|sharded|cl|generate|loader|all [--out=bench.json]
 
-The suites are described in experiments/benchmarks/__init__.py; results: docs/results/.
+The suites are described in experiments/benchmarks/suites.py; results: docs/results/.
 """
 import os
 
@@ -42,7 +42,7 @@ PKM_MEMORY_SLOTS = flags.DEFINE_integer("pkm_memory_slots", 1024 ** 2,
                                         "pkm: N for the 8-device memory analysis (0: skip).")
 CL_METHODS = flags.DEFINE_list("cl_methods", None, "cl: time these methods side by side "
                                "(split digits, Class-IL, MLP(400, 400)) instead of the grid.")
-CL_FISHER = flags.DEFINE_enum("cl_fisher", "exact", ["exact", "sampled"],
+CL_FISHER = flags.DEFINE_enum("cl_fisher", "sampled", ["exact", "sampled"],
                               "cl: the Fisher estimate of ewc and online_ewc.")
 SHARDED_MODEL = flags.DEFINE_string("sharded_model", "transformer:tiny",
                                     "sharded: the config:size whose step is timed.")

@@ -1,8 +1,12 @@
 """The runner end to end on split digits: bounds, streams, every registered method."""
+import dataclasses
+
+import jax
 import numpy as np
 import optax
 import pytest
 
+from cl_methods import baselines
 from cl_methods import benchmark_models
 from cl_methods import datasets
 from cl_methods import registry
@@ -72,3 +76,25 @@ def test_every_other_method_runs_through_the_runner(digits):
     result = _run(name, contexts, "task", settings, hidden=(8,))
     assert np.isfinite(result.accuracy_matrix).all(), name
     assert ((0 <= result.curve_accuracy) & (result.curve_accuracy <= 1)).all(), name
+
+
+@pytest.mark.parametrize("at_last", [True, False])
+def test_end_context_after_the_last_context_only_where_the_method_asks(digits, at_last):
+  """end_context runs at every boundary; at the last one only with end_context_at_last."""
+  contexts = streams.split_contexts(digits, 5, seed=0)
+  layout = scenarios.output_layout(contexts, "task")
+  model = benchmark_models.build("mlp", contexts.data.input_shape, layout.n_units,
+                                 hidden=(8,), seed=0)
+  ended = []
+
+  def end_context(params, state, data, context, key):
+    jax.debug.callback(lambda c: ended.append(int(c)), context)
+    return params, state
+
+  counting = dataclasses.replace(baselines.finetune(model.apply_fn), end_context=end_context,
+                                 end_context_at_last=at_last)
+  settings = runner.RunSettings(steps_per_context=2, batch_size=8, eval_every=2,
+                                curve_examples=16, consolidation_examples=8)
+  runner.run(counting, contexts, layout, model.params, optax.sgd(0.0), settings)
+  jax.effects_barrier()
+  assert ended == ([0, 1, 2, 3, 4] if at_last else [0, 1, 2, 3])
