@@ -129,8 +129,37 @@ def test_generate_from_a_checkpoint(small_run):
   assert "tokens/s" in first.stderr
 
 
+def test_generate_keeps_a_read_context_for_later_runs(small_run, tmp_path):
+  """--save_context keeps the state after --context_file; --context_state continues from
+  it exactly as reading the file again does."""
+  doc = tmp_path / "doc.txt"
+  doc.write_text("import os\nimport sys\n" * 4)
+  args = ("experiments.generate", f"--workdir={small_run}", "--prompt=import ",
+          "--prompt=def ", "--max_new_tokens=5", "--temperature=0")
+  read = run_cli(*args, f"--context_file={doc}", f"--save_context={tmp_path / 'ctx'}",
+                 "--context_room=64")
+  loaded = run_cli(*args, f"--context_state={tmp_path / 'ctx'}")
+  assert read.returncode == 0 and loaded.returncode == 0, (read.stderr + loaded.stderr)[-3000:]
+  assert read.stdout == loaded.stdout and read.stdout.count("--- ") == 2
+  meta = json.loads((tmp_path / "ctx" / "context.json").read_text())
+  assert (meta["tokens"], meta["room"], meta["model"]) == (84, 64, "transformer")
+
+
+def _fake_context(folder, **meta):
+  folder.mkdir()
+  (folder / "context.json").write_text(json.dumps(
+      dict(dict(tokens=0, room=64, model="transformer", vocab_size=256), **meta)))
+  return folder
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--prompt="], "prompt 1 is empty"),
+    (["--prompt=a", "--context_file={doc}", "--context_state={ctx}"], "give one"),
+    (["--prompt=a", "--context_file={doc}", "--save_context={tmp}"], "exists; give a new folder"),
+    (["--prompt=a", "--save_context={tmp}/new"], "--save_context needs --context_file"),
+    (["--prompt=a", "--context_state={tmp}"], "is not a saved context"),
+    (["--prompt=a", "--context_state={other}"], "was read by hope"),
+    (["--prompt=abc", "--max_new_tokens=62", "--context_state={ctx}"], "has room for 64"),
     (["--prompt=a", "--max_new_tokens=0"], "--max_new_tokens must be positive"),
     (["--prompts_file=/nonexistent/prompts.txt"], "does not exist"),
     (["--prompt=a", "--context_file=/nonexistent/context.txt"], "does not exist"),
@@ -138,17 +167,23 @@ def test_generate_from_a_checkpoint(small_run):
     (["--prompt=a", "--step=7"], "no such checkpoint"),
     (["--prompt=a", "--tokenizer={model}"], "tokenizer has 400 ids, the checkpoint's model 256"),
     (["--prompt=a", "--tokenizer=/nonexistent.model"], "does not exist"),
-], ids=["empty prompt", "no new tokens", "missing prompts file", "missing context file",
+], ids=["empty prompt", "context file and state", "save to an existing folder",
+        "save without a context file", "not a saved context", "context of another model",
+        "no room left", "no new tokens", "missing prompts file", "missing context file",
         "top_p out of range", "unknown step", "tokenizer of another vocabulary",
         "missing tokenizer"])
 def test_generate_bad_input(small_run, args, expected, tmp_path):
-  model = tmp_path / "other.model"
+  model, doc = tmp_path / "other.model", tmp_path / "doc.txt"
+  doc.write_text("import os\n")
+  folders = dict(ctx=_fake_context(tmp_path / "ctx"),
+                 other=_fake_context(tmp_path / "other", model="hope"))
   if any("{model}" in a for a in args):
     docs = [f.read_bytes() for f in sorted((text_data.stdlib_root() / "json").glob("*.py"))]
     model.write_bytes(tokenizers.train_sentencepiece(docs, 400))
   before = _snapshot(small_run)
   _assert_clean_error(run_cli("experiments.generate", f"--workdir={small_run}",
-                              *(a.format(model=model) for a in args)), expected)
+                              *(a.format(model=model, doc=doc, tmp=tmp_path, **folders)
+                                for a in args)), expected)
   assert _snapshot(small_run) == before
 
 

@@ -6,10 +6,11 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from runtime import text_data
+from runtime import context_state
 from runtime import evaluation
 from runtime import generation
 from runtime import loop
+from runtime import text_data
 from runtime import training
 from tests.helpers import tiny_config
 
@@ -73,7 +74,7 @@ def test_metrics_logged(trained_workdir):
   assert list((trained_workdir / "tensorboard").iterdir())
 
 
-def test_generation_from_the_4x2_checkpoint(trained_workdir):
+def test_generation_from_the_4x2_checkpoint(trained_workdir, tmp_path):
   """Greedy continuations are the same on the 4 x 2 mesh and on one device, each row of a
   batch continues as its prompt alone would, and each token is the argmax of the full
   forward over the text so far."""
@@ -90,10 +91,23 @@ def test_generation_from_the_4x2_checkpoint(trained_workdir):
   assert texts[0] == texts[1]
   with jax.set_mesh(run.mesh):
     alone = generation.generate(run, params, prompts[1:], max_new_tokens=6, sampling=greedy)
+    read = context_state.read(run, params, list(b"imp"), room=9)
     with_context = generation.generate(run, params, [b"ort"], max_new_tokens=6,
-                                       sampling=greedy, context=b"imp")
+                                       sampling=greedy, context=read)
+    with pytest.raises(ValueError, match="exceed the context's room"):
+      generation.generate(run, params, [b"ort"], max_new_tokens=7, context=read)
   assert alone.texts == texts[1][1:]
   assert with_context.texts == alone.texts      # read before the prompt, states carried
+  # A saved context, loaded onto the 4 x 2 mesh, continues two prompts as the read one did.
+  context_state.save(tmp_path / "ctx", read, run, step)
+  run = training.prepare(config, mesh_sizes=dict(data=4, tensor=2))
+  with jax.set_mesh(run.mesh):
+    params = evaluation.restore_params(ckpt, step, run)
+    loaded = context_state.load(tmp_path / "ctx", run, "--context_state")
+    two = generation.generate(run, params, [b"ort", b"ort"], max_new_tokens=6,
+                              sampling=greedy, context=loaded)
+  assert (loaded.tokens, loaded.room) == (3, 9)
+  assert two.texts == alone.texts * 2
   model = nnx.merge(run.graphdef, params)
   tokens = list(prompts[1])
   for _ in range(6):

@@ -7,13 +7,14 @@ import pytest
 from flax import nnx
 
 from experiments import configs
-from runtime import generation, models
+from runtime import context_state, generation, models
 
 SPREAD_OVER_WORKERS = True
 SHAPE = dict(dim=32, num_layers=2, num_heads=2, mlp_dim=64)
 # Calls of 6, 1, 1, 7 and 5 tokens: the memories' chunk clocks (4 and 8 tokens) and MAC's
 # segments (8) end mid-call, and the sliding window's ring buffer (4) wraps.
 PIECES = (6, 1, 1, 7, 5)
+CONTEXT = 11        # tokens read at batch 1, then continued by two rows
 TOLERANCE = 1e-4   # max |logit difference|; float32 rounding of different summation orders
 
 
@@ -45,10 +46,21 @@ def _decoded(model, tokens):
     ("memory_lm", dict(memory_layers=(1,))),
 ])
 def test_incremental_decoding_equals_the_full_forward(name, overrides):
+  """Also: a context read at batch 1, broadcast to the batch (`context_state.batched`) and
+  continued by each row's own tokens equals the full forward over [context | row]."""
   model = _model(name, **overrides)
   tokens = jax.random.randint(jax.random.key(1), (2, sum(PIECES)), 0, 256)
-  full, decoded = nnx.jit(lambda m, t: (m(t), _decoded(m, t)))(model, tokens)  # one compile
+  tokens = tokens.at[1, :CONTEXT].set(tokens[0, :CONTEXT])     # both rows share the context
+
+  def both(m, t):
+    state = m.init_decode_state(1, t.shape[1])
+    _, state = m.decode(t[:1, :CONTEXT], state)
+    rest, _ = m.decode(t[:, CONTEXT:], context_state.batched(m, state, t.shape[0]))
+    return m(t), _decoded(m, t), rest
+
+  full, decoded, rest = nnx.jit(both)(model, tokens)  # one compile
   np.testing.assert_array_less(np.abs(np.asarray(decoded - full)), TOLERANCE)
+  np.testing.assert_array_less(np.abs(np.asarray(rest - full[:, CONTEXT:])), TOLERANCE)
 
 
 def test_a_sliding_window_cache_holds_the_window_only():
