@@ -1,6 +1,6 @@
 """Speed and memory of the zoo: one command, several suites, a table and a JSON file.
 
-  python -m experiments.benchmark --suite=lm|memory|pkm|sharded|cl|generate|loader|all [--out=bench.json]
+  python -m experiments.benchmark --suite=lm|memory|pkm|sharded|cl|generate|loader|smf|all [--out=bench.json]
 
 The suites are described in experiments/benchmarks/suites.py; results: docs/results/.
 """

@@ -214,6 +214,22 @@ def unique_rows(reads: TableReads, num_slots: int, size: int | None = None):
   return rows.astype(jnp.int32), grad
 
 
+def read_counts(reads: TableReads, rows: jax.Array, token_mask: jax.Array | None = None
+                ) -> jax.Array:
+  """c(i) at `unique_rows`' rows [U] (int32): the reads of every layer that picked each row,
+  those of tokens where token_mask [batch, seq] is 0 left out (as
+  `access_stats.slot_access_counts` counts them over all N slots)."""
+  counts = jnp.zeros(rows.shape, jnp.int32)
+  for indices in reads.indices:
+    ones = (jnp.ones(indices.shape, jnp.int32) if token_mask is None else
+            jnp.broadcast_to((token_mask != 0).astype(jnp.int32)[:, :, None, None],
+                             indices.shape))
+    counts = counts + jax.ops.segment_sum(
+        ones.reshape(-1), jnp.searchsorted(rows, indices.reshape(-1)),
+        num_segments=rows.shape[0])
+  return counts
+
+
 def sgd(table: jax.Array, reads: TableReads, learning_rate, after=None) -> jax.Array:
   """V <- V - lr (*): every read's lr w g scatter-added into V (no [N, D] temporary when V's
   buffer is donated). Equal to dense SGD up to the order of the floating-point sums.

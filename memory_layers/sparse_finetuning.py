@@ -10,14 +10,22 @@ which is what the paper's straight-through table V*m + sg(V) - sg(V*m) computes,
 update is plain SGD by default (V <- V - lr g_V, so exactly the rows in S change). Parameters
 other than value tables are not differentiated at all.
 
+`sparse_step` builds the table's gradient densely (any optax rule, e.g. AdamW on the masked
+gradient); `row_sparse_step` is the SGD update from row-sparse gradients
+(`memory_layers.row_sparse`): the distinct rows read, their gradient and read counts, the
+selection among them, a scatter into the table, at a cost independent of the table's size.
+
 One value table is supported: a single memory layer, or several layers sharing one pool
 (their reads are pooled into one count, since the selection is per table).
 """
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from memory_layers import row_sparse
 
 from memory_layers.access_stats import SlotAccess, slot_access_counts
 from memory_layers.product_key_memory import ProductKeyMemory
@@ -89,5 +97,35 @@ def sparse_step(loss_and_reads: Callable, labels: dict, select: Callable,
     updates, opt_state = tx.update(grads, opt_state, values)
     values = optax.apply_updates(values, updates)
     return with_value_tables(params, values, labels), opt_state, loss, slots
+
+  return step
+
+
+def row_sparse_step(loss_of_model: Callable, graphdef: nnx.GraphDef, select: Callable
+                    ) -> Callable:
+  """One SMF step with SGD on row-sparse gradients: step(params, batch, learning_rate) ->
+  (params, loss, number of rows updated); `sparse_step` with optax.sgd computes the same.
+  Donate params to update the table in place.
+
+  Args:
+    loss_of_model: (model, batch) -> (loss, token_mask [batch, seq]: the input tokens whose
+      reads count).
+    graphdef: the model's; params are its pure parameter dict.
+    select: (rows [U], counts [U]) -> [U] bool mask of the rows that learn, among the
+      distinct rows read (e.g. `tfidf.select_rows` with df bound).
+  """
+
+  def step(params, batch, learning_rate):
+    (loss, token_mask), _, reads = row_sparse.value_and_grad(
+        loss_of_model, graphdef, params, batch, has_aux=True)
+    if len(reads) != 1:
+      raise ValueError(f"sparse memory finetuning supports one value table, got {len(reads)}")
+    (path, table_reads), = reads.items()
+    table = row_sparse.get_path(params, path)
+    rows, grad = row_sparse.unique_rows(table_reads, table.shape[0])
+    chosen = select(rows, row_sparse.read_counts(table_reads, rows, token_mask))
+    rows = jnp.where(chosen, rows, table.shape[0])
+    table = table.at[rows].add((-learning_rate * grad).astype(table.dtype), mode="drop")
+    return row_sparse.set_path(params, path, table), loss, chosen.sum()
 
   return step

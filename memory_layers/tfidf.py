@@ -54,6 +54,13 @@ def top_t_mask(scores: jax.Array, counts: jax.Array, t: int) -> jax.Array:
   return jnp.zeros(scores.shape, bool).at[ids].set(top > -jnp.inf)
 
 
+def _check_selection(selection: str, df) -> None:
+  if selection not in SELECTIONS:
+    raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+  if selection == "tfidf" and df is None:
+    raise ValueError("selection 'tfidf' needs background document frequencies (df)")
+
+
 def select_slots(counts: jax.Array, df: jax.Array | None, num_batches: int, t: int,
                  selection: str = "tfidf") -> jax.Array:
   """The slots whose value rows learn this batch, as a [N] bool mask.
@@ -61,11 +68,21 @@ def select_slots(counts: jax.Array, df: jax.Array | None, num_batches: int, t: i
   selection: "tfidf" (top-t by tfidf; needs df), "tf" (top-t by counts), "all" (every slot
   read; t unused).
   """
-  if selection not in SELECTIONS:
-    raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+  _check_selection(selection, df)
   if selection == "all":
     return counts > 0
-  if selection == "tfidf" and df is None:
-    raise ValueError("selection 'tfidf' needs background document frequencies (df)")
   return top_t_mask(tfidf_scores(counts, df if selection == "tfidf" else None, num_batches),
                     counts, t)
+
+
+def select_rows(rows: jax.Array, counts: jax.Array, df: jax.Array | None, num_batches: int,
+                t: int, selection: str = "tfidf") -> jax.Array:
+  """`select_slots` over the distinct slots read instead of all N: rows [U] ascending slot
+  ids (padding: N, with count 0) and their reads counts [U] -> a [U] bool mask. It selects
+  the same slots as `select_slots` on the dense counts (ties toward lower ids) at a cost
+  independent of N; t is checked against N by the caller."""
+  _check_selection(selection, df)
+  if selection == "all":
+    return counts > 0
+  row_df = None if selection == "tf" else jnp.take(df, rows, mode="fill", fill_value=0)
+  return top_t_mask(tfidf_scores(counts, row_df, num_batches), counts, min(t, rows.shape[0]))

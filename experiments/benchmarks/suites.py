@@ -13,7 +13,9 @@ Each suite (warm-up, then the median of several timed runs) is a module with
   generate sampling speed by incremental decoding: tokens/s at batch 1 and 8, and the cost
            of a token after 1K and 8K tokens of context (tiny configs);
   loader   batches from SentencePiece shards of the standard library (in process and with
-           2 workers) against the small transformer's train step they feed.
+           2 workers) against the small transformer's train step they feed;
+  smf      a Sparse Memory Finetuning step on the fact-injection study's table against the
+           same model's step with the table frozen.
 The JSON holds the date, machine, jax version, load average and every row.
 """
 import datetime
@@ -26,15 +28,17 @@ import jax
 from cl_methods import registry
 from experiments import configs
 from experiments.benchmarks import (continual_grid, decoding, loader, product_key,
-                                    sharded_step, titans_memory, train_step)
+                                    sharded_step, smf, titans_memory, train_step)
 from experiments.benchmarks.timing import load_average
 from runtime.errors import UsageError
 
 SUITES = {"lm": train_step, "memory": titans_memory, "pkm": product_key,
-          "sharded": sharded_step, "cl": continual_grid, "generate": decoding, "loader": loader}
+          "sharded": sharded_step, "cl": continual_grid, "generate": decoding, "loader": loader,
+          "smf": smf}
 # Default (warm-up, runs) per suite; a run of `cl` is a whole grid.
 DEFAULT_RUNS = {"lm": (2, 5), "memory": (1, 3), "pkm": (2, 5), "sharded": (2, 5), "cl": (1, 3),
-                "generate": (1, 3), "loader": (1, 5)}
+                "generate": (1, 3), "loader": (1, 5),
+                "smf": (2, 7)}
 
 
 def integers(values, name: str) -> list[int]:
@@ -103,6 +107,8 @@ def suite_calls(names: list[str], o) -> list:
   if "loader" in names:
     calls.append(("loader", lambda: loader.run(steps_per_run=o.steps_per_run,
                                                **warmup_runs["loader"])))
+  if "smf" in names:
+    calls.append(("smf", lambda: smf.run(**warmup_runs["smf"])))
   return calls
 
 

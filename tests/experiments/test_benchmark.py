@@ -2,7 +2,8 @@
 import json
 
 from experiments.benchmarks import (continual_grid, decoding, loader, product_key,
-                                    sharded_step, titans_memory, train_step)
+                                    sharded_step, smf, titans_memory, train_step)
+from experiments.configs import fact_injection
 from runtime import text_data
 from tests.helpers import run_cli
 
@@ -38,6 +39,15 @@ def test_loader_suite(tmp_path):
   assert [r["what"] for r in result["rows"]] == ["step", "loader, 0 workers", "loader, 2 workers"]
   assert all(r["tokens_per_sec"] > 0 for r in result["rows"])
   assert "loader, 2 workers" in loader.table(result)
+
+
+def test_smf_suite():
+  config = fact_injection.get_config()
+  config.model.update(dim=32, num_layers=2, num_heads=2, mlp_dim=64, memory_layers=(1,),
+                      num_slots=32 ** 2, memory_heads=2, key_dim=8, top_k=4)
+  result = smf.run(config=config, **ONCE)
+  assert [r["step"] for r in result["rows"]] == ["table frozen", "SMF, row-sparse", "SMF, dense"]
+  assert all(r["ms"] > 0 for r in result["rows"]) and "SMF, dense" in smf.table(result)
 
 
 def test_memory_suite():

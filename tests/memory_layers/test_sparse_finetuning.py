@@ -132,3 +132,31 @@ def _get(tree, keys):
   for k in keys:
     tree = tree[k]
   return tree
+
+
+@pytest.mark.parametrize("selection", ["tfidf", "tf", "all"])
+def test_row_sparse_step_equals_the_dense_sparse_step(lm, selection):
+  """The row-sparse SGD step selects the same slots and makes the same update as
+  `sparse_step` with a dense gradient and optax.sgd, padding's reads not counted."""
+  model, graphdef, params, batch = lm
+  reads = sparse_finetuning.reading_apply(graphdef, SLOTS)
+  labels = sparse_finetuning.value_labels(model)
+  df = jnp.arange(SLOTS) % 5
+  dense = jax.jit(sparse_finetuning.sparse_step(
+      lambda p, b: _loss(reads, p, b), labels,
+      lambda c: tfidf.select_slots(c, df, 4, 5, selection), optax.sgd(10.0)))
+  want, _, want_loss, want_slots = dense(
+      params, optax.sgd(10.0).init(sparse_finetuning.value_tables(params, labels)), batch)
+
+  def loss_of_model(model, batch):
+    tokens, mask = batch
+    ce = optax.softmax_cross_entropy_with_integer_labels(model(tokens[:, :-1]), tokens[:, 1:])
+    return (ce * mask[:, 1:]).sum() / mask[:, 1:].sum(), mask[:, :-1]
+
+  sparse = jax.jit(sparse_finetuning.row_sparse_step(
+      loss_of_model, graphdef, lambda rows, c: tfidf.select_rows(rows, c, df, 4, 5, selection)))
+  got, loss, updated = sparse(params, batch, 10.0)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  assert int(updated) == int(want_slots.sum()) and (selection == "all" or int(updated) == 5)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
