@@ -95,7 +95,7 @@ CASES = {
                              "--mesh: 'data=2' is not axis:size"),
     # generate without a run
     "generate no prompt": ("experiments.generate", ["--workdir={workdir}"],
-                           "give at least one --prompt"),
+                           "--prompt: give at least one prompt"),
     "generate empty workdir": ("experiments.generate", ["--workdir={workdir}", "--prompt=a"],
                                "no checkpoints"),
     "generate negative temperature": ("experiments.generate",
