@@ -1,20 +1,30 @@
 """The fact-injection study (run by `python -m experiments.fact_injection`): learning new
 facts against forgetting old ones, for Sparse Memory Finetuning, full finetuning and LoRA
-(Lin et al. 2025, sec. 5, at CPU scale).
+(Lin et al. 2025, sec. 5, at CPU scale), as a stream of injections, over several seeds.
 
+For each seed s (DIR/seed_<s>/):
 1. Pretrain a byte-level memory-layer LM on the known people's facts mixed with generic text
-   (`runtime.loop`: checkpointed, resumable), or load it.
-2. Background df of its memory slots (`runtime.slot_statistics`).
-3. For each method and each setting of its sweep, start from the pretrained weights and
-   stream the new people's facts, one fact per step (the batch: that fact's paraphrases,
-   padded, padding masked out of the loss and of the slot counts). Then measure
-   - learned: QA accuracy on the new facts, asked with held-out question templates;
-   - forgot_pct: the relative drop (%) of the same QA accuracy on known people;
-   - heldout_nll_delta: the change of the NLL (nats/byte) of held-out generic text.
+   (`runtime.loop`: checkpointed, resumable), or load it; count its background slot
+   statistics (`runtime.slot_statistics`).
+2. For each method and each setting of its sweep, start from the pretrained weights and
+   inject the new people's facts in `stream_batches` sequential batches (one fact per step:
+   its statement paraphrases and training-template QA lines, padded and masked; each batch
+   `epochs` times, shuffled). After each batch, QA accuracy on every batch's facts gives the
+   accuracy matrix R[i, j] (`cl_methods.metrics`: ACC, BWT, forgetting). After the last:
+   - learned: ACC, the QA accuracy on all new facts with the question templates trained on;
+   - heldout_templates: the same facts asked with templates never trained on;
+   - forgot_pct: the relative drop (%) of QA accuracy on known people (trained templates,
+     which pretraining taught);
+   - heldout_nll_delta: the change of the NLL (nats/byte) of held-out generic text;
+   - rewritten: the share of the value table's rows that changed.
    QA accuracy ranks candidate answers: the prediction is the attribute value whose bytes
    (" value\\n") have the highest log-likelihood after the question prompt; chance is 1/16.
-4. Write results.json and frontier.png (learning against forgetting).
+3. Write DIR/seed_<s>/results.json (a rerun skips a finished seed), then DIR/results.json
+   with every metric's mean and standard deviation over seeds, each method's forgetting at
+   matched learning (its frontier interpolated at `matched_levels`), and DIR/frontier.png.
 """
+import json
+import os
 import time
 from pathlib import Path
 
@@ -28,30 +38,40 @@ from flax import nnx
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from memory_layers import lora, sparse_finetuning, tfidf
+from cl_methods import metrics as cl_metrics
+from memory_layers import lora, row_sparse, sparse_finetuning, tfidf
 from runtime import config_schema, facts, loop, slot_statistics, text_data, training
 from runtime.config_schema import Field, Relation, positive_int
 from runtime.errors import UsageError
 from runtime.workdir import check_workdir, write_json
 
-METHODS = ("smf", "smf_tf", "smf_all", "full", "lora")
-
+METHODS = ("smf", "smf_tf", "smf_all", "smf_adamw", "full", "lora")
+FRONTIER_METHODS = ("smf", "smf_adamw", "lora", "full")
+# Bytes per table row element the injection holds at once (the table, its masked gradient
+# and two AdamW moments, float32), against the machine's memory.
+TABLE_COPIES = 4
 
 _POSITIVE = dict(low=0, low_open=True)
 SCHEMA = (
-    Field("facts.seed", "int", low=0), positive_int("facts.num_known"),
-    positive_int("facts.num_new"), Field("facts.text_fraction", "float", low=0, high=1),
+    Field("seeds", "ints", low=0), Field("facts.seed", "int", low=0),
+    positive_int("facts.num_known"), positive_int("facts.num_new"),
+    Field("facts.text_fraction", "float", low=0, high=1),
     positive_int("background_batches"), positive_int("background_batch_size"),
+    positive_int("stream_batches"), positive_int("epochs"),
     Field("include_qa", "bool"), positive_int("known_eval_people"),
     positive_int("heldout_text_batches"), positive_int("eval_batch"),
+    Field("matched_levels", "floats", low=0, high=1),
     Field("smf.learning_rates", "floats", **_POSITIVE), Field("smf.t", "ints", low=1),
     positive_int("smf.ablation_t"), Field("smf.ablation_lr", "float", **_POSITIVE),
+    positive_int("smf.adamw_t"), Field("smf.adamw_learning_rates", "floats", **_POSITIVE),
+    Field("smf.adamw_weight_decay", "float", low=0),
     Field("full.learning_rates", "floats", **_POSITIVE),
     Field("full.weight_decay", "float", low=0),
     Field("lora.ranks", "ints", low=1), Field("lora.alpha", "float", low=0, note="0: the rank"),
     Field("lora.learning_rates", "floats", **_POSITIVE),
     Field("lora.weight_decay", "float", low=0),
     Relation("known_eval_people", "<=", "facts.num_known"),
+    Relation("stream_batches", "<=", "facts.num_new"),
 )
 
 
@@ -59,11 +79,23 @@ def check_config(config: ml_collections.ConfigDict, run: training.Run) -> int:
   """Validates the study's fields (before any compile); returns the memory table's N."""
   config_schema.check(config, SCHEMA)
   num_slots = slot_statistics.memory_slots(run)
-  for t in (*config.smf.t, config.smf.ablation_t):
+  for t, field in [*((t, "config.smf.t") for t in config.smf.t),
+                   (config.smf.ablation_t, "config.smf.ablation_t"),
+                   (config.smf.adamw_t, "config.smf.adamw_t")]:
     try:
-      tfidf.check_top_t(t, num_slots, "config.smf.t")
+      tfidf.check_top_t(t, num_slots, field)
     except ValueError as e:
       raise UsageError(str(e)) from e
+  if config.facts.num_new % config.stream_batches:
+    raise UsageError(f"config.stream_batches ({config.stream_batches}) must divide "
+                     f"config.facts.num_new ({config.facts.num_new}): each batch injects as "
+                     "many people")
+  table = num_slots * config.model.dim * 4 * TABLE_COPIES
+  memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  if table > memory / 2:
+    raise UsageError(f"config.model.num_slots ({num_slots}) does not fit: the table, its "
+                     f"gradient and AdamW moments take {table / 2 ** 30:.1f} GiB, more than "
+                     f"half of this machine's {memory / 2 ** 30:.1f} GiB")
   try:
     world = facts.make_world(config.facts.seed, config.facts.num_known, config.facts.num_new)
     lora.lora_targets(nnx.merge(run.graphdef, run.abstract_params), tuple(config.lora.targets))
@@ -93,9 +125,9 @@ def pretrain(config, run: training.Run, workdir: Path, world: facts.World) -> di
 # ---------------------------------------------------------------- evaluation
 
 
-def qa_set(world: facts.World, people, seq_len: int, held_out: bool = True) -> dict:
-  """Every (question, candidate answer) sequence of the people's facts, held-out question
-  templates by default.
+def qa_set(world: facts.World, people, seq_len: int, held_out: bool) -> dict:
+  """Every (question, candidate answer) sequence of the people's facts, with the held-out
+  or the training question templates, in the order of `world.facts(people)`.
 
   tokens [Q * C, length], answer [same] (1 at the answer's target positions), and the index
   of the correct candidate per question [Q]; C = 16 values per attribute.
@@ -123,18 +155,22 @@ def token_logprobs(apply, params, tokens):
 
 
 class Evaluator:
-  """QA accuracy (answer ranking) on new and known people and held-out text NLL."""
+  """QA answer ranking on the new people (trained and held-out templates) and on known
+  people (trained templates), and the NLL of held-out text."""
 
   def __init__(self, apply, config, world: facts.World, heldout: np.ndarray):
     self.config = config
-    self.new = qa_set(world, world.new, config.seq_len)
-    self.known = qa_set(world, world.known[:config.known_eval_people], config.seq_len)
+    self.new = qa_set(world, world.new, config.seq_len, held_out=False)
+    self.new_heldout = qa_set(world, world.new, config.seq_len, held_out=True)
+    self.known = qa_set(world, world.known[:config.known_eval_people], config.seq_len,
+                        held_out=False)
     self.heldout = heldout
     self._scores = jax.jit(lambda p, tokens, answer: (
         token_logprobs(apply, p, tokens) * answer[:, 1:]).sum(-1))
     self._nll = jax.jit(lambda p, tokens: -token_logprobs(apply, p, tokens).mean())
 
-  def accuracy(self, params, qa: dict) -> float:
+  def correct(self, params, qa: dict) -> np.ndarray:
+    """[Q] bool: whether each question's correct candidate ranks first."""
     n, size = len(qa["tokens"]), self.config.eval_batch
     scores = []
     for i in range(0, n, size):
@@ -143,12 +179,16 @@ class Evaluator:
       tokens, answer = (np.pad(x, ((0, pad), (0, 0))) for x in (tokens, answer))
       scores.append(np.asarray(self._scores(params, tokens, answer))[:size - pad])
     scores = np.concatenate(scores).reshape(-1, qa["candidates"])
-    return float((scores.argmax(-1) == qa["correct"]).mean())
+    return scores.argmax(-1) == qa["correct"]
 
-  def __call__(self, params) -> dict:
-    nll = np.mean([float(self._nll(params, b)) for b in self.heldout])
-    return dict(learned=self.accuracy(params, self.new), known=self.accuracy(params, self.known),
-                heldout_nll=float(nll))
+  def per_batch(self, params) -> np.ndarray:
+    """[stream_batches]: trained-template QA accuracy on each stream batch's people."""
+    return self.correct(params, self.new).reshape(self.config.stream_batches, -1).mean(1)
+
+  def final(self, params) -> dict:
+    return dict(heldout_templates=float(self.correct(params, self.new_heldout).mean()),
+                known=float(self.correct(params, self.known).mean()),
+                heldout_nll=float(np.mean([float(self._nll(params, b)) for b in self.heldout])))
 
 
 # ---------------------------------------------------------------- injection methods
@@ -159,168 +199,262 @@ def masked_loss(reads, params, batch):
   c(i) of the real input tokens."""
   tokens, mask = batch
   logits, counts = reads(params, tokens[:, :-1], mask[:, :-1])
+  return _masked_ce(logits, tokens, mask), counts
+
+
+def _masked_ce(logits, tokens, mask):
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
   weights = mask[:, 1:].astype(jnp.float32)
-  return (ce * weights).sum() / weights.sum(), counts
+  return (ce * weights).sum() / weights.sum()
 
 
-def fact_batches(world: facts.World, config) -> list:
-  """One batch per new fact: its statements (and training-template QA lines), padded."""
+def stream(world: facts.World, config) -> list[list]:
+  """The injection: stream_batches lists of fact batches (one per fact: its statements and,
+  with include_qa, its training-template QA lines, padded), people in order."""
   batches = []
   for fact in world.facts(world.new):
     lines = facts.statements(fact) + (facts.qa_lines(fact) if config.include_qa else [])
-    batches.append(facts.padded_batch(lines, config.seq_len))
-  return batches
-
-
-def run_smf(ctx, selection: str, t: int, learning_rate: float) -> dict:
-  """Sparse memory finetuning: SGD on the selected value rows only."""
-  df, num_batches = ctx["df"]
-  select = lambda counts: tfidf.select_slots(counts, jnp.asarray(df), num_batches, t, selection)
-  key = ("smf", selection, t)
-  if key not in ctx["steps"]:
-    loss = lambda p, batch: masked_loss(ctx["reads"], p, batch)
-    ctx["steps"][key] = jax.jit(sparse_finetuning.sparse_step(
-        loss, ctx["labels"], select, ctx["sgd"]))
-  step = ctx["steps"][key]
-  params = ctx["params"]
-  opt_state = ctx["sgd"].init(sparse_finetuning.value_tables(params, ctx["labels"]))
-  opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
-  selected = 0
-  for batch in ctx["batches"]:
-    params, opt_state, _, slots = step(params, opt_state, batch)
-    selected += int(slots.sum())
-  return dict(params=params, mean_selected=selected / len(ctx["batches"]))
+    batches.append(tuple(map(jnp.asarray, facts.padded_batch(lines, config.seq_len))))
+  per = len(batches) // config.stream_batches
+  return [batches[i * per:(i + 1) * per] for i in range(config.stream_batches)]
 
 
 def _adamw(weight_decay):
   return optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=weight_decay)
 
 
-def run_full(ctx, learning_rate: float) -> dict:
-  """Full finetuning of every parameter with AdamW."""
-  tx = _adamw(ctx["config"].full.weight_decay)
-  if "full" not in ctx["steps"]:
-    def step(params, opt_state, batch):
-      (loss, _), grads = jax.value_and_grad(
-          lambda p: masked_loss(ctx["reads"], p, batch), has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, loss
-    ctx["steps"]["full"] = jax.jit(step)
-  params = ctx["params"]
-  opt_state = tx.init(params)
-  opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
-  for batch in ctx["batches"]:
-    params, opt_state, _ = ctx["steps"]["full"](params, opt_state, batch)
-  return dict(params=params)
+def injector(ctx: dict, method: str, setting: dict):
+  """(start, step, params_of) for one method and setting: start(pretrained params) -> state,
+  step(state, fact batch) -> state, params_of(state) -> the model's parameters. The compiled
+  steps are kept in ctx["steps"] and shared by every setting of a method (the learning rate
+  is an argument or optimizer state, not a constant)."""
+  config, steps, reads = ctx["config"], ctx["steps"], ctx["reads"]
+  lr = jnp.asarray(setting["lr"], jnp.float32)
+  df, num_batches = jnp.asarray(ctx["df"][0]), ctx["df"][1]
 
+  def compiled(key, build):
+    if key not in steps:
+      steps[key] = build()
+    return steps[key]
 
-def run_lora(ctx, rank: int, learning_rate: float) -> dict:
-  """LoRA with AdamW; the base weights frozen; returns the merged weights."""
-  config = ctx["config"]
+  def with_lr(opt_state):
+    opt_state.hyperparams["learning_rate"] = lr
+    return opt_state
+
+  if method in ("smf", "smf_tf", "smf_all"):  # SGD on row-sparse gradients
+    selection, t = dict(smf="tfidf", smf_tf="tf", smf_all="all")[method], setting.get("t", 1)
+
+    def loss_of_model(model, batch):
+      tokens, mask = batch
+      return _masked_ce(model(tokens[:, :-1]), tokens, mask), mask[:, :-1]
+
+    step = compiled(("row_sparse", selection, t), lambda: jax.jit(
+        sparse_finetuning.row_sparse_step(
+            loss_of_model, ctx["graphdef"],
+            lambda rows, c: tfidf.select_rows(rows, c, df, num_batches, t, selection)),
+        donate_argnums=0))
+    return (lambda params: jax.tree.map(jnp.copy, params),  # the copy is donated
+            lambda params, batch: step(params, batch, lr)[0], lambda params: params)
+
+  if method == "smf_adamw":  # AdamW on the table's masked (dense) gradient
+    tx, t = _adamw(config.smf.adamw_weight_decay), setting["t"]
+    step = compiled(("smf_adamw", t), lambda: jax.jit(sparse_finetuning.sparse_step(
+        lambda p, batch: masked_loss(reads, p, batch), ctx["labels"],
+        lambda c: tfidf.select_slots(c, df, num_batches, t), tx)))
+    return (lambda params: (params, with_lr(tx.init(
+                sparse_finetuning.value_tables(params, ctx["labels"])))),
+            lambda state, batch: step(*state, batch)[:2], lambda state: state[0])
+
+  if method == "full":  # AdamW on every parameter
+    tx = _adamw(config.full.weight_decay)
+
+    def build():
+      def step(params, opt_state, batch):
+        grads = jax.grad(lambda p: masked_loss(reads, p, batch)[0])(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+      return jax.jit(step)
+
+    step = compiled(("full",), build)
+    return (lambda params: (params, with_lr(tx.init(params))),
+            lambda state, batch: step(*state, batch), lambda state: state[0])
+
+  # LoRA with AdamW on the adapters; the base frozen; params_of merges them.
+  rank = setting["rank"]
   alpha = config.lora.alpha or rank
   tx = _adamw(config.lora.weight_decay)
-  base = ctx["params"]
-  adapters = lora.init_lora(base, ctx["lora_targets"], rank, jax.random.key(config.seed))
-  key = ("lora", rank)
-  if key not in ctx["steps"]:
+
+  def build():
     def step(base, adapters, opt_state, batch):
-      (loss, _), grads = jax.value_and_grad(
-          lambda a: masked_loss(ctx["reads"], lora.merge_lora(base, a, alpha), batch),
-          has_aux=True)(adapters)
+      grads = jax.grad(lambda a: masked_loss(reads, lora.merge_lora(base, a, alpha),
+                                             batch)[0])(adapters)
       updates, opt_state = tx.update(grads, opt_state, adapters)
-      return optax.apply_updates(adapters, updates), opt_state, loss
-    ctx["steps"][key] = jax.jit(step)
-  opt_state = tx.init(adapters)
-  opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
-  for batch in ctx["batches"]:
-    adapters, opt_state, _ = ctx["steps"][key](base, adapters, opt_state, batch)
-  return dict(params=lora.merge_lora(base, adapters, alpha))
+      return optax.apply_updates(adapters, updates), opt_state
+    return jax.jit(step)
+
+  step = compiled(("lora", rank), build)
+
+  def start(base):
+    adapters = lora.init_lora(base, ctx["lora_targets"], rank, jax.random.key(config.seed))
+    return base, adapters, with_lr(tx.init(adapters))
+
+  return (start, lambda state, batch: (state[0], *step(*state, batch)),
+          lambda state: lora.merge_lora(state[0], state[1], alpha))
 
 
 def sweep(config) -> list[tuple[str, dict]]:
   """(method, setting) for every row of the study, in order."""
-  rows = [("smf", dict(t=t, lr=lr)) for t in config.smf.t for lr in config.smf.learning_rates]
-  rows += [("smf_tf", dict(t=config.smf.ablation_t, lr=config.smf.ablation_lr)),
-           ("smf_all", dict(lr=config.smf.ablation_lr))]
+  smf = config.smf
+  rows = [("smf", dict(t=t, lr=lr)) for t in smf.t for lr in smf.learning_rates]
+  rows += [("smf_tf", dict(t=smf.ablation_t, lr=smf.ablation_lr)),
+           ("smf_all", dict(lr=smf.ablation_lr))]
+  rows += [("smf_adamw", dict(t=smf.adamw_t, lr=lr)) for lr in smf.adamw_learning_rates]
   rows += [("full", dict(lr=lr)) for lr in config.full.learning_rates]
   rows += [("lora", dict(rank=r, lr=lr)) for r in config.lora.ranks
            for lr in config.lora.learning_rates]
   return rows
 
 
-def run_setting(ctx, method: str, setting: dict) -> dict:
-  if method in ("smf", "smf_tf"):
-    selection = "tfidf" if method == "smf" else "tf"
-    return run_smf(ctx, selection, setting["t"], setting["lr"])
-  if method == "smf_all":
-    return run_smf(ctx, "all", 1, setting["lr"])
-  if method == "full":
-    return run_full(ctx, setting["lr"])
-  return run_lora(ctx, setting["rank"], setting["lr"])
+def setting_name(setting: dict) -> str:
+  return " ".join(f"{k}={v:g}" for k, v in setting.items())
+
+
+def inject(ctx: dict, method: str, setting: dict, evaluator: Evaluator, baseline: dict,
+           seed: int) -> dict:
+  """One row: the stream injected with (method, setting), its matrix and final metrics."""
+  began = time.perf_counter()
+  config, batches = ctx["config"], ctx["stream"]
+  start, step, params_of = injector(ctx, method, setting)
+  state = start(ctx["params"])
+  matrix = []
+  for b, facts_b in enumerate(batches):
+    for epoch in range(config.epochs):
+      for i in np.random.default_rng([seed, b, epoch]).permutation(len(facts_b)):
+        state = step(state, facts_b[i])
+    matrix.append(evaluator.per_batch(params_of(state)))
+  params = params_of(state)
+  final = evaluator.final(params)
+  matrix = np.array(matrix)
+  summary = cl_metrics.summarize(matrix, np.array(baseline["per_batch"]))
+  return dict(method=method, setting=setting_name(setting), seed=seed,
+              learned=summary["acc"], bwt=summary["bwt"], forgetting=summary["forgetting"],
+              heldout_templates=final["heldout_templates"], known=final["known"],
+              forgot_pct=100.0 * (baseline["known"] - final["known"]) / max(baseline["known"],
+                                                                             1e-9),
+              heldout_nll_delta=final["heldout_nll"] - baseline["heldout_nll"],
+              rewritten=rewritten_share(ctx["params"], params, ctx["table_path"]),
+              matrix=matrix.tolist(), seconds=time.perf_counter() - began)
+
+
+def rewritten_share(before: dict, after: dict, path) -> float:
+  """The share of the value table's rows that differ."""
+  old, new = (np.asarray(row_sparse.get_path(p, path)) for p in (before, after))
+  return float(np.any(old != new, axis=1).mean())
 
 
 # ---------------------------------------------------------------- results
 
 
-def matched_forgetting(rows: list[dict], learned_before: float) -> dict:
-  """Forgetting at matched learning: L* = the lowest of the methods' best `learned`; per
-  method, the least forgot_pct among its rows that learned at least L*. The paper's ordering
-  (smf < lora < full) is only judged when L* is above the accuracy before injection."""
-  methods = [m for m in ("smf", "lora", "full") if any(r["method"] == m for r in rows)]
-  level = min(max(r["learned"] for r in rows if r["method"] == m) for m in methods)
-  best = {m: min(r["forgot_pct"] for r in rows if r["method"] == m and r["learned"] >= level)
-          for m in methods}
-  order = sorted(best, key=best.get)
-  return dict(learned=level, forgot_pct=best, ordering=" < ".join(order),
-              paper_ordering_reproduced=(order == ["smf", "lora", "full"]
-                                         if level > learned_before else None))
+def forgetting_at(points: list[tuple[float, float]], level: float,
+                  start: tuple[float, float]) -> float | None:
+  """A method's forgetting where its frontier reaches `level` of learning: the linear
+  interpolation, along the settings not dominated by another (more learned and less
+  forgotten), between the two that bracket `level`; `start` (the accuracy before injection,
+  no forgetting) is the frontier's first point. None when no setting learns `level`."""
+  frontier = []
+  for learned, forgot in sorted([start, *points], key=lambda p: (p[0], -p[1])):
+    while frontier and frontier[-1][1] >= forgot:
+      frontier.pop()
+    frontier.append((learned, forgot))
+  if level <= start[0]:
+    return 0.0
+  for (l0, f0), (l1, f1) in zip(frontier, frontier[1:]):
+    if l0 <= level <= l1:
+      return f0 + (f1 - f0) * (level - l0) / max(l1 - l0, 1e-12)
+  return None
 
 
-def plot_frontier(rows: list[dict], baseline: dict, path: Path) -> None:
-  """Learned against forgot_pct and against heldout_nll_delta, one colour per method."""
+def mean_std(values) -> dict:
+  values = [v for v in values if v is not None]
+  if not values:
+    return dict(mean=None, std=None, n=0)
+  return dict(mean=float(np.mean(values)), std=float(np.std(values, ddof=1))
+              if len(values) > 1 else 0.0, n=len(values))
+
+
+def summarize(seed_results: list[dict], levels) -> dict:
+  """Every (method, setting)'s metrics as mean and std over seeds; each frontier method's
+  forgetting at matched learning (per seed, then over seeds) and its best learning."""
+  keys = ("learned", "heldout_templates", "forgot_pct", "heldout_nll_delta", "bwt",
+          "forgetting", "rewritten", "seconds")
+  rows = {}
+  for result in seed_results:
+    for row in result["rows"]:
+      rows.setdefault((row["method"], row["setting"]), []).append(row)
+  table = [dict(method=m, setting=s, **{k: mean_std([r[k] for r in rs]) for k in keys},
+                matrix=np.mean([r["matrix"] for r in rs], axis=0).tolist())
+           for (m, s), rs in rows.items()]
+  matched = {}
+  for method in FRONTIER_METHODS:
+    per_seed = [[(r["learned"], r["forgot_pct"]) for r in res["rows"] if r["method"] == method]
+                for res in seed_results]
+    if not any(per_seed):
+      continue
+    starts = [(res["baseline"]["learned"], 0.0) for res in seed_results]
+    matched[method] = dict(
+        best_learned=mean_std([max(l for l, _ in pts) for pts in per_seed if pts]),
+        **{f"forgot_pct_at_{level:g}": mean_std([forgetting_at(pts, level, start)
+                                                 for pts, start in zip(per_seed, starts)])
+           for level in levels})
+  baseline = {k: mean_std([res["baseline"][k] for res in seed_results])
+              for k in ("learned", "known", "heldout_nll")}
+  return dict(rows=table, matched=matched, baseline=baseline)
+
+
+def plot_frontier(summary: dict, path: Path) -> None:
+  """Learned against forgot_pct and against heldout_nll_delta (means, std error bars)."""
   fig = Figure(figsize=(11, 4.2))
   styles = dict(smf=("tab:green", "o"), smf_tf=("tab:olive", "v"), smf_all=("tab:cyan", "^"),
-                full=("tab:red", "s"), lora=("tab:blue", "D"))
+                smf_adamw=("tab:purple", "P"), full=("tab:red", "s"), lora=("tab:blue", "D"))
   for i, (key, label) in enumerate((("forgot_pct", "known-fact QA accuracy drop (%)"),
                                     ("heldout_nll_delta", "held-out text NLL change (nats/byte)"))):
     ax = fig.add_subplot(1, 2, i + 1)
     for method, (color, marker) in styles.items():
-      pts = [r for r in rows if r["method"] == method]
+      pts = [r for r in summary["rows"] if r["method"] == method]
       if pts:
-        ax.scatter([r[key] for r in pts], [r["learned"] for r in pts], c=color, marker=marker,
-                   label=method, s=30)
-        for r in pts:
-          ax.annotate(r["setting"], (r[key], r["learned"]), fontsize=5, alpha=0.7)
-    ax.axhline(baseline["learned"], color="gray", ls=":", lw=1, label="before injection")
+        ax.errorbar([r[key]["mean"] for r in pts], [r["learned"]["mean"] for r in pts],
+                    xerr=[r[key]["std"] for r in pts], yerr=[r["learned"]["std"] for r in pts],
+                    color=color, marker=marker, ls="none", ms=5, capsize=2, label=method)
+    ax.axhline(summary["baseline"]["learned"]["mean"], color="gray", ls=":", lw=1,
+               label="before injection")
     ax.set_xlabel(label)
     ax.set_ylabel("new-fact QA accuracy (learned)")
     ax.grid(alpha=0.3)
   fig.axes[0].legend(fontsize=7)
-  fig.suptitle("Fact injection: learning against forgetting (up and left is better)", fontsize=10)
+  fig.suptitle("Fact injection: learning against forgetting, mean and std over seeds "
+               "(up and left is better)", fontsize=10)
   FigureCanvasAgg(fig)
   fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
-def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the whole study in `workdir`; returns what results.json holds."""
-  began = time.perf_counter()
-  config_schema.check(config, SCHEMA)
+# ---------------------------------------------------------------- the study
+
+
+def run_seed(config: ml_collections.ConfigDict, seed: int, workdir: Path, world: facts.World,
+             num_slots: int) -> dict:
+  """Steps 1-2 for one seed in `workdir` (the seed's folder); returns its results."""
+  config = config.copy_and_resolve_references()
+  config.seed = seed
   run = training.prepare(config, mesh_sizes={"data": -1})
-  num_slots = check_config(config, run)
-  workdir = check_workdir(workdir)
   resume_step, _ = loop.resumable_step(workdir / "checkpoints", run)
   pretrained = resume_step is not None and resume_step >= config.steps
-  if pretrained and not (workdir / slot_statistics.ITEM).is_dir():
-    slot_statistics.load(workdir, resume_step, num_slots)  # raises, naming the command
-  world = facts.make_world(config.facts.seed, config.facts.num_known, config.facts.num_new)
-
+  began = time.perf_counter()
   params = pretrain(config, run, workdir, world)
-  if not pretrained:
+  if pretrained and (workdir / slot_statistics.ITEM).is_dir():
+    df, num_batches = slot_statistics.load(workdir, config.steps, num_slots)
+  else:
     stats = slot_statistics.compute(str(workdir), config.background_batches)
     df, num_batches = stats["df"], stats["num_batches"]
-  else:
-    df, num_batches = slot_statistics.load(workdir, config.steps, num_slots)
   pretrain_seconds = time.perf_counter() - began
 
   model = nnx.merge(run.graphdef, params)
@@ -330,36 +464,70 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
       corpus.validation, seq_len=config.seq_len, batch_size=config.batch_size, seed=0,
       shuffle=False, repeat=False))[:config.heldout_text_batches])
   evaluator = Evaluator(run.apply, config, world, heldout)
+  [table_path] = row_sparse.table_paths(model)
   ctx = dict(config=config, params=params, df=(df, num_batches), reads=reads, steps={},
-             labels=sparse_finetuning.value_labels(model),
+             graphdef=run.graphdef, labels=sparse_finetuning.value_labels(model),
              lora_targets=lora.lora_targets(model, tuple(config.lora.targets)),
-             sgd=optax.inject_hyperparams(optax.sgd)(learning_rate=0.0),
-             batches=[tuple(map(jnp.asarray, b)) for b in fact_batches(world, config)])
-  baseline = evaluator(params)
-  logging.info("before injection: %s", baseline)
-
+             stream=stream(world, config), table_path=table_path)
+  per_batch = evaluator.per_batch(params)
+  baseline = dict(per_batch=per_batch.tolist(), learned=float(per_batch.mean()),
+                  **evaluator.final(params))
+  diagnostics = table_diagnostics(config, reads, params, num_slots)
+  logging.info("seed %d before injection: %s; %s", seed, baseline, diagnostics)
   rows = []
   for method, setting in sweep(config):
-    t0 = time.perf_counter()
-    out = run_setting(ctx, method, setting)
-    scores = evaluator(out.pop("params"))
-    row = dict(method=method, setting=" ".join(f"{k}={v:g}" for k, v in setting.items()),
-               learned=scores["learned"],
-               forgot_pct=100.0 * (baseline["known"] - scores["known"]) / max(baseline["known"],
-                                                                               1e-9),
-               heldout_nll_delta=scores["heldout_nll"] - baseline["heldout_nll"],
-               known=scores["known"], seconds=time.perf_counter() - t0, **out)
-    rows.append(row)
-    logging.info("%s %s: learned %.3f, forgot %.1f%%, NLL %+.4f (%.0fs)", method,
-                 row["setting"], row["learned"], row["forgot_pct"], row["heldout_nll_delta"],
-                 row["seconds"])
-  results = dict(baseline=baseline, rows=rows, matched=matched_forgetting(rows, baseline["learned"]),
-                 facts_injected=len(ctx["batches"]), num_slots=num_slots,
-                 background_batches=num_batches, pretrain_seconds=pretrain_seconds,
+    rows.append(inject(ctx, method, setting, evaluator, baseline, seed))
+    r = rows[-1]
+    logging.info("seed %d %s %s: learned %.3f (held-out templates %.3f), forgot %.1f%%, "
+                 "NLL %+.4f, rewrote %.2f%% of rows (%.0fs)", seed, method, r["setting"],
+                 r["learned"], r["heldout_templates"], r["forgot_pct"], r["heldout_nll_delta"],
+                 100 * r["rewritten"], r["seconds"])
+  return dict(seed=seed, baseline=baseline, diagnostics=diagnostics, rows=rows,
+              pretrain_seconds=pretrain_seconds)
+
+
+def table_diagnostics(config, reads, params, num_slots: int) -> dict:
+  """How sparsely the table is read: per token (heads x top-k of N, per memory layer) and by
+  one pretraining batch of config.batch_size sequences."""
+  batch = next(iter(slot_statistics.pretraining_batches(config, config.seed + 2,
+                                                        config.batch_size)))
+  tokens = jnp.asarray(batch[:, :-1])
+  counts = jax.jit(reads)(params, tokens, jnp.ones(tokens.shape, jnp.int32))[1]
+  model = config.model
+  return dict(num_slots=num_slots,
+              read_share_per_token=model.memory_heads * model.top_k / num_slots,
+              read_share_per_batch=float((np.asarray(counts) > 0).mean()))
+
+
+def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the whole study in `workdir`; returns what results.json holds."""
+  began = time.perf_counter()
+  config_schema.check(config, SCHEMA)
+  run = training.prepare(config, mesh_sizes={"data": -1})
+  num_slots = check_config(config, run)
+  workdir = check_workdir(workdir)
+  world = facts.make_world(config.facts.seed, config.facts.num_known, config.facts.num_new)
+  seed_results = []
+  for seed in config.seeds:
+    folder = workdir / f"seed_{seed}"
+    done = folder / "results.json"
+    if done.exists() and json.loads(done.read_text()).get("config") == config.to_json():
+      seed_results.append(json.loads(done.read_text()))
+      continue
+    folder.mkdir(exist_ok=True)
+    result = run_seed(config, seed, folder, world, num_slots)
+    result["config"] = config.to_json()
+    write_json(done, result)
+    seed_results.append(result)
+  summary = summarize(seed_results, config.matched_levels)
+  results = dict(**summary, seeds=list(config.seeds), facts_injected=len(world.new) * 4,
+                 stream_batches=config.stream_batches, epochs=config.epochs,
+                 diagnostics=[r["diagnostics"] for r in seed_results],
+                 pretrain_seconds=[r["pretrain_seconds"] for r in seed_results],
                  total_seconds=time.perf_counter() - began,
                  qa_metric="answer ranking among 16 candidates (chance 1/16)")
   write_json(workdir / "results.json", results)
-  plot_frontier(rows, baseline, workdir / "frontier.png")
-  logging.info("matched learning: %s; wrote %s and %s", results["matched"],
+  plot_frontier(summary, workdir / "frontier.png")
+  logging.info("matched learning: %s; wrote %s and %s", summary["matched"],
                workdir / "results.json", workdir / "frontier.png")
   return results

@@ -13,6 +13,7 @@ from tests.helpers import TINY_FLAGS, run_cli
 PRETRAIN = "experiments.pretrain"
 TRANSFORMER = "--config=experiments/configs/transformer.py:tiny"
 COMPARE = "experiments.compare"
+FACTS = "experiments.fact_injection"
 SPREAD_OVER_WORKERS = True  # each case is its own process: no shared cost
 
 # id: (module, arguments, what the one error line must say). {inputs} is a folder of bad
@@ -155,6 +156,14 @@ CASES = {
     "accelerator_check unknown section": (
         "experiments.accelerator_check", ["--out={inputs}/check.json", "--sections=lm,flops"],
         "--sections: unknown ['flops']"),
+    # fact_injection: t in 1..N (test_fact_injection.py), the stream, the table's size
+    "fact_injection no stream batches": (FACTS, ["--config.stream_batches=0"],
+                                         "config.stream_batches must be"),
+    "fact_injection stream batches above the people": (
+        FACTS, ["--config.stream_batches=64"],
+        "config.stream_batches (64) exceeds config.facts.num_new (32)"),
+    "fact_injection table too large": (FACTS, ["--config.model.num_slots=1073741824"],
+                                       "does not fit"),
     "old inject_facts command": ("experiments.inject_facts", [],
                                  "now `python -m experiments.fact_injection"),
     "old kill_test command": ("experiments.kill_test", [], "now `python -m experiments.crash_check`"),
@@ -196,7 +205,9 @@ def _arguments(module, args):
                                         "--workdir={workdir}"],
               "experiments.continual_lm": ["--config=experiments/configs/continual_lm.py",
                                            "--workdir={workdir}"],
-              COMPARE: ["--config=experiments/configs/compare.py", "--workdir={workdir}"]}.get(module, [])
+              COMPARE: ["--config=experiments/configs/compare.py", "--workdir={workdir}"],
+              FACTS: ["--config=experiments/configs/fact_injection.py",
+                      "--workdir={workdir}"]}.get(module, [])
   for flag in ("--config=", "--workdir="):
     if any(a.startswith(flag) for a in args):
       baseline = [b for b in baseline if not b.startswith(flag)]

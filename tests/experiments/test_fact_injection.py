@@ -1,5 +1,10 @@
-"""The facts world is deterministic and split cleanly; the study's bad input fails early with
-one-line errors (t above the table, no background statistics, no memory layer)."""
+"""The facts world is deterministic and split cleanly; the study runs end to end at tiny size
+(every method, the stream's matrices, a rerun reusing a finished seed); the frontier
+interpolation; the study's bad input fails early with one-line errors (t above the table, a
+table that does not fit, stream batches that do not divide the new people, no background
+statistics, no memory layer)."""
+import json
+
 import pytest
 
 from runtime import slot_statistics
@@ -20,7 +25,9 @@ def _config(**model):
   config.update(TINY)
   config.model.update({**TINY_MODEL, **model})
   config.facts.update(dict(num_known=20, num_new=4))
+  config.smf.update(dict(t=(10, 50), ablation_t=50, adamw_t=50))
   config.known_eval_people = 4
+  config.stream_batches = 2
   return config
 
 
@@ -41,6 +48,54 @@ def test_world_is_deterministic_from_seed_and_splits_are_disjoint():
   tokens, mask = facts.padded_batch(facts.statements(fact), 64)
   assert tokens.shape == mask.shape == (len(facts.statements(fact)), 65)
   assert (tokens[mask == 0] == 0).all()
+
+
+def test_the_study_end_to_end_at_tiny_size(tmp_path):
+  config = _config()
+  config.update(dict(steps=8, checkpoint_every=8, log_every=4, warmup_steps=2,
+                     background_batches=3, stream_batches=2, epochs=1, heldout_text_batches=1,
+                     known_eval_people=2, seeds=(3,)))
+  config.smf.update(dict(learning_rates=(100.0,), t=(10,), ablation_t=10, adamw_t=10,
+                         adamw_learning_rates=(1e-2,)))
+  config.full.learning_rates = (1e-3,)
+  config.lora.update(dict(ranks=(2,), learning_rates=(1e-2,)))
+  results = fact_injection.study(config, str(tmp_path))
+  rows = {r["method"]: r for r in results["rows"]}
+  assert sorted(rows) == sorted(fact_injection.METHODS)
+  for row in rows.values():
+    assert len(row["matrix"]) == 2 and len(row["matrix"][0]) == 2
+    assert 0 <= row["learned"]["mean"] <= 1 and row["learned"]["n"] == 1
+  # Only the SMF rows rewrite part of the table; full finetuning rewrites all of it.
+  assert 0 < rows["smf"]["rewritten"]["mean"] < 1 and rows["full"]["rewritten"]["mean"] == 1
+  assert rows["lora"]["rewritten"]["mean"] == 0
+  assert results["diagnostics"][0]["read_share_per_token"] == 2 * 4 / 256
+  assert set(results["matched"]) == {"smf", "smf_adamw", "lora", "full"}
+  assert (tmp_path / "frontier.png").exists()
+  seed = json.loads((tmp_path / "seed_3" / "results.json").read_text())
+  assert seed["baseline"]["known"] >= 0 and len(seed["rows"]) == len(fact_injection.METHODS)
+  again = fact_injection.study(config, str(tmp_path))   # the finished seed is reused
+  assert again["rows"] == results["rows"]
+
+
+def test_forgetting_at_matched_learning_interpolates_the_frontier():
+  points = [(0.4, 10.0), (0.8, 30.0), (0.6, 40.0), (0.9, 70.0)]   # (0.6, 40) is dominated
+  at = lambda level: fact_injection.forgetting_at(points, level, (0.1, 0.0))
+  assert at(0.05) == 0.0 and at(0.4) == 10.0 and at(0.95) is None
+  assert at(0.6) == pytest.approx(20.0)        # halfway from (0.4, 10) to (0.8, 30)
+  assert at(0.85) == pytest.approx(50.0)
+  assert at(0.25) == pytest.approx(5.0)        # from the start (0.1, 0) to (0.4, 10)
+
+
+def test_a_table_that_does_not_fit_and_stream_batches_that_do_not_divide(monkeypatch):
+  config = _config()
+  config.stream_batches = 3
+  run = training.prepare(config, mesh_sizes={"data": -1})
+  with pytest.raises(UsageError, match=r"config.stream_batches \(3\) must divide"):
+    fact_injection.check_config(config, run)
+  config.stream_batches = 2
+  monkeypatch.setattr(fact_injection, "TABLE_COPIES", 2 ** 40)
+  with pytest.raises(UsageError, match=r"config.model.num_slots \(256\) does not fit"):
+    fact_injection.check_config(config, run)
 
 
 def test_t_larger_than_the_table_is_a_usage_error():
@@ -66,8 +121,8 @@ def test_missing_background_statistics_name_the_command(tmp_path):
 
 def test_cli_reports_bad_t_in_one_line_before_compiling(tmp_path):
   result = run_cli("experiments.fact_injection", "--config=experiments/configs/fact_injection.py",
-                   "--config.smf.t=(100,5000)", f"--workdir={tmp_path}", devices=1)
+                   "--config.smf.t=(100,70000)", f"--workdir={tmp_path}", devices=1)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: config.smf.t must be an integer in 1..4096 (the memory table's slots), got 5000")
+      "error: config.smf.t must be an integer in 1..65536 (the memory table's slots), got 70000")
   assert not (tmp_path / "checkpoints").exists()
