@@ -93,13 +93,15 @@ class World:
 
 
 def make_world(seed: int, num_known: int, num_new: int) -> World:
-  """Draws num_known + num_new distinct names and their attribute values from `seed`."""
+  """Draws num_known + num_new distinct names and their attribute values from `seed`; the
+  known people and their values do not depend on num_new (a pretrained model stays valid
+  when more or fewer new people are injected)."""
   capacity = len(FIRST_NAMES) * len(LAST_NAMES)
   if num_known < 1 or num_new < 1 or num_known + num_new > capacity:
     raise ValueError(f"num_known ({num_known}) and num_new ({num_new}) must be >= 1 and sum to "
                      f"at most {capacity} distinct names")
   rng = np.random.default_rng(seed)
-  picks = rng.choice(capacity, num_known + num_new, replace=False)
+  picks = rng.permutation(capacity)[:num_known + num_new]  # the known: a prefix, whatever num_new
   names = [f"{FIRST_NAMES[i // len(LAST_NAMES)]} {LAST_NAMES[i % len(LAST_NAMES)]}"
            for i in picks]
   values = {n: {a: spec[0][rng.integers(len(spec[0]))] for a, spec in ATTRIBUTES.items()}

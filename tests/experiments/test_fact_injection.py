@@ -34,6 +34,8 @@ def _config(**model):
 def test_world_is_deterministic_from_seed_and_splits_are_disjoint():
   a, b, c = (facts.make_world(s, 50, 10) for s in (3, 3, 4))
   assert a == b and a != c
+  more = facts.make_world(3, 50, 20)     # more new people: the same known world
+  assert more.known == a.known and all(more.values[p] == a.values[p] for p in a.known)
   assert len(set(a.known)) == 50 and len(set(a.new)) == 10
   assert not set(a.known) & set(a.new)
   fact = a.facts(a.new)[0]
