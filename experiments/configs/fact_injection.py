@@ -22,7 +22,7 @@ def get_config():
   # Each seed pretrains its own model (initialisation and data order) in DIR/seed_<s>/.
   c.seeds = (0, 1, 2)
   # The world: people with 4 attributes; known people are in the pretraining text.
-  c.facts = ml_collections.ConfigDict(dict(seed=0, num_known=64, num_new=32,
+  c.facts = ml_collections.ConfigDict(dict(seed=0, num_known=64, num_new=16,
                                            text_fraction=0.25))
   # df over this many pretraining-distribution batches (python -m experiments.background_stats)
   # of background_batch_size sequences (one sequence per "document", so df separates common
@@ -33,22 +33,22 @@ def get_config():
   # people each), every fact's statements and training-template QA lines one step, each
   # stream batch `epochs` times in a shuffled order.
   c.stream_batches = 4
-  c.epochs = 2
+  c.epochs = 6
   c.include_qa = True
   c.known_eval_people = 32      # forgetting: QA accuracy on this many known people
   c.heldout_text_batches = 8    # held-out stdlib text for the NLL change
-  c.eval_batch = 256            # candidate sequences scored per call
   c.matched_levels = (0.5, 0.7, 0.8)   # forgetting compared where each method learns this
-  # Sweeps. SMF: SGD on the selected value rows (row-sparse); its loss is a per-token mean and
-  # a row is read by few tokens with a small weight, hence learning rates far above the
-  # paper's 2-5. smf_adamw: AdamW on the masked gradient of the whole table. The tf / all
-  # ablations run at (ablation_t, ablation_lr). Baselines: AdamW.
+  # Sweeps: two learning rates per method, the two ends of its frontier in the sizing runs
+  # (docs/results/fact_injection.md). SMF: SGD on the selected value rows (row-sparse); its
+  # loss is a per-token mean and a row is read by few tokens with a small weight, hence
+  # learning rates far above the paper's 2-5. smf_adamw: AdamW on the masked gradient of the
+  # whole table. The tf / all ablations run at (ablation_t, ablation_lr). Baselines: AdamW.
+  # More values (t, ranks) are longer runs: e.g. --config.smf.t=(100,500,2000).
   c.smf = ml_collections.ConfigDict(dict(
-      learning_rates=(100.0, 300.0, 1000.0), t=(100, 500), ablation_t=500, ablation_lr=300.0,
-      adamw_t=500, adamw_learning_rates=(1e-3, 1e-2), adamw_weight_decay=0.0))
-  c.full = ml_collections.ConfigDict(dict(learning_rates=(1e-4, 3e-4, 1e-3),
-                                          weight_decay=0.1))
-  c.lora = ml_collections.ConfigDict(dict(ranks=(4, 16), alpha=0.0, learning_rates=(1e-3, 1e-2),
+      learning_rates=(100.0, 300.0), t=(500,), ablation_t=500, ablation_lr=300.0,
+      adamw_t=500, adamw_learning_rates=(3e-3, 1e-2), adamw_weight_decay=0.0))
+  c.full = ml_collections.ConfigDict(dict(learning_rates=(3e-5, 1e-4), weight_decay=0.1))
+  c.lora = ml_collections.ConfigDict(dict(ranks=(16,), alpha=0.0, learning_rates=(3e-4, 1e-3),
                                           targets=("query", "key", "value", "out", "gate", "up",
                                                    "down"), weight_decay=0.1))
   return c

@@ -17,8 +17,8 @@ For each seed s (DIR/seed_<s>/):
      which pretraining taught);
    - heldout_nll_delta: the change of the NLL (nats/byte) of held-out generic text;
    - rewritten: the share of the value table's rows that changed.
-   QA accuracy ranks candidate answers: the prediction is the attribute value whose bytes
-   (" value\\n") have the highest log-likelihood after the question prompt; chance is 1/16.
+   QA accuracy is exact match: greedy decoding after the question's prompt must give the
+   value and the end of the line.
 3. Write DIR/seed_<s>/results.json (a rerun skips a finished seed), then DIR/results.json
    with every metric's mean and standard deviation over seeds, each method's forgetting at
    matched learning (its frontier interpolated at `matched_levels`), and DIR/frontier.png.
@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 
 from cl_methods import metrics as cl_metrics
 from memory_layers import lora, row_sparse, sparse_finetuning, tfidf
-from runtime import config_schema, facts, loop, slot_statistics, text_data, training
+from runtime import config_schema, facts, generation, loop, slot_statistics, text_data, training
 from runtime.config_schema import Field, Relation, positive_int
 from runtime.errors import UsageError
 from runtime.workdir import check_workdir, write_json
@@ -59,7 +59,7 @@ SCHEMA = (
     positive_int("background_batches"), positive_int("background_batch_size"),
     positive_int("stream_batches"), positive_int("epochs"),
     Field("include_qa", "bool"), positive_int("known_eval_people"),
-    positive_int("heldout_text_batches"), positive_int("eval_batch"),
+    positive_int("heldout_text_batches"),
     Field("matched_levels", "floats", low=0, high=1),
     Field("smf.learning_rates", "floats", **_POSITIVE), Field("smf.t", "ints", low=1),
     positive_int("smf.ablation_t"), Field("smf.ablation_lr", "float", **_POSITIVE),
@@ -125,61 +125,52 @@ def pretrain(config, run: training.Run, workdir: Path, world: facts.World) -> di
 # ---------------------------------------------------------------- evaluation
 
 
-def qa_set(world: facts.World, people, seq_len: int, held_out: bool) -> dict:
-  """Every (question, candidate answer) sequence of the people's facts, with the held-out
-  or the training question templates, in the order of `world.facts(people)`.
-
-  tokens [Q * C, length], answer [same] (1 at the answer's target positions), and the index
-  of the correct candidate per question [Q]; C = 16 values per attribute.
-  """
-  rows, starts, correct = [], [], []
+def qa_set(world: facts.World, people, held_out: bool) -> dict:
+  """Every question about the people's facts, with the held-out or the training question
+  templates, in the order of `world.facts(people)`: tokens [Q, L] (prompt, then room for the
+  answer), the prompts' lengths [Q] and the expected continuation of each, " value\\n"."""
+  prompts, answers = [], []
   for fact in world.facts(people):
-    candidates = facts.ATTRIBUTES[fact.attribute][0]
     for prompt in facts.question_prompts(fact, held_out):
-      rows += [facts.encode(f"{prompt} {value}\n") for value in candidates]
-      starts += [len(prompt.encode())] * len(candidates)
-      correct.append(candidates.index(fact.value))
-  length = min(seq_len + 1, -(-max(map(len, rows)) // 8) * 8)  # to a multiple of 8
-  tokens, answer = np.zeros((2, len(rows), length), np.int32)
-  for i, (ids, start) in enumerate(zip(rows, starts)):
-    tokens[i, :len(ids)] = ids[:length]
-    answer[i, start - 1:len(ids) - 1] = 1  # tokens[start:] are predicted at [start - 1:]
-  return dict(tokens=tokens, answer=answer, correct=np.array(correct),
-              candidates=len(facts.ATTRIBUTES["city"][0]))
-
-
-def token_logprobs(apply, params, tokens):
-  """log p(tokens[:, j + 1] | tokens[:, :j + 1]) [batch, seq]."""
-  logits = apply(params, tokens[:, :-1])
-  return -optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+      prompts.append(facts.encode(prompt))
+      answers.append(facts.encode(f" {fact.value}\n"))
+  lengths = np.array([len(p) for p in prompts], np.int32)
+  tokens = np.zeros((len(prompts), lengths.max() + max(map(len, answers))), np.int32)
+  for row, prompt in zip(tokens, prompts):
+    row[:len(prompt)] = prompt
+  return dict(tokens=tokens, lengths=lengths, answers=answers)
 
 
 class Evaluator:
-  """QA answer ranking on the new people (trained and held-out templates) and on known
-  people (trained templates), and the NLL of held-out text."""
+  """QA on the new people (trained and held-out templates) and on known people (trained
+  templates), and the NLL of held-out text.
 
-  def __init__(self, apply, config, world: facts.World, heldout: np.ndarray):
+  A question is answered correctly when greedy decoding after its prompt gives exactly the
+  value and the end of the line (" value\\n"); the paper's metric (Lin et al. 2025: F1 of the
+  generated answer) for one-word answers."""
+
+  def __init__(self, run: training.Run, config, world: facts.World, heldout: np.ndarray):
     self.config = config
-    self.new = qa_set(world, world.new, config.seq_len, held_out=False)
-    self.new_heldout = qa_set(world, world.new, config.seq_len, held_out=True)
-    self.known = qa_set(world, world.known[:config.known_eval_people], config.seq_len,
-                        held_out=False)
+    self.new = qa_set(world, world.new, held_out=False)
+    self.new_heldout = qa_set(world, world.new, held_out=True)
+    self.known = qa_set(world, world.known[:config.known_eval_people], held_out=False)
     self.heldout = heldout
-    self._scores = jax.jit(lambda p, tokens, answer: (
-        token_logprobs(apply, p, tokens) * answer[:, 1:]).sum(-1))
-    self._nll = jax.jit(lambda p, tokens: -token_logprobs(apply, p, tokens).mean())
+
+    def greedy(params, tokens, lengths, prefill):
+      return generation.decode_batch(nnx.merge(run.graphdef, params), tokens, lengths,
+                                     jax.random.key(0), prefill=prefill,
+                                     sampling=generation.Sampling(temperature=0))
+
+    self._greedy = jax.jit(greedy, static_argnames="prefill")
+    self._nll = jax.jit(lambda p, tokens: optax.softmax_cross_entropy_with_integer_labels(
+        run.apply(p, tokens[:, :-1]), tokens[:, 1:]).mean())
 
   def correct(self, params, qa: dict) -> np.ndarray:
-    """[Q] bool: whether each question's correct candidate ranks first."""
-    n, size = len(qa["tokens"]), self.config.eval_batch
-    scores = []
-    for i in range(0, n, size):
-      tokens, answer = qa["tokens"][i:i + size], qa["answer"][i:i + size]
-      pad = size - len(tokens)
-      tokens, answer = (np.pad(x, ((0, pad), (0, 0))) for x in (tokens, answer))
-      scores.append(np.asarray(self._scores(params, tokens, answer))[:size - pad])
-    scores = np.concatenate(scores).reshape(-1, qa["candidates"])
-    return scores.argmax(-1) == qa["correct"]
+    """[Q] bool: whether greedy decoding answers each question exactly."""
+    out = np.asarray(self._greedy(params, qa["tokens"], qa["lengths"],
+                                  prefill=int(qa["lengths"].min())))
+    return np.array([np.array_equal(row[n:n + len(answer)], answer)
+                     for row, n, answer in zip(out, qa["lengths"], qa["answers"])])
 
   def per_batch(self, params) -> np.ndarray:
     """[stream_batches]: trained-template QA accuracy on each stream batch's people."""
@@ -463,7 +454,7 @@ def run_seed(config: ml_collections.ConfigDict, seed: int, workdir: Path, world:
   heldout = np.stack(list(text_data.lm_dataset(
       corpus.validation, seq_len=config.seq_len, batch_size=config.batch_size, seed=0,
       shuffle=False, repeat=False))[:config.heldout_text_batches])
-  evaluator = Evaluator(run.apply, config, world, heldout)
+  evaluator = Evaluator(run, config, world, heldout)
   [table_path] = row_sparse.table_paths(model)
   ctx = dict(config=config, params=params, df=(df, num_batches), reads=reads, steps={},
              graphdef=run.graphdef, labels=sparse_finetuning.value_labels(model),
@@ -525,7 +516,7 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  diagnostics=[r["diagnostics"] for r in seed_results],
                  pretrain_seconds=[r["pretrain_seconds"] for r in seed_results],
                  total_seconds=time.perf_counter() - began,
-                 qa_metric="answer ranking among 16 candidates (chance 1/16)")
+                 qa_metric="exact match of the greedy answer")
   write_json(workdir / "results.json", results)
   plot_frontier(summary, workdir / "frontier.png")
   logging.info("matched learning: %s; wrote %s and %s", summary["matched"],

@@ -5,12 +5,16 @@ table that does not fit, stream batches that do not divide the new people, no ba
 statistics, no memory layer)."""
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 
 from runtime import slot_statistics
 from experiments.fact_injection import study as fact_injection
 from runtime import facts
-from runtime import training
+from runtime import models, training
 from runtime.errors import UsageError
 from experiments.configs import fact_injection as fact_injection_config
 from tests.helpers import run_cli
@@ -77,6 +81,30 @@ def test_the_study_end_to_end_at_tiny_size(tmp_path):
   assert seed["baseline"]["known"] >= 0 and len(seed["rows"]) == len(fact_injection.METHODS)
   again = fact_injection.study(config, str(tmp_path))   # the finished seed is reused
   assert again["rows"] == results["rows"]
+
+
+def test_qa_is_exact_match_of_the_full_forward_greedy_answer():
+  """Evaluator.correct (lockstep incremental decoding of prompts of different lengths) marks a
+  question correct exactly when the argmax of the full forward, token by token, gives its
+  answer; here the answers are set to that greedy continuation for every other question."""
+  config = _config()
+  run = training.prepare(config, mesh_sizes={"data": -1})
+  params = nnx.to_pure_dict(nnx.state(models.build(config.model.to_dict(), 0, run.rules)))
+  world = facts.make_world(0, 20, 4)
+  evaluator = fact_injection.Evaluator(run, config, world, np.zeros((1, 2, 9), np.int32))
+  qa = fact_injection.qa_set(world, world.new[:2], held_out=True)
+  forward = jax.jit(run.apply)   # causal: the padding after position j leaves logits[j] alone
+  expected = []
+  for i, n in enumerate(qa["lengths"]):
+    row = qa["tokens"][i].copy()
+    for j in range(n, n + len(qa["answers"][i])):
+      row[j] = int(np.argmax(forward(params, jnp.asarray(row[None]))[0, j - 1]))
+    row = list(row[:n + len(qa["answers"][i])])
+    if i % 2 == 0:
+      qa["answers"][i] = np.array(row[n:])
+    expected.append(i % 2 == 0 or np.array_equal(row[n:], qa["answers"][i]))
+  assert len(set(qa["lengths"])) > 1
+  np.testing.assert_array_equal(evaluator.correct(params, qa), expected)
 
 
 def test_forgetting_at_matched_learning_interpolates_the_frontier():
