@@ -21,6 +21,8 @@ def get_config():
                       num_slots=256 ** 2, memory_heads=4, key_dim=64, top_k=32))
   # Each seed pretrains its own model (initialisation and data order) in DIR/seed_<s>/.
   c.seeds = (0, 1, 2)
+  # The injection methods run (comma-separated; a subset, e.g. "smf,full", runs less).
+  c.methods = "smf,smf_tf,smf_all,smf_adamw,full,lora"
   # The world: people with 4 attributes; known people are in the pretraining text.
   c.facts = ml_collections.ConfigDict(dict(seed=0, num_known=64, num_new=16,
                                            text_fraction=0.25))

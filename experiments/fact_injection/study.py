@@ -21,7 +21,8 @@ For each seed s (DIR/seed_<s>/):
    value and the end of the line.
 3. Write DIR/seed_<s>/results.json (a rerun skips a finished seed), then DIR/results.json
    with every metric's mean and standard deviation over seeds, each method's forgetting at
-   matched learning (its frontier interpolated at `matched_levels`), and DIR/frontier.png.
+   matched learning (its frontier interpolated at `matched_levels`), DIR/frontier.png and
+   DIR/matrices.png (the stream's accuracy matrices).
 """
 import json
 import os
@@ -53,7 +54,8 @@ TABLE_COPIES = 4
 
 _POSITIVE = dict(low=0, low_open=True)
 SCHEMA = (
-    Field("seeds", "ints", low=0), Field("facts.seed", "int", low=0),
+    Field("seeds", "ints", low=0), Field("methods", "names", choices=METHODS),
+    Field("facts.seed", "int", low=0),
     positive_int("facts.num_known"), positive_int("facts.num_new"),
     Field("facts.text_fraction", "float", low=0, high=1),
     positive_int("background_batches"), positive_int("background_batch_size"),
@@ -294,7 +296,8 @@ def injector(ctx: dict, method: str, setting: dict):
 
 
 def sweep(config) -> list[tuple[str, dict]]:
-  """(method, setting) for every row of the study, in order."""
+  """(method, setting) for every row of the study, in order, for the methods that
+  config.methods names."""
   smf = config.smf
   rows = [("smf", dict(t=t, lr=lr)) for t in smf.t for lr in smf.learning_rates]
   rows += [("smf_tf", dict(t=smf.ablation_t, lr=smf.ablation_lr)),
@@ -303,7 +306,8 @@ def sweep(config) -> list[tuple[str, dict]]:
   rows += [("full", dict(lr=lr)) for lr in config.full.learning_rates]
   rows += [("lora", dict(rank=r, lr=lr)) for r in config.lora.ranks
            for lr in config.lora.learning_rates]
-  return rows
+  chosen = config_schema.split_names(config.methods)
+  return [(method, setting) for method, setting in rows if method in chosen]
 
 
 def setting_name(setting: dict) -> str:
@@ -428,6 +432,33 @@ def plot_frontier(summary: dict, path: Path) -> None:
   fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
+def plot_matrices(summary: dict, path: Path) -> None:
+  """The stream's accuracy matrix R[i, j] (mean over seeds) of each method's most learned
+  setting: row i after stream batch i, column j the QA accuracy on batch j."""
+  best = {}
+  for row in summary["rows"]:
+    if (row["method"] not in best
+        or row["learned"]["mean"] > best[row["method"]]["learned"]["mean"]):
+      best[row["method"]] = row
+  columns = min(3, len(best))
+  rows = -(-len(best) // columns)
+  fig = Figure(figsize=(3.4 * columns, 3.6 * rows), layout="constrained")
+  for i, (method, row) in enumerate(best.items()):
+    ax = fig.add_subplot(rows, columns, i + 1)
+    matrix = np.array(row["matrix"])
+    ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    for (r, c), value in np.ndenumerate(matrix):
+      ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
+              color="black" if value > 0.5 else "white")
+    ax.set_title(f"{method} {row['setting']}\nACC {row['learned']['mean']:.2f}", fontsize=9)
+    ax.set_xlabel("QA on batch j")
+    ax.set_ylabel("after batch i")
+    ax.set_xticks(range(len(matrix)))
+    ax.set_yticks(range(len(matrix)))
+  FigureCanvasAgg(fig)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
 # ---------------------------------------------------------------- the study
 
 
@@ -519,6 +550,7 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  qa_metric="exact match of the greedy answer")
   write_json(workdir / "results.json", results)
   plot_frontier(summary, workdir / "frontier.png")
+  plot_matrices(summary, workdir / "matrices.png")
   logging.info("matched learning: %s; wrote %s and %s", summary["matched"],
                workdir / "results.json", workdir / "frontier.png")
   return results

@@ -156,12 +156,14 @@ CASES = {
     "accelerator_check unknown section": (
         "experiments.accelerator_check", ["--out={inputs}/check.json", "--sections=lm,flops"],
         "--sections: unknown ['flops']"),
-    # fact_injection: t in 1..N (test_fact_injection.py), the stream, the table's size
+    # fact_injection: t in 1..N (test_fact_injection.py), the stream, the table's size, methods
     "fact_injection no stream batches": (FACTS, ["--config.stream_batches=0"],
                                          "config.stream_batches must be"),
     "fact_injection stream batches above the people": (
         FACTS, ["--config.stream_batches=64"],
-        "config.stream_batches (64) exceeds config.facts.num_new (32)"),
+        "config.stream_batches (64) exceeds config.facts.num_new (16)"),
+    "fact_injection unknown method": (FACTS, ["--config.methods=smf,sgd"],
+                                      "config.methods: unknown name(s) ['sgd']"),
     "fact_injection table too large": (FACTS, ["--config.model.num_slots=1073741824"],
                                        "does not fit"),
     "old inject_facts command": ("experiments.inject_facts", [],

@@ -76,7 +76,7 @@ def test_the_study_end_to_end_at_tiny_size(tmp_path):
   assert rows["lora"]["rewritten"]["mean"] == 0
   assert results["diagnostics"][0]["read_share_per_token"] == 2 * 4 / 256
   assert set(results["matched"]) == {"smf", "smf_adamw", "lora", "full"}
-  assert (tmp_path / "frontier.png").exists()
+  assert (tmp_path / "frontier.png").exists() and (tmp_path / "matrices.png").exists()
   seed = json.loads((tmp_path / "seed_3" / "results.json").read_text())
   assert seed["baseline"]["known"] >= 0 and len(seed["rows"]) == len(fact_injection.METHODS)
   again = fact_injection.study(config, str(tmp_path))   # the finished seed is reused
@@ -105,6 +105,15 @@ def test_qa_is_exact_match_of_the_full_forward_greedy_answer():
     expected.append(i % 2 == 0 or np.array_equal(row[n:], qa["answers"][i]))
   assert len(set(qa["lengths"])) > 1
   np.testing.assert_array_equal(evaluator.correct(params, qa), expected)
+
+
+def test_methods_select_the_rows_of_the_sweep():
+  config = fact_injection_config.get_config()
+  assert {m for m, _ in fact_injection.sweep(config)} == set(fact_injection.METHODS)
+  config.methods = "full,smf"
+  assert [(m, fact_injection.setting_name(s)) for m, s in fact_injection.sweep(config)] == [
+      ("smf", "t=500 lr=100"), ("smf", "t=500 lr=300"), ("full", "lr=3e-05"),
+      ("full", "lr=0.0001")]
 
 
 def test_forgetting_at_matched_learning_interpolates_the_frontier():
