@@ -32,10 +32,11 @@ def get_config():
   c.background_batches = 200
   c.background_batch_size = 1
   # Injection: the new people's facts in stream_batches sequential batches (num_new / stream
-  # people each), every fact's statements and training-template QA lines one step, each
-  # stream batch `epochs` times in a shuffled order.
+  # people each), each stream batch `epochs` times in a shuffled order, facts_per_step facts
+  # (each its statements and training-template QA lines) a step; 1 as in the paper.
   c.stream_batches = 4
   c.epochs = 6
+  c.facts_per_step = 1
   c.include_qa = True
   c.known_eval_people = 32      # forgetting: QA accuracy on this many known people
   c.heldout_text_batches = 8    # held-out stdlib text for the NLL change

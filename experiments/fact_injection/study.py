@@ -7,9 +7,9 @@ For each seed s (DIR/seed_<s>/):
    (`runtime.loop`: checkpointed, resumable), or load it; count its background slot
    statistics (`runtime.slot_statistics`).
 2. For each method and each setting of its sweep, start from the pretrained weights and
-   inject the new people's facts in `stream_batches` sequential batches (one fact per step:
-   its statement paraphrases and training-template QA lines, padded and masked; each batch
-   `epochs` times, shuffled). After each batch, QA accuracy on every batch's facts gives the
+   inject the new people's facts in `stream_batches` sequential batches (`facts_per_step`
+   facts a step, 1 as in the paper: their statement paraphrases and training-template QA
+   lines, padded and masked; each batch `epochs` times, shuffled). After each batch, QA accuracy on every batch's facts gives the
    accuracy matrix R[i, j] (`cl_methods.metrics`: ACC, BWT, forgetting). After the last:
    - learned: ACC, the QA accuracy on all new facts with the question templates trained on;
    - heldout_templates: the same facts asked with templates never trained on;
@@ -59,7 +59,7 @@ SCHEMA = (
     positive_int("facts.num_known"), positive_int("facts.num_new"),
     Field("facts.text_fraction", "float", low=0, high=1),
     positive_int("background_batches"), positive_int("background_batch_size"),
-    positive_int("stream_batches"), positive_int("epochs"),
+    positive_int("stream_batches"), positive_int("epochs"), positive_int("facts_per_step"),
     Field("include_qa", "bool"), positive_int("known_eval_people"),
     positive_int("heldout_text_batches"),
     Field("matched_levels", "floats", low=0, high=1),
@@ -78,8 +78,9 @@ SCHEMA = (
 
 
 def check_config(config: ml_collections.ConfigDict, run: training.Run) -> int:
-  """Validates the study's fields (before any compile); returns the memory table's N."""
-  config_schema.check(config, SCHEMA)
+  """Validates what the schema (checked first) cannot: t against the table, the stream's
+  divisions, the table against memory, the world and LoRA's targets (before any compile);
+  returns the memory table's N."""
   num_slots = slot_statistics.memory_slots(run)
   for t, field in [*((t, "config.smf.t") for t in config.smf.t),
                    (config.smf.ablation_t, "config.smf.ablation_t"),
@@ -92,6 +93,10 @@ def check_config(config: ml_collections.ConfigDict, run: training.Run) -> int:
     raise UsageError(f"config.stream_batches ({config.stream_batches}) must divide "
                      f"config.facts.num_new ({config.facts.num_new}): each batch injects as "
                      "many people")
+  per_batch = config.facts.num_new // config.stream_batches * len(facts.ATTRIBUTES)
+  if per_batch % config.facts_per_step:
+    raise UsageError(f"config.facts_per_step ({config.facts_per_step}) must divide the "
+                     f"{per_batch} facts of a stream batch")
   table = num_slots * config.model.dim * 4 * TABLE_COPIES
   memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   if table > memory / 2:
@@ -202,14 +207,23 @@ def _masked_ce(logits, tokens, mask):
 
 
 def stream(world: facts.World, config) -> list[list]:
-  """The injection: stream_batches lists of fact batches (one per fact: its statements and,
-  with include_qa, its training-template QA lines, padded), people in order."""
+  """The injection: stream_batches lists of per-fact (tokens, mask) arrays (its statements
+  and, with include_qa, its training-template QA lines, padded), people in order."""
   batches = []
   for fact in world.facts(world.new):
     lines = facts.statements(fact) + (facts.qa_lines(fact) if config.include_qa else [])
-    batches.append(tuple(map(jnp.asarray, facts.padded_batch(lines, config.seq_len))))
+    batches.append(facts.padded_batch(lines, config.seq_len))
   per = len(batches) // config.stream_batches
   return [batches[i * per:(i + 1) * per] for i in range(config.stream_batches)]
+
+
+def steps_of_epoch(facts_b: list, facts_per_step: int, rng: np.random.Generator):
+  """One epoch over a stream batch: its facts shuffled, `facts_per_step` of them a step
+  (their lines stacked into one batch)."""
+  order = rng.permutation(len(facts_b))
+  for group in order.reshape(-1, facts_per_step):
+    tokens, mask = zip(*(facts_b[i] for i in group))
+    yield jnp.asarray(np.concatenate(tokens)), jnp.asarray(np.concatenate(mask))
 
 
 def _adamw(weight_decay):
@@ -324,8 +338,9 @@ def inject(ctx: dict, method: str, setting: dict, evaluator: Evaluator, baseline
   matrix = []
   for b, facts_b in enumerate(batches):
     for epoch in range(config.epochs):
-      for i in np.random.default_rng([seed, b, epoch]).permutation(len(facts_b)):
-        state = step(state, facts_b[i])
+      for batch in steps_of_epoch(facts_b, config.facts_per_step,
+                                  np.random.default_rng([seed, b, epoch])):
+        state = step(state, batch)
     matrix.append(evaluator.per_batch(params_of(state)))
   params = params_of(state)
   final = evaluator.final(params)
@@ -463,7 +478,7 @@ def plot_matrices(summary: dict, path: Path) -> None:
 
 
 def run_seed(config: ml_collections.ConfigDict, seed: int, workdir: Path, world: facts.World,
-             num_slots: int) -> dict:
+             num_slots: int, evaluator: Evaluator) -> dict:
   """Steps 1-2 for one seed in `workdir` (the seed's folder); returns its results."""
   config = config.copy_and_resolve_references()
   config.seed = seed
@@ -481,11 +496,6 @@ def run_seed(config: ml_collections.ConfigDict, seed: int, workdir: Path, world:
 
   model = nnx.merge(run.graphdef, params)
   reads = sparse_finetuning.reading_apply(run.graphdef, num_slots)
-  corpus = text_data.load_corpus(config.data.source, config.data.validation_percent)
-  heldout = np.stack(list(text_data.lm_dataset(
-      corpus.validation, seq_len=config.seq_len, batch_size=config.batch_size, seed=0,
-      shuffle=False, repeat=False))[:config.heldout_text_batches])
-  evaluator = Evaluator(run, config, world, heldout)
   [table_path] = row_sparse.table_paths(model)
   ctx = dict(config=config, params=params, df=(df, num_batches), reads=reads, steps={},
              graphdef=run.graphdef, labels=sparse_finetuning.value_labels(model),
@@ -524,11 +534,16 @@ def table_diagnostics(config, reads, params, num_slots: int) -> dict:
 def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the whole study in `workdir`; returns what results.json holds."""
   began = time.perf_counter()
-  config_schema.check(config, SCHEMA)
+  config_schema.check(config, SCHEMA)   # before prepare reads the model's fields
   run = training.prepare(config, mesh_sizes={"data": -1})
   num_slots = check_config(config, run)
   workdir = check_workdir(workdir)
   world = facts.make_world(config.facts.seed, config.facts.num_known, config.facts.num_new)
+  corpus = text_data.load_corpus(config.data.source, config.data.validation_percent)
+  heldout = np.stack(list(text_data.lm_dataset(
+      corpus.validation, seq_len=config.seq_len, batch_size=config.batch_size, seed=0,
+      shuffle=False, repeat=False))[:config.heldout_text_batches])
+  evaluator = Evaluator(run, config, world, heldout)   # compiled once for every seed
   seed_results = []
   for seed in config.seeds:
     folder = workdir / f"seed_{seed}"
@@ -537,12 +552,12 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
       seed_results.append(json.loads(done.read_text()))
       continue
     folder.mkdir(exist_ok=True)
-    result = run_seed(config, seed, folder, world, num_slots)
+    result = run_seed(config, seed, folder, world, num_slots, evaluator)
     result["config"] = config.to_json()
     write_json(done, result)
     seed_results.append(result)
   summary = summarize(seed_results, config.matched_levels)
-  results = dict(**summary, seeds=list(config.seeds), facts_injected=len(world.new) * 4,
+  results = dict(**summary, seeds=list(config.seeds), facts_injected=len(world.facts(world.new)),
                  stream_batches=config.stream_batches, epochs=config.epochs,
                  diagnostics=[r["diagnostics"] for r in seed_results],
                  pretrain_seconds=[r["pretrain_seconds"] for r in seed_results],

@@ -162,6 +162,8 @@ CASES = {
     "fact_injection stream batches above the people": (
         FACTS, ["--config.stream_batches=64"],
         "config.stream_batches (64) exceeds config.facts.num_new (16)"),
+    "fact_injection facts per step": (FACTS, ["--config.facts_per_step=0"],
+                                      "config.facts_per_step must be"),
     "fact_injection unknown method": (FACTS, ["--config.methods=smf,sgd"],
                                       "config.methods: unknown name(s) ['sgd']"),
     "fact_injection table too large": (FACTS, ["--config.model.num_slots=1073741824"],
