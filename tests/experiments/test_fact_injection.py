@@ -1,8 +1,8 @@
 """The facts world is deterministic and split cleanly; the study runs end to end at tiny size
-(every method, the stream's matrices, a rerun reusing a finished seed); the frontier
-interpolation; the study's bad input fails early with one-line errors (t above the table, a
-table that does not fit, stream batches that do not divide the new people, no background
-statistics, no memory layer)."""
+(every method, the stream's matrices, a rerun reusing a finished seed); an epoch's steps of
+several facts; the one-batch config; the frontier interpolation; the study's bad input fails
+early with one-line errors (t above the table, a table that does not fit, stream batches or
+facts per step that do not divide, no background statistics, no memory layer)."""
 import json
 
 import jax
@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from runtime import slot_statistics
-from experiments.fact_injection import study as fact_injection
-from runtime import facts
-from runtime import models, training
-from runtime.errors import UsageError
 from experiments.configs import fact_injection as fact_injection_config
+from experiments.configs import fact_injection_one_batch as fact_injection_one_batch_config
+from experiments.fact_injection import study as fact_injection
+from runtime import config_schema, facts, models, slot_statistics, training
+from runtime.errors import UsageError
 from tests.helpers import run_cli
 
 TINY = dict(batch_size=8, seq_len=64)
@@ -116,6 +115,25 @@ def test_methods_select_the_rows_of_the_sweep():
       ("full", "lr=0.0001")]
 
 
+def test_an_epoch_steps_through_every_fact_once_in_groups_of_facts_per_step():
+  facts_b = [(np.full((3, 5), i), np.ones((3, 5), np.int32)) for i in range(8)]
+  steps = list(fact_injection.steps_of_epoch(facts_b, 4, np.random.default_rng(0)))
+  assert len(steps) == 2 and all(t.shape == m.shape == (12, 5) for t, m in steps)
+  firsts = [int(v) for tokens, _ in steps for v in tokens[::3, 0]]
+  assert sorted(firsts) == list(range(8)) and firsts != list(range(8))
+  one = list(fact_injection.steps_of_epoch(facts_b, 1, np.random.default_rng(0)))
+  assert [int(t[0, 0]) for t, _ in one] == list(np.random.default_rng(0).permutation(8))
+
+
+def test_the_one_batch_config_injects_once_with_the_four_main_methods():
+  config = fact_injection_one_batch_config.get_config()
+  config_schema.check(config, fact_injection.SCHEMA)
+  assert config.stream_batches == 1
+  rows = [(m, fact_injection.setting_name(s)) for m, s in fact_injection.sweep(config)]
+  assert {m for m, _ in rows} == set(fact_injection.FRONTIER_METHODS) and len(rows) == 10
+  assert ("smf", "t=2000 lr=300") in rows and ("lora", "rank=16 lr=0.003") in rows
+
+
 def test_forgetting_at_matched_learning_interpolates_the_frontier():
   points = [(0.4, 10.0), (0.8, 30.0), (0.6, 40.0), (0.9, 70.0)]   # (0.6, 40) is dominated
   at = lambda level: fact_injection.forgetting_at(points, level, (0.1, 0.0))
@@ -125,13 +143,18 @@ def test_forgetting_at_matched_learning_interpolates_the_frontier():
   assert at(0.25) == pytest.approx(5.0)        # from the start (0.1, 0) to (0.4, 10)
 
 
-def test_a_table_that_does_not_fit_and_stream_batches_that_do_not_divide(monkeypatch):
+def test_a_table_that_does_not_fit_and_stream_batches_or_steps_that_do_not_divide(monkeypatch):
   config = _config()
   config.stream_batches = 3
   run = training.prepare(config, mesh_sizes={"data": -1})
   with pytest.raises(UsageError, match=r"config.stream_batches \(3\) must divide"):
     fact_injection.check_config(config, run)
   config.stream_batches = 2
+  config.facts_per_step = 3   # a stream batch holds 2 people x 4 attributes = 8 facts
+  with pytest.raises(UsageError, match=r"config.facts_per_step \(3\) must divide the 8 facts"):
+    fact_injection.check_config(config, run)
+  config.facts_per_step = 4
+  fact_injection.check_config(config, run)
   monkeypatch.setattr(fact_injection, "TABLE_COPIES", 2 ** 40)
   with pytest.raises(UsageError, match=r"config.model.num_slots \(256\) does not fit"):
     fact_injection.check_config(config, run)
