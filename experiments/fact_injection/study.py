@@ -14,7 +14,8 @@ For each seed s (DIR/seed_<s>/):
    - learned: ACC, the QA accuracy on all new facts with the question templates trained on;
    - heldout_templates: the same facts asked with templates never trained on;
    - forgot_pct: the relative drop (%) of QA accuracy on known people (trained templates,
-     which pretraining taught);
+     which pretraining taught), and the same drop within the known facts that share
+     something with the injected ones (`INTERFERENCE_GROUPS`);
    - heldout_nll_delta: the change of the NLL (nats/byte) of held-out generic text;
    - rewritten: the share of the value table's rows that changed.
    QA accuracy is exact match: greedy decoding after the question's prompt must give the
@@ -148,6 +149,22 @@ def qa_set(world: facts.World, people, held_out: bool) -> dict:
   return dict(tokens=tokens, lengths=lengths, answers=answers)
 
 
+# Known-fact groups by what they share with the injected facts: the person's first or last
+# name, or the fact's value (the same value of the same attribute).
+INTERFERENCE_GROUPS = ("shared_name", "other_name", "value_injected", "value_not_injected")
+
+
+def interference_groups(world: facts.World, known) -> dict:
+  """{group: [Q] bool} over the questions of qa_set(world, known, held_out=False)."""
+  first, last = {p.split()[0] for p in world.new}, {p.split()[1] for p in world.new}
+  values = {(f.attribute, f.value) for f in world.facts(world.new)}
+  questions = [(f, q) for f in world.facts(known) for q in facts.question_prompts(f, False)]
+  name = np.array([f.person.split()[0] in first or f.person.split()[1] in last
+                   for f, _ in questions])
+  value = np.array([(f.attribute, f.value) in values for f, _ in questions])
+  return dict(zip(INTERFERENCE_GROUPS, (name, ~name, value, ~value)))
+
+
 class Evaluator:
   """QA on the new people (trained and held-out templates) and on known people (trained
   templates), and the NLL of held-out text.
@@ -161,6 +178,7 @@ class Evaluator:
     self.new = qa_set(world, world.new, held_out=False)
     self.new_heldout = qa_set(world, world.new, held_out=True)
     self.known = qa_set(world, world.known[:config.known_eval_people], held_out=False)
+    self.groups = interference_groups(world, world.known[:config.known_eval_people])
     self.heldout = heldout
 
     def greedy(params, tokens, lengths, prefill):
@@ -183,9 +201,17 @@ class Evaluator:
     """[stream_batches]: trained-template QA accuracy on each stream batch's people."""
     return self.correct(params, self.new).reshape(self.config.stream_batches, -1).mean(1)
 
+  def known_accuracy(self, params) -> dict:
+    """QA accuracy on the known people, overall ("known") and in each interference group
+    ("known_<group>"; None for an empty group)."""
+    correct = self.correct(params, self.known)
+    return dict(known=float(correct.mean()),
+                **{f"known_{g}": float(correct[m].mean()) if m.any() else None
+                   for g, m in self.groups.items()})
+
   def final(self, params) -> dict:
     return dict(heldout_templates=float(self.correct(params, self.new_heldout).mean()),
-                known=float(self.correct(params, self.known).mean()),
+                **self.known_accuracy(params),
                 heldout_nll=float(np.mean([float(self._nll(params, b)) for b in self.heldout])))
 
 
@@ -349,11 +375,17 @@ def inject(ctx: dict, method: str, setting: dict, evaluator: Evaluator, baseline
   return dict(method=method, setting=setting_name(setting), seed=seed,
               learned=summary["acc"], bwt=summary["bwt"], forgetting=summary["forgetting"],
               heldout_templates=final["heldout_templates"], known=final["known"],
-              forgot_pct=100.0 * (baseline["known"] - final["known"]) / max(baseline["known"],
-                                                                             1e-9),
+              **{f"forgot_pct{suffix}": drop_pct(baseline[f"known{suffix}"],
+                                                 final[f"known{suffix}"])
+                 for suffix in ("", *(f"_{g}" for g in INTERFERENCE_GROUPS))},
               heldout_nll_delta=final["heldout_nll"] - baseline["heldout_nll"],
               rewritten=rewritten_share(ctx["params"], params, ctx["table_path"]),
               matrix=matrix.tolist(), seconds=time.perf_counter() - began)
+
+
+def drop_pct(before: float | None, after: float | None) -> float | None:
+  """The relative drop (%) from before to after; None for an empty group."""
+  return None if before is None else 100.0 * (before - after) / max(before, 1e-9)
 
 
 def rewritten_share(before: dict, after: dict, path) -> float:
@@ -396,12 +428,13 @@ def summarize(seed_results: list[dict], levels) -> dict:
   """Every (method, setting)'s metrics as mean and std over seeds; each frontier method's
   forgetting at matched learning (per seed, then over seeds) and its best learning."""
   keys = ("learned", "heldout_templates", "forgot_pct", "heldout_nll_delta", "bwt",
-          "forgetting", "rewritten", "seconds")
+          "forgetting", "rewritten", "seconds",
+          *(f"forgot_pct_{g}" for g in INTERFERENCE_GROUPS))
   rows = {}
   for result in seed_results:
     for row in result["rows"]:
       rows.setdefault((row["method"], row["setting"]), []).append(row)
-  table = [dict(method=m, setting=s, **{k: mean_std([r[k] for r in rs]) for k in keys},
+  table = [dict(method=m, setting=s, **{k: mean_std([r.get(k) for r in rs]) for k in keys},
                 matrix=np.mean([r["matrix"] for r in rs], axis=0).tolist())
            for (m, s), rs in rows.items()]
   matched = {}

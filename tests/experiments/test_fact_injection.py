@@ -73,6 +73,7 @@ def test_the_study_end_to_end_at_tiny_size(tmp_path):
   # Only the SMF rows rewrite part of the table; full finetuning rewrites all of it.
   assert 0 < rows["smf"]["rewritten"]["mean"] < 1 and rows["full"]["rewritten"]["mean"] == 1
   assert rows["lora"]["rewritten"]["mean"] == 0
+  assert all(f"forgot_pct_{g}" in rows["full"] for g in fact_injection.INTERFERENCE_GROUPS)
   assert results["diagnostics"][0]["read_share_per_token"] == 2 * 4 / 256
   assert set(results["matched"]) == {"smf", "smf_adamw", "lora", "full"}
   assert (tmp_path / "frontier.png").exists() and (tmp_path / "matrices.png").exists()
@@ -113,6 +114,20 @@ def test_methods_select_the_rows_of_the_sweep():
   assert [(m, fact_injection.setting_name(s)) for m, s in fact_injection.sweep(config)] == [
       ("smf", "t=500 lr=100"), ("smf", "t=500 lr=300"), ("full", "lr=3e-05"),
       ("full", "lr=0.0001")]
+
+
+def test_interference_groups_split_the_known_questions_by_name_and_by_value():
+  world = facts.make_world(0, 20, 4)
+  groups = fact_injection.interference_groups(world, world.known)
+  questions = [(f, q) for f in world.facts(world.known) for q in facts.question_prompts(f, False)]
+  first = {p.split()[0] for p in world.new}
+  for (fact, _), name, value in zip(questions, groups["shared_name"], groups["value_injected"]):
+    assert name == (fact.person.split()[0] in first
+                    or any(fact.person.split()[1] == p.split()[1] for p in world.new))
+    assert value == any(world.values[p][fact.attribute] == fact.value for p in world.new)
+  assert (groups["other_name"] == ~groups["shared_name"]).all()
+  assert (groups["value_not_injected"] == ~groups["value_injected"]).all()
+  assert 0 < groups["shared_name"].sum() < len(questions)
 
 
 def test_an_epoch_steps_through_every_fact_once_in_groups_of_facts_per_step():
