@@ -9,8 +9,9 @@ For each seed s (DIR/seed_<s>/):
 2. For each method and each setting of its sweep, start from the pretrained weights and
    inject the new people's facts in `stream_batches` sequential batches (`facts_per_step`
    facts a step, 1 as in the paper: their statement paraphrases and training-template QA
-   lines, padded and masked; each batch `epochs` times, shuffled). After each batch, QA accuracy on every batch's facts gives the
-   accuracy matrix R[i, j] (`cl_methods.metrics`: ACC, BWT, forgetting). After the last:
+   lines, padded and masked; each batch `epochs` times, shuffled). After each batch, QA
+   accuracy on every batch's facts gives the accuracy matrix R[i, j] (`cl_methods.metrics`:
+   ACC, BWT, forgetting). After the last:
    - learned: ACC, the QA accuracy on all new facts with the question templates trained on;
    - heldout_templates: the same facts asked with templates never trained on;
    - forgot_pct: the relative drop (%) of QA accuracy on known people (trained templates,
@@ -19,7 +20,7 @@ For each seed s (DIR/seed_<s>/):
    - heldout_nll_delta: the change of the NLL (nats/byte) of held-out generic text;
    - rewritten: the share of the value table's rows that changed.
    QA accuracy is exact match: greedy decoding after the question's prompt must give the
-   value and the end of the line.
+   value and the end of the line (decided by one teacher-forced forward pass, `Evaluator`).
 3. Write DIR/seed_<s>/results.json (a rerun skips a finished seed), then DIR/results.json
    with every metric's mean and standard deviation over seeds, each method's forgetting at
    matched learning (its frontier interpolated at `matched_levels`), DIR/frontier.png and
@@ -42,7 +43,7 @@ from matplotlib.figure import Figure
 
 from cl_methods import metrics as cl_metrics
 from memory_layers import lora, row_sparse, sparse_finetuning, tfidf
-from runtime import config_schema, facts, generation, loop, slot_statistics, text_data, training
+from runtime import config_schema, facts, loop, slot_statistics, text_data, training
 from runtime.config_schema import Field, Relation, positive_int
 from runtime.errors import UsageError
 from runtime.workdir import check_workdir, write_json
@@ -135,18 +136,25 @@ def pretrain(config, run: training.Run, workdir: Path, world: facts.World) -> di
 
 def qa_set(world: facts.World, people, held_out: bool) -> dict:
   """Every question about the people's facts, with the held-out or the training question
-  templates, in the order of `world.facts(people)`: tokens [Q, L] (prompt, then room for the
-  answer), the prompts' lengths [Q] and the expected continuation of each, " value\\n"."""
-  prompts, answers = [], []
-  for fact in world.facts(people):
-    for prompt in facts.question_prompts(fact, held_out):
-      prompts.append(facts.encode(prompt))
-      answers.append(facts.encode(f" {fact.value}\n"))
-  lengths = np.array([len(p) for p in prompts], np.int32)
-  tokens = np.zeros((len(prompts), lengths.max() + max(map(len, answers))), np.int32)
-  for row, prompt in zip(tokens, prompts):
-    row[:len(prompt)] = prompt
-  return dict(tokens=tokens, lengths=lengths, answers=answers)
+  templates, in the order of `world.facts(people)`: `qa_batch` of the prompts and their
+  expected answers " value\\n", and facts [Q], each question's fact."""
+  questions = [(fact, prompt) for fact in world.facts(people)
+               for prompt in facts.question_prompts(fact, held_out)]
+  return dict(**qa_batch([facts.encode(prompt) for _, prompt in questions],
+                         [facts.encode(f" {fact.value}\n") for fact, _ in questions]),
+              facts=[fact for fact, _ in questions])
+
+
+def qa_batch(prompts: list[np.ndarray], answers: list[np.ndarray]) -> dict:
+  """tokens [Q, L]: each prompt followed by its answer, zero-padded; answer_mask [Q, L]: True
+  on the answer's places."""
+  ends = [len(p) + len(a) for p, a in zip(prompts, answers)]
+  tokens = np.zeros((len(prompts), max(ends)), np.int32)
+  answer_mask = np.zeros(tokens.shape, bool)
+  for row, mask, prompt, answer, end in zip(tokens, answer_mask, prompts, answers, ends):
+    row[:end] = np.concatenate([prompt, answer])
+    mask[len(prompt):end] = True
+  return dict(tokens=tokens, answer_mask=answer_mask)
 
 
 # Known-fact groups by what they share with the injected facts: the person's first or last
@@ -154,14 +162,13 @@ def qa_set(world: facts.World, people, held_out: bool) -> dict:
 INTERFERENCE_GROUPS = ("shared_name", "other_name", "value_injected", "value_not_injected")
 
 
-def interference_groups(world: facts.World, known) -> dict:
-  """{group: [Q] bool} over the questions of qa_set(world, known, held_out=False)."""
+def interference_groups(world: facts.World, qa: dict) -> dict:
+  """{group: [Q] bool} over the questions of `qa` (a qa_set of known people)."""
   first, last = {p.split()[0] for p in world.new}, {p.split()[1] for p in world.new}
   values = {(f.attribute, f.value) for f in world.facts(world.new)}
-  questions = [(f, q) for f in world.facts(known) for q in facts.question_prompts(f, False)]
   name = np.array([f.person.split()[0] in first or f.person.split()[1] in last
-                   for f, _ in questions])
-  value = np.array([(f.attribute, f.value) in values for f, _ in questions])
+                   for f in qa["facts"]])
+  value = np.array([(f.attribute, f.value) in values for f in qa["facts"]])
   return dict(zip(INTERFERENCE_GROUPS, (name, ~name, value, ~value)))
 
 
@@ -171,31 +178,29 @@ class Evaluator:
 
   A question is answered correctly when greedy decoding after its prompt gives exactly the
   value and the end of the line (" value\\n"); the paper's metric (Lin et al. 2025: F1 of the
-  generated answer) for one-word answers."""
+  generated answer) for one-word answers. Greedy decoding gives the answer a_1..a_m after the
+  prompt x exactly when a_i = argmax_v p(v | x, a_<i) for every i, so one teacher-forced
+  forward pass over prompt and answer decides it (no token-by-token decoding)."""
 
   def __init__(self, run: training.Run, config, world: facts.World, heldout: np.ndarray):
     self.config = config
     self.new = qa_set(world, world.new, held_out=False)
     self.new_heldout = qa_set(world, world.new, held_out=True)
     self.known = qa_set(world, world.known[:config.known_eval_people], held_out=False)
-    self.groups = interference_groups(world, world.known[:config.known_eval_people])
+    self.groups = interference_groups(world, self.known)
     self.heldout = heldout
 
-    def greedy(params, tokens, lengths, prefill):
-      return generation.decode_batch(nnx.merge(run.graphdef, params), tokens, lengths,
-                                     jax.random.key(0), prefill=prefill,
-                                     sampling=generation.Sampling(temperature=0))
+    def exact(params, tokens, answer_mask):
+      greedy = jnp.argmax(run.apply(params, tokens[:, :-1]), axis=-1)
+      return jnp.all((greedy == tokens[:, 1:]) | ~answer_mask[:, 1:], axis=1)
 
-    self._greedy = jax.jit(greedy, static_argnames="prefill")
+    self._exact = jax.jit(exact)
     self._nll = jax.jit(lambda p, tokens: optax.softmax_cross_entropy_with_integer_labels(
         run.apply(p, tokens[:, :-1]), tokens[:, 1:]).mean())
 
   def correct(self, params, qa: dict) -> np.ndarray:
     """[Q] bool: whether greedy decoding answers each question exactly."""
-    out = np.asarray(self._greedy(params, qa["tokens"], qa["lengths"],
-                                  prefill=int(qa["lengths"].min())))
-    return np.array([np.array_equal(row[n:n + len(answer)], answer)
-                     for row, n, answer in zip(out, qa["lengths"], qa["answers"])])
+    return np.asarray(self._exact(params, qa["tokens"], qa["answer_mask"]))
 
   def per_batch(self, params) -> np.ndarray:
     """[stream_batches]: trained-template QA accuracy on each stream batch's people."""
@@ -234,11 +239,12 @@ def _masked_ce(logits, tokens, mask):
 
 def stream(world: facts.World, config) -> list[list]:
   """The injection: stream_batches lists of per-fact (tokens, mask) arrays (its statements
-  and, with include_qa, its training-template QA lines, padded), people in order."""
+  and, with include_qa, its training-template QA lines, padded; on the device), people in
+  order."""
   batches = []
   for fact in world.facts(world.new):
     lines = facts.statements(fact) + (facts.qa_lines(fact) if config.include_qa else [])
-    batches.append(facts.padded_batch(lines, config.seq_len))
+    batches.append(tuple(map(jnp.asarray, facts.padded_batch(lines, config.seq_len))))
   per = len(batches) // config.stream_batches
   return [batches[i * per:(i + 1) * per] for i in range(config.stream_batches)]
 
@@ -248,8 +254,11 @@ def steps_of_epoch(facts_b: list, facts_per_step: int, rng: np.random.Generator)
   (their lines stacked into one batch)."""
   order = rng.permutation(len(facts_b))
   for group in order.reshape(-1, facts_per_step):
-    tokens, mask = zip(*(facts_b[i] for i in group))
-    yield jnp.asarray(np.concatenate(tokens)), jnp.asarray(np.concatenate(mask))
+    if facts_per_step == 1:
+      yield facts_b[group[0]]
+    else:
+      tokens, mask = zip(*(facts_b[i] for i in group))
+      yield jnp.concatenate(tokens), jnp.concatenate(mask)
 
 
 def _adamw(weight_decay):
@@ -434,7 +443,7 @@ def summarize(seed_results: list[dict], levels) -> dict:
   for result in seed_results:
     for row in result["rows"]:
       rows.setdefault((row["method"], row["setting"]), []).append(row)
-  table = [dict(method=m, setting=s, **{k: mean_std([r.get(k) for r in rs]) for k in keys},
+  table = [dict(method=m, setting=s, **{k: mean_std([r[k] for r in rs]) for k in keys},
                 matrix=np.mean([r["matrix"] for r in rs], axis=0).tolist())
            for (m, s), rs in rows.items()]
   matched = {}

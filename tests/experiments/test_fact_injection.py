@@ -83,27 +83,31 @@ def test_the_study_end_to_end_at_tiny_size(tmp_path):
   assert again["rows"] == results["rows"]
 
 
-def test_qa_is_exact_match_of_the_full_forward_greedy_answer():
-  """Evaluator.correct (lockstep incremental decoding of prompts of different lengths) marks a
-  question correct exactly when the argmax of the full forward, token by token, gives its
-  answer; here the answers are set to that greedy continuation for every other question."""
+def test_qa_is_exact_match_of_the_greedy_answer():
+  """Evaluator.correct (one teacher-forced pass over prompts of different lengths) marks a
+  question correct exactly when token-by-token greedy decoding (argmax of the full forward)
+  gives its answer; here every other question's answer is set to that greedy continuation."""
   config = _config()
   run = training.prepare(config, mesh_sizes={"data": -1})
   params = nnx.to_pure_dict(nnx.state(models.build(config.model.to_dict(), 0, run.rules)))
   world = facts.make_world(0, 20, 4)
   evaluator = fact_injection.Evaluator(run, config, world, np.zeros((1, 2, 9), np.int32))
-  qa = fact_injection.qa_set(world, world.new[:2], held_out=True)
+  questions = [(facts.encode(prompt), facts.encode(f" {fact.value}\n"))
+               for fact in world.facts(world.new[:2])
+               for prompt in facts.question_prompts(fact, held_out=True)]
   forward = jax.jit(run.apply)   # causal: the padding after position j leaves logits[j] alone
-  expected = []
-  for i, n in enumerate(qa["lengths"]):
-    row = qa["tokens"][i].copy()
-    for j in range(n, n + len(qa["answers"][i])):
-      row[j] = int(np.argmax(forward(params, jnp.asarray(row[None]))[0, j - 1]))
-    row = list(row[:n + len(qa["answers"][i])])
-    if i % 2 == 0:
-      qa["answers"][i] = np.array(row[n:])
-    expected.append(i % 2 == 0 or np.array_equal(row[n:], qa["answers"][i]))
-  assert len(set(qa["lengths"])) > 1
+  prompts, answers, expected = [], [], []
+  for i, (prompt, answer) in enumerate(questions):
+    row = np.zeros((1, len(prompt) + len(answer)), np.int32)
+    row[0, :len(prompt)] = prompt
+    for j in range(len(prompt), row.shape[1]):
+      row[0, j] = int(np.argmax(forward(params, jnp.asarray(row))[0, j - 1]))
+    greedy = row[0, len(prompt):]
+    prompts.append(prompt)
+    answers.append(greedy if i % 2 == 0 else answer)
+    expected.append(i % 2 == 0 or np.array_equal(greedy, answer))
+  assert len({len(p) for p in prompts}) > 1
+  qa = fact_injection.qa_batch(prompts, answers)
   np.testing.assert_array_equal(evaluator.correct(params, qa), expected)
 
 
@@ -118,7 +122,8 @@ def test_methods_select_the_rows_of_the_sweep():
 
 def test_interference_groups_split_the_known_questions_by_name_and_by_value():
   world = facts.make_world(0, 20, 4)
-  groups = fact_injection.interference_groups(world, world.known)
+  groups = fact_injection.interference_groups(
+      world, fact_injection.qa_set(world, world.known, held_out=False))
   questions = [(f, q) for f in world.facts(world.known) for q in facts.question_prompts(f, False)]
   first = {p.split()[0] for p in world.new}
   for (fact, _), name, value in zip(questions, groups["shared_name"], groups["value_injected"]):
