@@ -47,10 +47,10 @@ def get_config():
   # a per-token mean and a row is read by few tokens with a small weight, hence learning rates
   # far above the paper's 2-5. smf_adamw: AdamW on the masked gradient of the whole table.
   # The tf / all ablations run at (ablation_t, ablation_lr), SMF's setting. Baselines: AdamW.
-  # More values (t, ranks) are longer runs: e.g. --config.smf.t=(100,500,2000).
+  # More values (t, adamw_t, ranks) are longer runs: e.g. --config.smf.t=(100,500,2000).
   c.smf = ml_collections.ConfigDict(dict(
       learning_rates=(100.0,), t=(500,), ablation_t=500, ablation_lr=100.0,
-      adamw_t=500, adamw_learning_rates=(3e-3, 1e-2), adamw_weight_decay=0.0))
+      adamw_t=(500,), adamw_learning_rates=(3e-3, 1e-2), adamw_weight_decay=0.0))
   c.full = ml_collections.ConfigDict(dict(learning_rates=(3e-5, 1e-4), weight_decay=0.1))
   c.lora = ml_collections.ConfigDict(dict(ranks=(16,), alpha=0.0, learning_rates=(3e-4, 1e-3),
                                           targets=("query", "key", "value", "out", "gate", "up",

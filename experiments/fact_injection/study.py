@@ -67,7 +67,7 @@ SCHEMA = (
     Field("matched_levels", "floats", low=0, high=1),
     Field("smf.learning_rates", "floats", **_POSITIVE), Field("smf.t", "ints", low=1),
     positive_int("smf.ablation_t"), Field("smf.ablation_lr", "float", **_POSITIVE),
-    positive_int("smf.adamw_t"), Field("smf.adamw_learning_rates", "floats", **_POSITIVE),
+    Field("smf.adamw_t", "ints", low=1), Field("smf.adamw_learning_rates", "floats", **_POSITIVE),
     Field("smf.adamw_weight_decay", "float", low=0),
     Field("full.learning_rates", "floats", **_POSITIVE),
     Field("full.weight_decay", "float", low=0),
@@ -86,7 +86,7 @@ def check_config(config: ml_collections.ConfigDict, run: training.Run) -> int:
   num_slots = slot_statistics.memory_slots(run)
   for t, field in [*((t, "config.smf.t") for t in config.smf.t),
                    (config.smf.ablation_t, "config.smf.ablation_t"),
-                   (config.smf.adamw_t, "config.smf.adamw_t")]:
+                   *((t, "config.smf.adamw_t") for t in config.smf.adamw_t)]:
     try:
       tfidf.check_top_t(t, num_slots, field)
     except ValueError as e:
@@ -254,11 +254,8 @@ def steps_of_epoch(facts_b: list, facts_per_step: int, rng: np.random.Generator)
   (their lines stacked into one batch)."""
   order = rng.permutation(len(facts_b))
   for group in order.reshape(-1, facts_per_step):
-    if facts_per_step == 1:
-      yield facts_b[group[0]]
-    else:
-      tokens, mask = zip(*(facts_b[i] for i in group))
-      yield jnp.concatenate(tokens), jnp.concatenate(mask)
+    tokens, mask = zip(*(facts_b[i] for i in group))
+    yield jnp.concatenate(tokens), jnp.concatenate(mask)
 
 
 def _adamw(weight_decay):
@@ -351,7 +348,8 @@ def sweep(config) -> list[tuple[str, dict]]:
   rows = [("smf", dict(t=t, lr=lr)) for t in smf.t for lr in smf.learning_rates]
   rows += [("smf_tf", dict(t=smf.ablation_t, lr=smf.ablation_lr)),
            ("smf_all", dict(lr=smf.ablation_lr))]
-  rows += [("smf_adamw", dict(t=smf.adamw_t, lr=lr)) for lr in smf.adamw_learning_rates]
+  rows += [("smf_adamw", dict(t=t, lr=lr)) for t in smf.adamw_t
+           for lr in smf.adamw_learning_rates]
   rows += [("full", dict(lr=lr)) for lr in config.full.learning_rates]
   rows += [("lora", dict(rank=r, lr=lr)) for r in config.lora.ranks
            for lr in config.lora.learning_rates]
