@@ -1,6 +1,6 @@
 """Config for the fact-injection study in the paper's regime: the 64 new facts injected in one
-batch (Lin et al. 2025 inject a set of facts once), not as a stream, with settings from
-weakest to the strongest at which every method learns at least 0.8 of them on every seed
+batch (Lin et al. 2025 inject a set of facts once), not as a stream, each method from a weak
+setting up to one at which it learns at least 0.8 of them on every seed
 (docs/results/fact_injection.md):
 
     python -m experiments.fact_injection --config=experiments/configs/fact_injection_one_batch.py --workdir=DIR
