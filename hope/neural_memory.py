@@ -442,6 +442,17 @@ class NeuralMemory(nnx.Module):
     self._check_input(x, state)
     return self.read(x, state.weights, state.conv[0])[0]
 
+  def associative_loss(self, x: jax.Array, state: MemoryState) -> jax.Array:
+    """Read-only: l(M_state; k_t, v_t) = ||M_state(k_t) - v_t||^2 (eq. 12) for every token of
+    x [batch, seq, dim] and head, [batch, seq, heads]: how well state's weights already map
+    x's keys to its values. Keys and values are formed as in `__call__`, their short
+    convolutions starting from state's caches; state is not advanced."""
+    self._check_input(x, state)
+    _, k, v, _ = self._keys_values_queries(x, state.conv, jnp.ones(x.shape[:2], bool))
+    heads_first = lambda a: jnp.moveaxis(a, 2, 1)
+    error = jax.vmap(jax.vmap(memory_mlp))(state.weights, heads_first(k)) - heads_first(v)
+    return jnp.moveaxis(jnp.sum(error ** 2, -1), 1, 2)
+
   def read(self, x: jax.Array, weights, query_cache: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`retrieve` through memory `weights` with the query convolution's cache given:
     (y, the cache after x)."""

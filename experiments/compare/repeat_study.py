@@ -8,7 +8,8 @@ beyond), the mean next-token loss over the first and the second reading of P, in
 pass; and, at the training distance, the loss at every position of the sequence. For the
 Titans arms whose memory reads the block's input (LMM, MAG, MAL) it also records the learned
 gates on those sequences (`memory_gates`): what a memory does with a passage depends on how
-fast it writes (theta) and how fast it forgets (alpha).
+fast it writes (theta) and how fast it forgets (alpha); and whether the memory's state holds
+the passage when its second reading starts (`passage_memory`).
 """
 from pathlib import Path
 
@@ -58,10 +59,42 @@ def memory_gates(run: training.Run, params, tokens: np.ndarray, distance: int) -
   return out
 
 
+def passage_memory(run: training.Run, params, tokens: np.ndarray, passage: int,
+                   distance: int) -> list | None:
+  """Per layer, what the Titans memory holds of the passage when its second reading starts,
+  on sequences `tokens` [batch, 2 * passage + distance] = P | F | P: the associative loss
+  ||M(k_t) - v_t||^2 on the second reading's keys and values (mean over tokens, heads and
+  sequences) through the state after P | F (`after_passage`), after P' | F with P' another
+  sequence's passage (`after_other`), and the learned initial state (`initial`). The keys and
+  values are the real sequence's in all three, so after_passage below after_other means the
+  state holds the passage's own key-value pairs. None as for `memory_gates`."""
+  model = nnx.merge(run.graphdef, params)
+  mixers = [b.mixer for b in model.blocks]
+  if not all(isinstance(m, TitansMixer) and m.variant != "mac" for m in mixers):
+    return None
+  prefix = passage + distance
+  other = np.concatenate([np.roll(tokens[:, :passage], 1, axis=0), tokens[:, passage:]], 1)
+  x, x_other, out = model.embed(tokens), model.embed(other), []
+  for block, mixer in zip(model.blocks, mixers):
+    h, h_other = block.mixer_norm(x), block.mixer_norm(x_other)
+    _, after_passage = mixer.memory(h[:, :prefix])
+    _, after_other = mixer.memory(h_other[:, :prefix])
+    conv = after_passage.conv    # the same keys and values in all three
+    states = dict(initial=mixer.memory.init_state(len(tokens)).replace(conv=conv),
+                  after_other=after_other.replace(conv=conv), after_passage=after_passage)
+    out.append({name: float(mixer.memory.associative_loss(h[:, prefix:], state).mean())
+                for name, state in states.items()})
+    x, _ = block(x)
+    x_other, _ = block(x_other)
+  return out
+
+
 def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
   gates_batch = next(iter(repeat.dataset(validation, seed=10_000, passage=pc.passage,
                                          distance=pc.distance, batch_size=pc.eval_batch_size)))
-  out = dict(gates=memory_gates(run, params, gates_batch[:, :-1], pc.distance))
+  out = dict(gates=memory_gates(run, params, gates_batch[:, :-1], pc.distance),
+             passage_memory=passage_memory(run, params, gates_batch[:, :-1], pc.passage,
+                                           pc.distance))
   for distance in pc.eval_distances:
     by_position = position_losses(run, params, validation, pc, distance, run.config.seed)
     out[str(distance)] = repeat.reading_losses(by_position, pc.passage, distance)
@@ -91,6 +124,7 @@ def run(config, arms: list[str], workdir: Path) -> dict:
                       for k in ("first", "second", "gain")} for d in map(str, pc.eval_distances)},
         by_position=np.mean([r["by_position"] for r in scored], axis=0).tolist(),
         gates=[r.get("gates") for r in scored],
+        passage_memory=[r.get("passage_memory") for r in scored],
         **runs.costs(scored, scored))
   return dict(arms=out, distances=list(pc.eval_distances), passage=pc.passage,
               distance=pc.distance, steps=pc.steps)

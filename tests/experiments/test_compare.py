@@ -10,7 +10,7 @@ import pytest
 from experiments.compare import repeat_study, runs, study
 from runtime import recall, repeat, training
 from runtime.errors import UsageError
-from experiments.configs import compare
+from experiments.configs import compare, compare_memory_write
 from tests.helpers import override
 
 
@@ -125,6 +125,15 @@ def test_default_config_validates_with_every_arm_and_variant_matched():
   assert models["hope_cms_teach"].run.config.model.cms_signal == "teach"
 
 
+def test_memory_write_config_runs_the_repeat_study_on_lmm_at_three_max_lr():
+  models, studies = study.validate(compare_memory_write.get_config())
+  assert studies == ["repeat"]
+  max_lr = {arm: m.run.config.model.max_lr for arm, m in models.items()}
+  assert max_lr == {"titans_lmm": 0.01, "titans_lmm_max_lr_3x": 0.03,
+                    "titans_lmm_max_lr_10x": 0.1}
+  assert len({m.params for m in models.values()}) == 1
+
+
 def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, capsys):
   config = _micro()
   results = study.run(config, str(tmp_path), "test")
@@ -174,3 +183,14 @@ def test_memory_gates_of_a_titans_memory_and_none_without_one():
     assert 0 < g["theta_share"] < 1 and 0 < g["alpha"] < 1 and 0 < g["eta"] < 1
     # at the initial biases alpha is about 0.018: a write keeps (1 - alpha)^40 of itself
     assert g["kept"] == pytest.approx((1 - g["alpha"]) ** 40, rel=0.2)
+
+
+def test_passage_memory_is_lowest_after_the_passage_itself():
+  config = _micro(**{"model.dim": 16})
+  config.arm_models.titans_lmm.model.max_lr = 0.1   # writes strong enough to show at init
+  tokens = np.random.default_rng(0).integers(0, 256, (4, 2 * 8 + 16), dtype=np.int32)
+  tokens[:, -8:] = tokens[:, :8]                    # P | F | P
+  run = training.prepare(runs.run_config(config, "titans_lmm", seq_len=32, steps=1, seed=0))
+  params = training.init_state(run, optax.sgd(0.1))["params"]
+  [layer] = repeat_study.passage_memory(run, params, tokens, passage=8, distance=16)
+  assert layer["after_passage"] < layer["after_other"] < layer["initial"]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hope.neural_memory import MemoryState, NeuralMemory, check_state_finite, segment_products
+from hope.neural_memory import (MemoryState, NeuralMemory, check_state_finite, memory_loss,
+                                segment_products)
 
 DIM, HEADS, BATCH, SEQ = 16, 2, 2, 32
 
@@ -162,6 +163,25 @@ def test_retrieve_reads_without_writing():
   y, frozen = run(params, later, state, ones)
   chex.assert_trees_all_close(retrieved, y, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(frozen.weights, state.weights)
+
+
+def test_associative_loss_is_eq_12_per_token_and_lower_where_the_memory_wrote():
+  memory = _memory(chunk_size=4, max_lr=0.5)
+  run, params = _runner(memory)
+  ones = jnp.ones((BATCH, 8), bool)
+  x, later = _inputs(seq=8), _inputs(seq=8, seed=3)
+  _, state = run(params, x, memory.init_state(BATCH), ones)
+  loss = memory.associative_loss(later, state)
+  assert loss.shape == (BATCH, 8, HEADS)
+  _, k, v, _ = memory._keys_values_queries(later, state.conv, ones)
+  for b, h in ((0, 0), (1, 1)):
+    weights = tuple(w[b, h] for w in state.weights)
+    np.testing.assert_allclose(loss[b, :, h].sum(), memory_loss(weights, k[b, :, h], v[b, :, h]),
+                               rtol=1e-5)
+  # Written on x, the weights map x's own pairs better than the initial ones do.
+  fresh = memory.init_state(BATCH)
+  written = memory.associative_loss(x, state.replace(conv=fresh.conv)).mean()
+  assert written < memory.associative_loss(x, fresh).mean()
 
 
 def test_parameters_use_logical_axis_names():
