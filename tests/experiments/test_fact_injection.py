@@ -183,9 +183,13 @@ def test_a_table_that_does_not_fit_and_stream_batches_or_steps_that_do_not_divid
 
 def test_t_larger_than_the_table_is_a_usage_error():
   config = _config()
+  run = training.prepare(config, mesh_sizes={"data": -1})
   config.smf.t = (10, 257)
   with pytest.raises(UsageError, match=r"config.smf.t must be an integer in 1\.\.256"):
-    fact_injection.check_config(config, training.prepare(config, mesh_sizes={"data": -1}))
+    fact_injection.check_config(config, run)
+  config.smf.update(dict(t=(10,), adamw_t=(50, 300)))
+  with pytest.raises(UsageError, match=r"config.smf.adamw_t must be an integer in 1\.\.256"):
+    fact_injection.check_config(config, run)
 
 
 def test_a_model_without_memory_layer_is_a_usage_error():
