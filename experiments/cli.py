@@ -11,20 +11,15 @@ before any device is touched. Without `--coordinator_address` the run is single-
 """
 import errno
 import importlib.util
-import logging as std_logging
 import os
 import sys
 
 import jax
 from absl import app
 from absl import flags
-from absl import logging
 
+from runtime import logs
 from runtime.errors import RunStopped, UsageError
-
-# Libraries whose INFO lines (per-save orbax chatter, backend probing) drown the run's own log;
-# their warnings and errors still show, and --verbosity=1 shows everything.
-_QUIET_LIBRARIES = ("/orbax/", "/grain/", "/jax/_src/", "/etils/")
 
 
 COORDINATOR = flags.DEFINE_string(
@@ -127,19 +122,11 @@ def _config_flag_problem(argv) -> str | None:
   return None
 
 
-class _QuietLibraries(std_logging.Filter):
-
-  def filter(self, record):
-    if record.levelno > std_logging.INFO or logging.get_verbosity() > logging.INFO:
-      return True
-    return not any(lib in record.pathname for lib in _QUIET_LIBRARIES)
-
-
 def run(main) -> None:
   """`absl.app.run(main)` with one-line errors for flags and for `UsageError` raised by main."""
 
   def guarded_main(argv):
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    logs.quiet_logging()
     try:
       return main(argv)
     except UsageError as e:

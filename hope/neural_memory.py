@@ -447,11 +447,26 @@ class NeuralMemory(nnx.Module):
     x [batch, seq, dim] and head, [batch, seq, heads]: how well state's weights already map
     x's keys to its values. Keys and values are formed as in `__call__`, their short
     convolutions starting from state's caches; state is not advanced."""
+    return self._per_token(x, state, memory_loss)
+
+  def inner_gradient_norm(self, x: jax.Array, state: MemoryState) -> jax.Array:
+    """Read-only: ||grad l(M_state; k_t, v_t)||, each token's inner gradient before the clip
+    (its global norm over the memory layers) through state's weights, [batch, seq, heads].
+    For the tokens of a chunk that starts where `state` was taken, the write clips exactly
+    where this exceeds max_grad_norm. Keys and values as in `associative_loss`."""
+    def norm(weights, k, v):
+      return jnp.sqrt(sum(jnp.sum(g * g) for g in jax.grad(memory_loss)(weights, k, v)))
+    return self._per_token(x, state, norm)
+
+  def _per_token(self, x: jax.Array, state: MemoryState, fn) -> jax.Array:
+    """fn(weights, k_t, v_t) for every token and head of x through state's weights, [batch,
+    seq, heads]; the keys and values as in `__call__`, from state's convolution caches."""
     self._check_input(x, state)
     _, k, v, _ = self._keys_values_queries(x, state.conv, jnp.ones(x.shape[:2], bool))
     heads_first = lambda a: jnp.moveaxis(a, 2, 1)
-    error = jax.vmap(jax.vmap(memory_mlp))(state.weights, heads_first(k)) - heads_first(v)
-    return jnp.moveaxis(jnp.sum(error ** 2, -1), 1, 2)
+    over_tokens = jax.vmap(fn, in_axes=(None, 0, 0))
+    return jnp.moveaxis(jax.vmap(jax.vmap(over_tokens))(
+        state.weights, heads_first(k), heads_first(v)), 1, 2)
 
   def read(self, x: jax.Array, weights, query_cache: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`retrieve` through memory `weights` with the query convolution's cache given:

@@ -34,30 +34,37 @@ def validation_loss(run: training.Run, params, tokens: np.ndarray, batches: int)
               tokens=len(values) * c.batch_size * c.seq_len)
 
 
+def train_and_score(config, name: str, seed: int, directory: Path) -> tuple[dict, int]:
+  """(scores, parameter count) of variant `name`'s run of `seed`."""
+  ac = config.ablation
+  corpus = runs.corpora(config, ["ablation"])["ablation"]
+  run = training.prepare(runs.run_config(config, name, seq_len=config.train.seq_len,
+                                         steps=ac.steps, seed=seed, batch_size=ac.batch_size))
+  data = text_data.lm_dataset(corpus.train, seq_len=run.config.seq_len,
+                              batch_size=run.config.batch_size, seed=seed, shuffle=True,
+                              repeat=True)
+  scores = runs.train_run(
+      run, data, directory,
+      lambda p: validation_loss(run, p, corpus.validation, ac.eval_batches), "ablation")
+  return scores, run.num_params
+
+
 def run(config, arms: list[str], workdir: Path) -> dict:
   """{variants: {name: summary}}; see the module docstring. `arms` is not used: the
   variants are config.ablation.variants."""
   del arms
   ac = config.ablation
-  corpus = runs.corpora(config, ["ablation"])["ablation"]
+  names = config_schema.split_names(ac.variants)
+  done = iter(runs.in_parallel(config, [
+      (train_and_score, name, seed, workdir / name / f"seed{seed}")
+      for name in names for seed in range(config.seeds)]))
   out = {}
-  for name in config_schema.split_names(ac.variants):
-    scored = []
-    for seed in range(config.seeds):
-      run_ = training.prepare(runs.run_config(config, name, seq_len=config.train.seq_len,
-                                                steps=ac.steps, seed=seed,
-                                                batch_size=ac.batch_size))
-      data = text_data.lm_dataset(corpus.train, seq_len=run_.config.seq_len,
-                                  batch_size=run_.config.batch_size, seed=seed, shuffle=True,
-                                  repeat=True)
-      scored.append(runs.train_run(
-          run_, data, workdir / name / f"seed{seed}",
-          lambda p, r=run_: validation_loss(r, p, corpus.validation, ac.eval_batches),
-          "ablation"))
+  for name in names:
+    scored, params = zip(*[next(done) for _ in range(config.seeds)])
     out[name] = dict(
         loss=runs.mean_std([r["loss"] for r in scored]),
         bits_per_byte=runs.mean_std([r["bits_per_byte"] for r in scored]),
-        params=run_.num_params, **runs.costs(scored, scored))
+        params=params[0], **runs.costs(scored, scored))
   first = next(iter(out))
   for summary in out.values():
     summary["paired"] = runs.mean_std(np.subtract(summary["loss"]["values"],

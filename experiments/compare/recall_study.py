@@ -6,11 +6,12 @@ batches that cycle through the (length L, pairs N) settings of recall.lengths / 
 (`runtime.recall.mixture`, recall.batch_size sequences a batch), and the next-token loss
 scores the queried values only (the other targets are random draws: keys, values, filler).
 Seed 0 trains at every learning rate of recall.learning_rates; the rate with the best mean
-accuracy over the settings at their training lengths trains seeds 1 .. seeds - 1. Each run
-is scored (argmax accuracy on the queried values) on fresh sequences of m x L tokens for
-every setting and every m in recall.multipliers, one forward pass each: beyond L a sliding
-window cannot reach the keys, and only what a model carries (attention over the whole
-context, or a memory's state) can.
+accuracy over the settings at their training lengths trains seeds 1 .. seeds - 1 (every
+arm's sweep first, then every arm's other seeds, each batch side by side with
+`runs.in_parallel`). Each run is scored (argmax accuracy on the queried values) on fresh
+sequences of m x L tokens for every setting and every m in recall.multipliers, one forward
+pass each: beyond L a sliding window cannot reach the keys, and only what a model carries
+(attention over the whole context, or a memory's state) can.
 """
 from pathlib import Path
 
@@ -58,16 +59,21 @@ def run(config, arms: list[str], workdir: Path) -> dict:
   """{arms: {arm: summary}, settings, multipliers}; see the module docstring."""
   rc = config.recall
   settings = [f"{length}x{pairs}" for length, pairs in zip(rc.lengths, rc.pairs)]
+  folder = lambda arm, lr, seed: workdir / arm / f"lr{lr:g}" / f"seed{seed}"
+  swept = iter(runs.in_parallel(config, [(train_and_score, arm, lr, 0, folder(arm, lr, 0))
+                                         for arm in arms for lr in rc.learning_rates]))
+  sweeps = {arm: {lr: next(swept) for lr in rc.learning_rates} for arm in arms}
+  best = {arm: max(rc.learning_rates, key=lambda lr: at_training_length(sweeps[arm][lr]))
+          for arm in arms}
+  seeded = iter(runs.in_parallel(config, [
+      (train_and_score, arm, best[arm], seed, folder(arm, best[arm], seed))
+      for arm in arms for seed in range(1, config.seeds)]))
   out = {}
   for arm in arms:
-    sweep = {lr: train_and_score(config, arm, lr, 0, workdir / arm / f"lr{lr:g}" / "seed0")
-             for lr in rc.learning_rates}
-    best = max(rc.learning_rates, key=lambda lr: at_training_length(sweep[lr]))
-    scored = [sweep[best]] + [train_and_score(config, arm, best, seed,
-                                            workdir / arm / f"lr{best:g}" / f"seed{seed}")
-                            for seed in range(1, config.seeds)]
+    sweep = sweeps[arm]
+    scored = [sweep[best[arm]]] + [next(seeded) for _ in range(1, config.seeds)]
     out[arm] = dict(
-        learning_rate=best, steps=rc.steps,
+        learning_rate=best[arm], steps=rc.steps,
         sweep={f"{lr:g}": {s: sweep[lr]["accuracy"][s][s.split("x")[0]] for s in settings}
                for lr in rc.learning_rates},
         accuracy={s: {m: runs.mean_std([r["accuracy"][s][str(int(m) * int(s.split("x")[0]))]

@@ -8,8 +8,9 @@ beyond), the mean next-token loss over the first and the second reading of P, in
 pass; and, at the training distance, the loss at every position of the sequence. For the
 Titans arms whose memory reads the block's input (LMM, MAG, MAL) it also records the learned
 gates on those sequences (`memory_gates`): what a memory does with a passage depends on how
-fast it writes (theta) and how fast it forgets (alpha); and whether the memory's state holds
-the passage when its second reading starts (`passage_memory`).
+fast it writes (theta) and how fast it forgets (alpha); whether the memory's state holds
+the passage when its second reading starts (`passage_memory`); and how often its
+inner-gradient clip binds (`inner_clips`).
 """
 from pathlib import Path
 
@@ -89,12 +90,39 @@ def passage_memory(run: training.Run, params, tokens: np.ndarray, passage: int,
   return out
 
 
+def inner_clips(run: training.Run, params, tokens: np.ndarray) -> list | None:
+  """Per layer, how often the Titans memory's inner-gradient clip binds on `tokens`
+  [batch, T]: `clipped`, the share of (sequence, token, head) whose inner gradient at its
+  chunk's start weights (`NeuralMemory.inner_gradient_norm`) is longer than max_grad_norm,
+  and `norm_over_clip`, the mean of that norm over max_grad_norm (0 and None without a
+  clip). The memory streams chunk by chunk to reach each chunk's start state. None as for
+  `memory_gates`."""
+  model = nnx.merge(run.graphdef, params)
+  mixers = [b.mixer for b in model.blocks]
+  if not all(isinstance(m, TitansMixer) and m.variant != "mac" for m in mixers):
+    return None
+  x, out = model.embed(tokens), []
+  for block, mixer in zip(model.blocks, mixers):
+    memory, h = mixer.memory, block.mixer_norm(x)
+    state, norms = memory.init_state(len(tokens)), []
+    for start in range(0, h.shape[1], memory.chunk_size):
+      piece = h[:, start:start + memory.chunk_size]
+      norms.append(memory.inner_gradient_norm(piece, state))
+      _, state = memory(piece, state)
+    norms, clip = jnp.concatenate(norms, 1), memory.max_grad_norm
+    out.append(dict(clipped=float((norms > clip).mean()) if clip else 0.0,
+                    norm_over_clip=float((norms / clip).mean()) if clip else None))
+    x, _ = block(x)
+  return out
+
+
 def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
   gates_batch = next(iter(repeat.dataset(validation, seed=10_000, passage=pc.passage,
                                          distance=pc.distance, batch_size=pc.eval_batch_size)))
   out = dict(gates=memory_gates(run, params, gates_batch[:, :-1], pc.distance),
              passage_memory=passage_memory(run, params, gates_batch[:, :-1], pc.passage,
-                                           pc.distance))
+                                           pc.distance),
+             clips=inner_clips(run, params, gates_batch[:, :-1]))
   for distance in pc.eval_distances:
     by_position = position_losses(run, params, validation, pc, distance, run.config.seed)
     out[str(distance)] = repeat.reading_losses(by_position, pc.passage, distance)
@@ -103,28 +131,33 @@ def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
   return out
 
 
+def train_and_score(config, arm: str, seed: int, directory: Path) -> dict:
+  pc = config.repeat
+  corpus = runs.corpora(config, ["repeat"])["repeat"]
+  run = training.prepare(runs.run_config(config, arm, seq_len=2 * pc.passage + pc.distance,
+                                         steps=pc.steps, seed=seed, batch_size=pc.batch_size))
+  data = repeat.dataset(corpus.train, seed=seed, passage=pc.passage, distance=pc.distance,
+                        batch_size=run.config.batch_size)
+  return runs.train_run(run, data, directory, lambda p: scores(run, p, corpus.validation, pc),
+                        "repeat")
+
+
 def run(config, arms: list[str], workdir: Path) -> dict:
   """{arms: {arm: summary}, distances, passage, distance}; see the module docstring."""
   pc = config.repeat
-  corpus = runs.corpora(config, ["repeat"])["repeat"]
-  length = 2 * pc.passage + pc.distance
+  done = iter(runs.in_parallel(config, [
+      (train_and_score, arm, seed, workdir / arm / f"seed{seed}")
+      for arm in arms for seed in range(config.seeds)]))
   out = {}
   for arm in arms:
-    scored = []
-    for seed in range(config.seeds):
-      run_ = training.prepare(runs.run_config(config, arm, seq_len=length, steps=pc.steps,
-                                                seed=seed, batch_size=pc.batch_size))
-      data = repeat.dataset(corpus.train, seed=seed, passage=pc.passage, distance=pc.distance,
-                            batch_size=run_.config.batch_size)
-      scored.append(runs.train_run(run_, data, workdir / arm / f"seed{seed}",
-                                   lambda p, r=run_: scores(r, p, corpus.validation, pc),
-                                   "repeat"))
+    scored = [next(done) for _ in range(config.seeds)]
     out[arm] = dict(
         readings={d: {k: runs.mean_std([r[d][k] for r in scored])
                       for k in ("first", "second", "gain")} for d in map(str, pc.eval_distances)},
         by_position=np.mean([r["by_position"] for r in scored], axis=0).tolist(),
         gates=[r.get("gates") for r in scored],
         passage_memory=[r.get("passage_memory") for r in scored],
+        clips=[r.get("clips") for r in scored],
         **runs.costs(scored, scored))
   return dict(arms=out, distances=list(pc.eval_distances), passage=pc.passage,
               distance=pc.distance, steps=pc.steps)

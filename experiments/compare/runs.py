@@ -1,15 +1,20 @@
 """The pieces every compare study shares: an arm's or variant's pretraining config, one
 training run in its own folder (scored, skipped when finished, refused when its settings
-changed), the compiled functions shared across seeds, the corpora, and mean ± std."""
+changed), runs side by side in worker processes, the compiled functions shared across seeds,
+the corpora, and mean ± std."""
+import concurrent.futures
 import json
+import multiprocessing
+import os
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from experiments import configs
-from runtime import loop, text_data, training
+from runtime import logs, loop, text_data, training
 from runtime.errors import UsageError
 from runtime.workdir import write_json
 
@@ -121,6 +126,65 @@ def train_run(run: training.Run, data, directory: Path, evaluate, study: str,
              if perf else None, config=settings)
   write_json(done, out)
   return out
+
+
+def usable_cores() -> list[int]:
+  """The CPU cores this process may run on."""
+  if hasattr(os, "sched_getaffinity"):
+    return sorted(os.sched_getaffinity(0))
+  return list(range(os.cpu_count() or 1))
+
+
+def worker_count(config) -> int:
+  """How many processes train side by side: config.workers, where 0 means one per usable
+  CPU core on a CPU backend and 1 on an accelerator. UsageError for more workers than cores,
+  or for several workers sharing an accelerator."""
+  cores, backend = len(usable_cores()), jax.default_backend()
+  if config.workers == 0:
+    return cores if backend == "cpu" else 1
+  if config.workers > 1 and backend != "cpu":
+    raise UsageError(f"config.workers ({config.workers}) trains runs side by side in CPU "
+                     f"processes; on {backend} set config.workers=1")
+  if config.workers > cores:
+    raise UsageError(f"config.workers ({config.workers}) is more than the {cores} CPU cores "
+                     f"this process may use")
+  return config.workers
+
+
+def _start_worker(core_groups, verbosity: int) -> None:
+  if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, core_groups.get())
+  logs.quiet_logging(verbosity)
+
+
+def _call(job):
+  fn, config, args = job
+  return fn(config, *args)
+
+
+def in_parallel(config, jobs: list[tuple]) -> list:
+  """[fn(config, *args) for fn, *args in jobs], in order.
+
+  With one worker (`worker_count`) the jobs run here, one after another. With n > 1 they run
+  in n spawned processes, each pinned (on Linux) to its own 1/n of the usable cores: the small
+  models of the CPU studies keep about one core busy, so two runs side by side on two cores
+  finish sooner than two in turn on both. Each fn must be a module-level function and its
+  arguments picklable; a worker keeps its compiled steps and corpora across its jobs. The
+  first job to fail cancels the jobs not yet started and raises here."""
+  workers = min(worker_count(config), len(jobs))
+  if workers <= 1:
+    return [fn(config, *args) for fn, *args in jobs]
+  context = multiprocessing.get_context("spawn")
+  core_groups = context.Queue()
+  for group in np.array_split(usable_cores(), workers):
+    core_groups.put([int(c) for c in group])
+  pool = concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=context, initializer=_start_worker,
+      initargs=(core_groups, logging.get_verbosity()))
+  try:
+    return list(pool.map(_call, [(fn, config, tuple(args)) for fn, *args in jobs]))
+  finally:
+    pool.shutdown(cancel_futures=True)
 
 
 def costs(every_run: list[dict], timed: list[dict]) -> dict:

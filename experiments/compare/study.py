@@ -11,7 +11,8 @@ first. `run` then trains and scores, study by study, arm by arm, seed by seed:
 Every training run is `runs.train_run` (`runtime.loop.train`) in its own folder,
 WORKDIR/<study>/<arm>/<setting>/seed<k>/, and leaves its scores in <study>.json there; a
 rerun skips the runs that have it and resumes the others from their checkpoints. Runs of one
-model and learning rate share one compiled train step, whatever their seeds. At the end,
+model and learning rate share one compiled train step, whatever their seeds. Independent runs
+train side by side in config.workers processes (`runs.in_parallel`). At the end,
 WORKDIR/results.json holds every number and WORKDIR/results.md the tables (means and
 standard deviations over seeds), beside the plots.
 """
@@ -25,7 +26,7 @@ import ml_collections
 from absl import logging
 
 from experiments import configs
-from experiments.compare import ablation_study, recall_study, repeat_study, report
+from experiments.compare import ablation_study, recall_study, repeat_study, report, runs
 from experiments.compare.runs import corpora, model_spec, run_config
 from runtime import config_schema, recall, repeat, training
 from runtime.config_schema import Field, Relation, positive_int
@@ -48,6 +49,7 @@ def schema(config) -> tuple:
   return (
       Field("arms", "names", choices=tuple(config.arm_models)),
       Field("studies", "names", choices=STUDIES),
+      Field("workers", "int", low=0, note="0: one per CPU core on a CPU backend"),
       Field("param_tolerance", "float", low=0), Field("shape", "str"), Field("size", "str"),
       *config_schema.prefixed("train.", train_fields),
       Field("mesh.*", "int", low=1, special=(-1,), note="-1: the remaining devices"),
@@ -105,6 +107,7 @@ def validate(config) -> tuple[dict, list[str]]:
   config_schema.check(config, schema(config))
   arms = config_schema.split_names(config.arms)
   studies = config_schema.split_names(config.studies)
+  runs.worker_count(config)
   if "ablation" in studies and "hope" not in config.arm_models:
     raise UsageError("config.ablation needs the `hope` arm in config.arm_models")
   rc, pc = config.recall, config.repeat

@@ -83,6 +83,9 @@ def get_config(arg: str | None = None):
   c.arms = ",".join(ARM_CONFIGS)            # comma-separated names from arm_models
   c.studies = "recall,repeat,ablation"      # comma-separated
   c.seeds = 3                               # seeds 0 .. seeds - 1
+  # Processes that train runs side by side, each on its share of the CPU cores (the small
+  # CPU models keep about one core busy); 0: one per core on a CPU backend, 1 elsewhere.
+  c.workers = 0 if size == "cpu" else 1
   c.param_tolerance = 0.10                  # max/min parameter count across arms, minus 1
   c.shape = s["shape"]                      # sizes in experiments/configs/common.py SHAPES
   c.model = ml_collections.ConfigDict(s["model"])  # shape overrides shared by every arm

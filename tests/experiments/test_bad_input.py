@@ -129,7 +129,7 @@ CASES = {
     "continual_lm boundary method on a task-free stream": (
         "experiments.continual_lm", ["--config.stream=task_free"],
         "method ewc cannot run on a task-free stream"),
-    # compare: arms, studies, variants, seeds and the probe's distance
+    # compare: arms, studies, variants, seeds, workers and the probe's distance
     "compare unknown arm": (COMPARE, ["--config.arms=transformer,gpt5"],
                             "config.arms: unknown name(s) ['gpt5']"),
     "compare unknown study": (COMPARE, ["--config.studies=recall,vibes"],
@@ -137,6 +137,8 @@ CASES = {
     "compare unknown ablation": (COMPARE, ["--config.ablation.variants=hope,hope_no_magic"],
                                  "config.ablation.variants: unknown name(s) ['hope_no_magic']"),
     "compare zero seeds": (COMPARE, ["--config.seeds=0"], "config.seeds must be a positive"),
+    "compare more workers than cores": (COMPARE, ["--config.workers=4096"],
+                                        "config.workers (4096) is more than the"),
     "compare distance inside the window": (
         COMPARE, ["--config.repeat.distance=32"],
         "config.repeat.distance (32) must be larger than every arm's attention window"),

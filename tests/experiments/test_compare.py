@@ -1,6 +1,7 @@
 """experiments.compare: the recall and repeated-passage generators, the checks before any
 compile, and one small end-to-end run of every study."""
 import json
+import os
 import re
 
 import numpy as np
@@ -84,6 +85,7 @@ def _micro(**overrides):
   c = compare.get_config()
   c.arms = "transformer,transformer_swa"
   c.seeds = 2
+  c.workers = 1
   c.model.update(dim=16, num_layers=1, num_heads=2)
   c.train.update(batch_size=4, seq_len=32, warmup_steps=1, log_every=2, checkpoint_every=3)
   c.recall.update(lengths=(16, 32), pairs=(2, 2), steps=2, learning_rates=(1e-3, 1e-2),
@@ -100,6 +102,8 @@ def _micro(**overrides):
     ({"studies": "recall,vibes"}, "config.studies: unknown name"),
     ({"ablation.variants": "hope,hope_without_magic"}, "config.ablation.variants: unknown name"),
     ({"seeds": 0}, "config.seeds must be a positive integer"),
+    ({"workers": -1}, "config.workers must be"),
+    ({"workers": 4096}, "config.workers (4096) is more than the"),
     ({"repeat.distance": 32, "repeat.eval_distances": (32,)},
      "config.repeat.distance (32) must be larger than every arm's attention window"),
     ({"repeat.eval_distances": (20, 80)}, "must be at least the training distance"),
@@ -168,6 +172,36 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
     study.run(_micro(**{"repeat.steps": 3}), str(tmp_path), "test")
 
 
+def _where_it_ran(config, label):
+  return label, config.workers, os.getpid(), sorted(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(len(runs.usable_cores()) < 2, reason="needs two CPU cores")
+def test_workers_are_processes_pinned_to_their_own_cores_and_keep_the_order():
+  config = _micro(workers=2)
+  done = runs.in_parallel(config, [(_where_it_ran, name) for name in "abcd"])
+  assert [d[:2] for d in done] == [(name, 2) for name in "abcd"]
+  pinned = {pid: tuple(cores) for _, _, pid, cores in done}
+  assert os.getpid() not in pinned
+  # each worker has its own half of the cores (one worker may have taken every job)
+  halves = {tuple(int(c) for c in h) for h in np.array_split(runs.usable_cores(), 2)}
+  assert set(pinned.values()) <= halves and len(set(pinned.values())) == len(pinned)
+  # one worker: in this process
+  assert runs.in_parallel(_micro(), [(_where_it_ran, "a")])[0][2] == os.getpid()
+
+
+@pytest.mark.skipif(len(runs.usable_cores()) < 2, reason="needs two CPU cores")
+def test_a_study_trained_by_two_workers_scores_what_one_process_does(tmp_path):
+  def first_readings(workers):
+    config = _micro(studies="repeat", arms="transformer_swa", workers=workers)
+    arms = study.run(config, str(tmp_path / f"workers{workers}"), "test")["studies"]["repeat"]
+    return arms["arms"]["transformer_swa"]["readings"]["40"]["first"]["values"]
+
+  here = first_readings(1)
+  np.testing.assert_allclose(first_readings(2), here, rtol=1e-5)
+  assert len(set(here)) == 2   # the two seeds differ
+
+
 def test_memory_gates_of_a_titans_memory_and_none_without_one():
   config = _micro(**{"model.dim": 16})
   tokens = np.arange(2 * 24, dtype=np.int32).reshape(2, 24)
@@ -183,6 +217,19 @@ def test_memory_gates_of_a_titans_memory_and_none_without_one():
     assert 0 < g["theta_share"] < 1 and 0 < g["alpha"] < 1 and 0 < g["eta"] < 1
     # at the initial biases alpha is about 0.018: a write keeps (1 - alpha)^40 of itself
     assert g["kept"] == pytest.approx((1 - g["alpha"]) ** 40, rel=0.2)
+
+
+def test_inner_clips_bind_on_every_token_under_a_tiny_clip_and_on_none_under_a_huge_one():
+  tokens = np.random.default_rng(0).integers(0, 256, (2, 24), dtype=np.int32)
+  found = {}
+  for clip in (1e-6, 1e6):
+    config = _micro(**{"model.dim": 16})
+    config.arm_models.titans_lmm.model.max_grad_norm = clip
+    run = training.prepare(runs.run_config(config, "titans_lmm", seq_len=24, steps=1, seed=0))
+    params = training.init_state(run, optax.sgd(0.1))["params"]
+    [found[clip]] = repeat_study.inner_clips(run, params, tokens)
+  assert found[1e-6]["clipped"] == 1.0 and found[1e6]["clipped"] == 0.0
+  assert found[1e-6]["norm_over_clip"] > 1e3 and found[1e6]["norm_over_clip"] < 1e-3
 
 
 def test_passage_memory_is_lowest_after_the_passage_itself():

@@ -9,6 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -165,7 +166,7 @@ def test_retrieve_reads_without_writing():
   chex.assert_trees_all_close(frozen.weights, state.weights)
 
 
-def test_associative_loss_is_eq_12_per_token_and_lower_where_the_memory_wrote():
+def test_associative_loss_and_inner_gradient_norm_per_token_and_lower_loss_where_written():
   memory = _memory(chunk_size=4, max_lr=0.5)
   run, params = _runner(memory)
   ones = jnp.ones((BATCH, 8), bool)
@@ -178,6 +179,11 @@ def test_associative_loss_is_eq_12_per_token_and_lower_where_the_memory_wrote():
     weights = tuple(w[b, h] for w in state.weights)
     np.testing.assert_allclose(loss[b, :, h].sum(), memory_loss(weights, k[b, :, h], v[b, :, h]),
                                rtol=1e-5)
+  norms = memory.inner_gradient_norm(later, state)
+  assert norms.shape == (BATCH, 8, HEADS)
+  weights = tuple(w[1, 0] for w in state.weights)
+  grad = jax.grad(memory_loss)(weights, k[1, 5, 0], v[1, 5, 0])
+  np.testing.assert_allclose(norms[1, 5, 0], optax.global_norm(grad), rtol=1e-5)
   # Written on x, the weights map x's own pairs better than the initial ones do.
   fresh = memory.init_state(BATCH)
   written = memory.associative_loss(x, state.replace(conv=fresh.conv)).mean()
