@@ -141,6 +141,12 @@ def gradient_factors(w: dict, key: jax.Array, target: jax.Array) -> dict:
   return {"w1": (err, hidden), "w2": (delta, key)}
 
 
+def squared_norm(factors: dict) -> jax.Array:
+  """Each token's squared global norm of the gradient u x^T given as `gradient_factors`,
+  sum over matrices of |u|^2 |x|^2, [..., heads]."""
+  return sum(jnp.sum(u * u, -1) * jnp.sum(x * x, -1) for u, x in factors.values())
+
+
 def dgd_chunk(weight: jax.Array, u: jax.Array, x: jax.Array, eta: jax.Array,
               log_alpha: jax.Array) -> jax.Array:
   """W_t = W_{t-1} (alpha_t I - eta_t x^_t x^_t^T) - eta_t u_t x_t^T over one chunk, closed form.
@@ -208,8 +214,7 @@ def inner_update(boundary: dict, running: dict, key, target, eta, log_alpha, *,
     update = functools.partial(inner_update, max_grad_norm=max_grad_norm, rule=rule)
     return fused_kernel(update)(boundary, running, key, target, eta, log_alpha)
   factors = gradient_factors(boundary, key, target)
-  squared = sum(jnp.sum(u * u, -1) * jnp.sum(x * x, -1) for u, x in factors.values())
-  scale = clip_scale(squared, max_grad_norm)[..., None]
+  scale = clip_scale(squared_norm(factors), max_grad_norm)[..., None]
   factors = {name: (scale * u, x) for name, (u, x) in factors.items()}
   per_head = jax.vmap(dgd_chunk if rule == "dgd" else gd_chunk, in_axes=(0, 1, 1, 1, 1))
   return {name: per_head(running[name], *factors[name], eta, log_alpha) for name in running}
@@ -317,6 +322,24 @@ class SelfModifyingMemory(nnx.Module):
     `mask` [batch, seq] (nonzero = real token): masked tokens are skipped as if absent and
     get zero output.
     """
+    y, state, _ = self._run(x, state, mask, record=False)
+    return y, state
+
+  def inner_statistics(self, x: jax.Array, state: SelfModifyingState | None = None) -> dict:
+    """Read-only: what the inner rule does at each token of x [batch, seq, dim] (every token
+    real), streamed from `state` (None: a fresh one), as arrays [batch, seq, heads]:
+
+      eta: eta_t, the step size every memory of the head takes at the token;
+      alpha: alpha_t, its retention (1 with inner_decay=False);
+      gradient_norm: [batch, seq, 5, heads], each memory's inner gradient norm before the
+        clip, M_k, M_v, M_eta, M_alpha, M_memory in that order (the clip binds where it
+        exceeds max_grad_norm).
+    """
+    _, _, out = self._run(x, state, None, record=True)
+    return out
+
+  def _run(self, x, state, mask, record: bool):
+    """(y, the state after x, the `inner_statistics` if `record` else None)."""
     chex.assert_rank(x, 3)
     batch, seq, dim = x.shape
     if dim != self.dim:
@@ -335,14 +358,17 @@ class SelfModifyingMemory(nnx.Module):
     xm, conv_x = self.conv_x(xc, state.conv_x, valid)
     q, conv_q = self.conv_q(self.query(xc), state.conv_q, valid)
     heads = (self.num_heads, self.head_dim)
-    o, memories = jax.vmap(functools.partial(self._one_sequence, at_boundary=fresh))(
-        l2_normalize(xm.reshape((batch, seq) + heads), NORM_EPS), l2_normalize(q, NORM_EPS), comp.count, state)
+    o, memories, recorded = jax.vmap(functools.partial(
+        self._one_sequence, at_boundary=fresh, record=record))(
+        l2_normalize(xm.reshape((batch, seq) + heads), NORM_EPS), l2_normalize(q, NORM_EPS),
+        comp.count, state)
     y = jax.vmap(uncompact)(self.out(o.astype(self.dtype)), comp)
-    return y, SelfModifyingState(**memories, conv_x=conv_x, conv_q=conv_q)
+    return y, SelfModifyingState(**memories, conv_x=conv_x, conv_q=conv_q), recorded
 
-  def _one_sequence(self, x, q, count, state, at_boundary: bool):
+  def _one_sequence(self, x, q, count, state, at_boundary: bool, record: bool):
     """The memories over one compacted sequence: x, q [seq, heads, d] -> o [seq, heads, d];
-    `at_boundary`: the state is fresh (both clocks at 0)."""
+    `at_boundary`: the state is fresh (both clocks at 0); `record`: also return eta, alpha
+    and the gradient norms per token (`inner_statistics`), else None."""
     seq = x.shape[0]
     eta_bias, alpha_bias = self.eta_bias[...], self.alpha_bias[...]
     apply_each = jax.vmap(memory_apply, in_axes=(0, None))
@@ -358,31 +384,43 @@ class SelfModifyingMemory(nnx.Module):
       eta = jax.nn.sigmoid(jnp.mean(out[2], -1) + eta_bias) * valid[:, None]
       log_alpha = (jax.nn.log_sigmoid(jnp.mean(out[3], -1) + alpha_bias) * valid[:, None]
                    if self.inner_decay else jnp.zeros_like(eta))
-      running = update_each(boundary, running, k, apply_each(boundary, v), eta, log_alpha)
-      return (optax.tree_utils.tree_where(complete, running, boundary), running), (k, v, eta, log_alpha)
+      targets = apply_each(boundary, v)
+      running = update_each(boundary, running, k, targets, eta, log_alpha)
+      norms = (jnp.moveaxis(jnp.sqrt(jax.vmap(squared_norm)(
+          jax.vmap(gradient_factors, in_axes=(0, None, 0))(boundary, k, targets))), 0, 1)
+          if record else None)                                        # [n, 4, heads]
+      return ((optax.tree_utils.tree_where(complete, running, boundary), running),
+              (k, v, eta, log_alpha, norms))
 
     def memory_step(carry, chunk):
       boundary, running = carry
       q, k, v, eta, log_alpha, complete = chunk                       # zero at empty slots
-      running = update(boundary, running, k, memory_apply(boundary, v), eta, log_alpha)
-      return (optax.tree_utils.tree_where(complete, running, boundary), running), memory_apply(boundary, q)
+      target = memory_apply(boundary, v)
+      running = update(boundary, running, k, target, eta, log_alpha)
+      norm = (jnp.sqrt(squared_norm(gradient_factors(boundary, k, target))) if record
+              else None)                                              # [n, heads]
+      return ((optax.tree_utils.tree_where(complete, running, boundary), running),
+              (memory_apply(boundary, q), norm))
 
     grid = chunk_grid(count, state.other_position, self.chunk_size_other, seq,
                       at_boundary=at_boundary, granule=self.piece)
     (other_boundary, other_running), generated = jax.lax.scan(
         jax.checkpoint(other_step), (state.other_boundary, state.other_running),
         (to_chunks(x, grid), grid.valid, grid.complete))
-    k, v, eta, log_alpha = (from_chunks(a, grid) for a in generated)
+    k, v, eta, log_alpha = (from_chunks(a, grid) for a in generated[:4])
     memory_grid = chunk_grid(count, state.memory_position, self.chunk_size_memory, seq,
                              at_boundary=at_boundary, granule=self.piece)
-    (memory_boundary, memory_running), o = jax.lax.scan(
+    (memory_boundary, memory_running), (o, memory_norm) = jax.lax.scan(
         jax.checkpoint(memory_step), (state.memory_boundary, state.memory_running),
         tuple(to_chunks(a, memory_grid) for a in (q, k, v, eta, log_alpha))
         + (memory_grid.complete,))
+    recorded = dict(eta=eta, alpha=jnp.exp(log_alpha), gradient_norm=jnp.concatenate(
+        [from_chunks(generated[4], grid), from_chunks(memory_norm, memory_grid)[:, None]], 1)
+        ) if record else None
     return from_chunks(o, memory_grid), dict(
         other_boundary=other_boundary, other_running=other_running,
         memory_boundary=memory_boundary, memory_running=memory_running,
-        other_position=grid.next_position, memory_position=memory_grid.next_position)
+        other_position=grid.next_position, memory_position=memory_grid.next_position), recorded
 
   def flops_per_token(self, seq_len: int) -> float:
     """Forward matmul FLOPs per token.

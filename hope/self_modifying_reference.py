@@ -39,23 +39,24 @@ def _mlp(w, z):
 
 def _inner_step(boundary, running, key, value, eta, alpha, max_grad_norm, rule):
   """The DGD step (eq. 88) or, with rule "gd", the gradient-descent step of one memory on
-  the token (key, its own target M(value))."""
+  the token (key, its own target M(value)): (the running weights after it, the gradient's
+  norm before the clip)."""
   target = _mlp(boundary, value)
   grad = jax.grad(lambda w: 0.5 * jnp.sum((_mlp(w, key) - target) ** 2))(boundary)
-  scale = clip_scale(sum(jnp.sum(g * g) for g in grad.values()), max_grad_norm)
-  grad = jax.tree.map(lambda g: scale * g, grad)
+  squared = sum(jnp.sum(g * g) for g in grad.values())
+  grad = jax.tree.map(lambda g: clip_scale(squared, max_grad_norm) * g, grad)
   if rule == "gd":
-    return {name: alpha * running[name] - eta * grad[name] for name in running}
+    return {name: alpha * running[name] - eta * grad[name] for name in running}, jnp.sqrt(squared)
   inputs = {"w2": key, "w1": jax.nn.silu(boundary["w2"] @ key)}
   eye = jnp.eye(key.shape[0])
   return {name: running[name] @ (alpha * eye - eta * jnp.outer(_unit(inputs[name]),
                                                                _unit(inputs[name])))
-          - eta * grad[name] for name in running}
+          - eta * grad[name] for name in running}, jnp.sqrt(squared)
 
 
 def _one_head(initial_other, initial_memory, eta_bias, alpha_bias, x, q, chunk_other,
               chunk_memory, max_grad_norm, rule, decay):
-  """x, q [seq, d] of one head -> o [seq, d]."""
+  """x, q [seq, d] of one head -> (o [seq, d], {eta, alpha [seq], gradient_norm [seq, 5]})."""
   def token(carry, inputs):
     other_b, other_r, memory_b, memory_r = carry
     t, x_t, q_t = inputs
@@ -68,17 +69,30 @@ def _one_head(initial_other, initial_memory, eta_bias, alpha_bias, x, q, chunk_o
     eta = jax.nn.sigmoid(jnp.mean(_mlp(meta, x_t)) + eta_bias)
     alpha = jax.nn.sigmoid(jnp.mean(_mlp(malpha, x_t)) + alpha_bias) if decay else 1.0
     step = lambda b, r: _inner_step(b, r, k, v, eta, alpha, max_grad_norm, rule)
-    other_r = jax.vmap(step)(other_b, other_r)
-    memory_r = step(memory_b, memory_r)
-    return (other_b, other_r, memory_b, memory_r), _mlp(memory_b, q_t)
+    other_r, other_norms = jax.vmap(step)(other_b, other_r)
+    memory_r, memory_norm = step(memory_b, memory_r)
+    statistics = dict(eta=eta, alpha=jnp.asarray(alpha, jnp.float32),
+                      gradient_norm=jnp.append(other_norms, memory_norm))
+    return (other_b, other_r, memory_b, memory_r), (_mlp(memory_b, q_t), statistics)
 
   init = (initial_other, initial_other, initial_memory, initial_memory)
-  _, o = jax.lax.scan(token, init, (jnp.arange(x.shape[0]), x, q))
-  return o
+  _, out = jax.lax.scan(token, init, (jnp.arange(x.shape[0]), x, q))
+  return out
 
 
 def reference_self_modifying(layer: SelfModifyingMemory, x: jax.Array) -> jax.Array:
   """x [batch, seq, dim] from the learned initial state -> y [batch, seq, dim]."""
+  return _reference(layer, x)[0]
+
+
+def reference_inner_statistics(layer: SelfModifyingMemory, x: jax.Array) -> dict:
+  """`SelfModifyingMemory.inner_statistics` of x [batch, seq, dim] from the learned initial
+  state, token by token."""
+  return _reference(layer, x)[1]
+
+
+def _reference(layer: SelfModifyingMemory, x: jax.Array) -> tuple:
+  """(y [batch, seq, dim], the inner statistics) from the learned initial state."""
   batch, seq, _ = x.shape
   heads = (layer.num_heads, layer.head_dim)
   mask = jnp.ones((batch, seq), bool)
@@ -89,8 +103,8 @@ def reference_self_modifying(layer: SelfModifyingMemory, x: jax.Array) -> jax.Ar
   one_head = functools.partial(
       _one_head, chunk_other=layer.chunk_size_other, chunk_memory=layer.chunk_size_memory,
       max_grad_norm=layer.max_grad_norm, rule=layer.inner_rule, decay=layer.inner_decay)
-  per_head = jax.vmap(one_head, in_axes=(1, 0, 0, 0, 1, 1), out_axes=1)
+  per_head = jax.vmap(one_head, in_axes=(1, 0, 0, 0, 1, 1), out_axes=(1, -1))
   per_sequence = jax.vmap(per_head, in_axes=(None, None, None, None, 0, 0))
-  o = per_sequence(other, memory, layer.eta_bias[...], layer.alpha_bias[...],
-                   _unit(xm.reshape((batch, seq) + heads)), _unit(q))
-  return layer.out(o.astype(layer.dtype))
+  o, statistics = per_sequence(other, memory, layer.eta_bias[...], layer.alpha_bias[...],
+                               _unit(xm.reshape((batch, seq) + heads)), _unit(q))
+  return layer.out(o.astype(layer.dtype)), statistics

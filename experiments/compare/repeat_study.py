@@ -10,7 +10,8 @@ Titans arms whose memory reads the block's input (LMM, MAG, MAL) it also records
 gates on those sequences (`memory_gates`): what a memory does with a passage depends on how
 fast it writes (theta) and how fast it forgets (alpha); whether the memory's state holds
 the passage when its second reading starts (`passage_memory`); and how often its
-inner-gradient clip binds (`inner_clips`).
+inner-gradient clip binds (`inner_clips`). For HOPE (self-modifying memories) it records
+the same kind of read-out of its inner rule (`self_modifying_gates`).
 """
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import optax
 from flax import nnx
 
 from experiments.compare import runs
+from hope.self_modifying import SelfModifyingMemory
 from hope.titans import TitansMixer
 from runtime import repeat, training
 
@@ -116,13 +118,39 @@ def inner_clips(run: training.Run, params, tokens: np.ndarray) -> list | None:
   return out
 
 
+def self_modifying_gates(run: training.Run, params, tokens: np.ndarray,
+                         distance: int) -> list | None:
+  """Per layer of a model whose mixers are self-modifying memories (HOPE), what its inner rule
+  does on `tokens` [batch, T] (`SelfModifyingMemory.inner_statistics`): eta (the step size
+  every memory of a head takes) and alpha (its forgetting rate, 1 - alpha_t) averaged over
+  tokens and heads, kept = exp(distance x mean log alpha_t), and per memory (M_k, M_v, M_eta,
+  M_alpha, M_memory) `clipped`, the share of (sequence, token, head) whose inner gradient is
+  longer than max_grad_norm, and `norm_over_clip`, that length's mean over max_grad_norm
+  (0 and None without a clip). None for other models."""
+  model = nnx.merge(run.graphdef, params)
+  mixers = [b.mixer for b in model.blocks]
+  if not all(isinstance(m, SelfModifyingMemory) for m in mixers):
+    return None
+  x, out = model.embed(tokens), []
+  for block, mixer in zip(model.blocks, mixers):
+    stats = mixer.inner_statistics(block.mixer_norm(x))
+    norms, clip = jnp.moveaxis(stats["gradient_norm"], 2, 0).reshape(5, -1), mixer.max_grad_norm
+    out.append(dict(eta=float(stats["eta"].mean()), alpha=float(1 - stats["alpha"].mean()),
+                    kept=float(jnp.exp(distance * jnp.log(stats["alpha"]).mean())),
+                    clipped=((norms > clip).mean(1) if clip else jnp.zeros(5)).tolist(),
+                    norm_over_clip=(norms / clip).mean(1).tolist() if clip else None))
+    x, _ = block(x)
+  return out
+
+
 def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
   gates_batch = next(iter(repeat.dataset(validation, seed=10_000, passage=pc.passage,
                                          distance=pc.distance, batch_size=pc.eval_batch_size)))
   out = dict(gates=memory_gates(run, params, gates_batch[:, :-1], pc.distance),
              passage_memory=passage_memory(run, params, gates_batch[:, :-1], pc.passage,
                                            pc.distance),
-             clips=inner_clips(run, params, gates_batch[:, :-1]))
+             clips=inner_clips(run, params, gates_batch[:, :-1]),
+             self_modifying=self_modifying_gates(run, params, gates_batch[:, :-1], pc.distance))
   for distance in pc.eval_distances:
     by_position = position_losses(run, params, validation, pc, distance, run.config.seed)
     out[str(distance)] = repeat.reading_losses(by_position, pc.passage, distance)
@@ -158,6 +186,7 @@ def run(config, arms: list[str], workdir: Path) -> dict:
         gates=[r.get("gates") for r in scored],
         passage_memory=[r.get("passage_memory") for r in scored],
         clips=[r.get("clips") for r in scored],
+        self_modifying=[r.get("self_modifying") for r in scored],
         **runs.costs(scored, scored))
   return dict(arms=out, distances=list(pc.eval_distances), passage=pc.passage,
               distance=pc.distance, steps=pc.steps)

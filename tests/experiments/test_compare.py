@@ -129,12 +129,14 @@ def test_default_config_validates_with_every_arm_and_variant_matched():
   assert models["hope_cms_teach"].run.config.model.cms_signal == "teach"
 
 
-def test_memory_write_config_runs_the_repeat_study_on_lmm_at_three_max_lr():
+def test_memory_write_config_runs_the_repeat_study_on_lmm_at_higher_rates_and_looser_clips():
   models, studies = study.validate(compare_memory_write.get_config())
   assert studies == ["repeat"]
-  max_lr = {arm: m.run.config.model.max_lr for arm, m in models.items()}
-  assert max_lr == {"titans_lmm": 0.01, "titans_lmm_max_lr_3x": 0.03,
-                    "titans_lmm_max_lr_10x": 0.1}
+  write = {arm: (m.run.config.model.max_lr, m.run.config.model.max_grad_norm)
+           for arm, m in models.items()}
+  assert write == {"titans_lmm": (0.01, 1.0), "titans_lmm_max_lr_3x": (0.03, 1.0),
+                   "titans_lmm_max_lr_10x": (0.1, 1.0), "titans_lmm_clip_10x": (0.01, 10.0),
+                   "titans_lmm_max_lr_10x_clip_10x": (0.1, 10.0)}
   assert len({m.params for m in models.values()}) == 1
 
 
@@ -230,6 +232,24 @@ def test_inner_clips_bind_on_every_token_under_a_tiny_clip_and_on_none_under_a_h
     [found[clip]] = repeat_study.inner_clips(run, params, tokens)
   assert found[1e-6]["clipped"] == 1.0 and found[1e6]["clipped"] == 0.0
   assert found[1e-6]["norm_over_clip"] > 1e3 and found[1e6]["norm_over_clip"] < 1e-3
+
+
+def test_self_modifying_gates_of_hope_bind_every_clip_under_a_tiny_one_and_none_under_a_huge_one():
+  tokens = np.random.default_rng(0).integers(0, 256, (2, 24), dtype=np.int32)
+  found = {}
+  for clip in (1e-6, 1e6):
+    config = _micro(**{"model.dim": 16})
+    config.arm_models.hope.model.max_grad_norm = clip
+    run = training.prepare(runs.run_config(config, "hope", seq_len=24, steps=1, seed=0))
+    params = training.init_state(run, optax.sgd(0.1))["params"]
+    [found[clip]] = repeat_study.self_modifying_gates(run, params, tokens, distance=40)
+    assert repeat_study.memory_gates(run, params, tokens, distance=40) is None
+  tiny, huge = found[1e-6], found[1e6]
+  assert tiny["clipped"] == [1.0] * 5 and huge["clipped"] == [0.0] * 5
+  assert min(tiny["norm_over_clip"]) > 1e3 and max(huge["norm_over_clip"]) < 1e-3
+  # at the initial biases eta is about 0.1 and alpha 0.001: a write keeps 0.999^40 of itself
+  assert 0.05 < huge["eta"] < 0.2 and 0 < huge["alpha"] < 0.01
+  assert huge["kept"] == pytest.approx((1 - huge["alpha"]) ** 40, rel=0.05)
 
 
 def test_passage_memory_is_lowest_after_the_passage_itself():

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from hope.self_modifying import SelfModifyingMemory, check_finite
-from hope.self_modifying_reference import reference_self_modifying
+from hope.self_modifying_reference import reference_inner_statistics, reference_self_modifying
 from hope.stream_chunks import chunk_grid
 from tests.helpers import fast_and_reference
 
@@ -110,6 +110,24 @@ def test_inner_gradient_clip_keeps_grown_memories_finite():
     if finite:
       check_finite(state)
       assert max(float(jnp.abs(w).max()) for w in jax.tree.leaves(state.other_running)) < 10
+
+
+def test_inner_statistics_match_the_per_token_reference_and_stream(layer):
+  """eta_t, alpha_t and each memory's inner gradient norm before the clip: chunk-wise
+  against token by token, and read from a carried state (13 tokens in: mid-chunk on both
+  grids) as in one call."""
+  x = _x()
+  statistics = jax.jit(lambda x: layer.inner_statistics(x))
+  stats = statistics(x)
+  chex.assert_shape([stats["eta"], stats["alpha"], stats["gradient_norm"]],
+                    [(BATCH, SEQ, HEADS)] * 2 + [(BATCH, SEQ, 5, HEADS)])
+  ref = jax.jit(lambda x: reference_inner_statistics(layer, x))(x)
+  chex.assert_trees_all_close(stats, ref, rtol=1e-4, atol=1e-6)
+  assert float(jnp.std(stats["gradient_norm"])) > 0 and float(jnp.std(stats["eta"])) > 0
+  _, state = jax.jit(lambda x: layer(x))(x[:, :13])
+  tail = jax.jit(lambda x, s: layer.inner_statistics(x, s))(x[:, 13:], state)
+  chex.assert_trees_all_close(tail, jax.tree.map(lambda a: a[:, 13:], stats), rtol=1e-4,
+                              atol=1e-6)
 
 
 def test_chunk_size_one_is_the_per_token_recurrence():
