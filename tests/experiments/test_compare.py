@@ -204,12 +204,18 @@ def test_a_study_trained_by_two_workers_scores_what_one_process_does(tmp_path):
   assert len(set(here)) == 2   # the two seeds differ
 
 
-def test_memory_gates_of_a_titans_memory_and_none_without_one():
+def _untrained(arm: str, seq_len: int = 24, **model):
+  """(run, initial params) of `arm` at width 16, one layer, with `model` overrides."""
   config = _micro(**{"model.dim": 16})
+  config.arm_models[arm].model.update(model)
+  run = training.prepare(runs.run_config(config, arm, seq_len=seq_len, steps=1, seed=0))
+  return run, training.init_state(run, optax.sgd(0.1))["params"]
+
+
+def test_memory_gates_of_a_titans_memory_and_none_without_one():
   tokens = np.arange(2 * 24, dtype=np.int32).reshape(2, 24)
   for arm, has_memory in (("titans_lmm", True), ("transformer", False)):
-    run = training.prepare(runs.run_config(config, arm, seq_len=24, steps=1, seed=0))
-    params = training.init_state(run, optax.sgd(0.1))["params"]
+    run, params = _untrained(arm)
     gates = repeat_study.memory_gates(run, params, tokens, distance=40)
     if not has_memory:
       assert gates is None
@@ -225,10 +231,7 @@ def test_inner_clips_bind_on_every_token_under_a_tiny_clip_and_on_none_under_a_h
   tokens = np.random.default_rng(0).integers(0, 256, (2, 24), dtype=np.int32)
   found = {}
   for clip in (1e-6, 1e6):
-    config = _micro(**{"model.dim": 16})
-    config.arm_models.titans_lmm.model.max_grad_norm = clip
-    run = training.prepare(runs.run_config(config, "titans_lmm", seq_len=24, steps=1, seed=0))
-    params = training.init_state(run, optax.sgd(0.1))["params"]
+    run, params = _untrained("titans_lmm", max_grad_norm=clip)
     [found[clip]] = repeat_study.inner_clips(run, params, tokens)
   assert found[1e-6]["clipped"] == 1.0 and found[1e6]["clipped"] == 0.0
   assert found[1e-6]["norm_over_clip"] > 1e3 and found[1e6]["norm_over_clip"] < 1e-3
@@ -238,10 +241,7 @@ def test_self_modifying_gates_of_hope_bind_every_clip_under_a_tiny_one_and_none_
   tokens = np.random.default_rng(0).integers(0, 256, (2, 24), dtype=np.int32)
   found = {}
   for clip in (1e-6, 1e6):
-    config = _micro(**{"model.dim": 16})
-    config.arm_models.hope.model.max_grad_norm = clip
-    run = training.prepare(runs.run_config(config, "hope", seq_len=24, steps=1, seed=0))
-    params = training.init_state(run, optax.sgd(0.1))["params"]
+    run, params = _untrained("hope", max_grad_norm=clip)
     [found[clip]] = repeat_study.self_modifying_gates(run, params, tokens, distance=40)
     assert repeat_study.memory_gates(run, params, tokens, distance=40) is None
   tiny, huge = found[1e-6], found[1e6]
@@ -253,11 +253,9 @@ def test_self_modifying_gates_of_hope_bind_every_clip_under_a_tiny_one_and_none_
 
 
 def test_passage_memory_is_lowest_after_the_passage_itself():
-  config = _micro(**{"model.dim": 16})
-  config.arm_models.titans_lmm.model.max_lr = 0.1   # writes strong enough to show at init
   tokens = np.random.default_rng(0).integers(0, 256, (4, 2 * 8 + 16), dtype=np.int32)
   tokens[:, -8:] = tokens[:, :8]                    # P | F | P
-  run = training.prepare(runs.run_config(config, "titans_lmm", seq_len=32, steps=1, seed=0))
-  params = training.init_state(run, optax.sgd(0.1))["params"]
+  # max_lr 0.1: writes strong enough to show at initialisation
+  run, params = _untrained("titans_lmm", seq_len=32, max_lr=0.1)
   [layer] = repeat_study.passage_memory(run, params, tokens, passage=8, distance=16)
   assert layer["after_passage"] < layer["after_other"] < layer["initial"]
