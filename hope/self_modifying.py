@@ -333,7 +333,11 @@ class SelfModifyingMemory(nnx.Module):
       alpha: alpha_t, its retention (1 with inner_decay=False);
       gradient_norm: [batch, seq, 5, heads], each memory's inner gradient norm before the
         clip, M_k, M_v, M_eta, M_alpha, M_memory in that order (the clip binds where it
-        exceeds max_grad_norm).
+        exceeds max_grad_norm);
+      memory_key, memory_target: [batch, seq, heads, d], the pair M_memory is written with
+        at the token, k_t and its target M_memory(v_t) (both at its boundary weights), so
+        ||M(memory_key) - memory_target||^2 under other weights M says how well they
+        already map the pairs x writes.
     """
     _, _, out = self._run(x, state, None, record=True)
     return out
@@ -400,7 +404,7 @@ class SelfModifyingMemory(nnx.Module):
       norm = (jnp.sqrt(squared_norm(gradient_factors(boundary, k, target))) if record
               else None)                                              # [n, heads]
       return ((optax.tree_utils.tree_where(complete, running, boundary), running),
-              (memory_apply(boundary, q), norm))
+              (memory_apply(boundary, q), norm, target if record else None))
 
     grid = chunk_grid(count, state.other_position, self.chunk_size_other, seq,
                       at_boundary=at_boundary, granule=self.piece)
@@ -410,13 +414,13 @@ class SelfModifyingMemory(nnx.Module):
     k, v, eta, log_alpha = (from_chunks(a, grid) for a in generated[:4])
     memory_grid = chunk_grid(count, state.memory_position, self.chunk_size_memory, seq,
                              at_boundary=at_boundary, granule=self.piece)
-    (memory_boundary, memory_running), (o, memory_norm) = jax.lax.scan(
+    (memory_boundary, memory_running), (o, memory_norm, memory_target) = jax.lax.scan(
         jax.checkpoint(memory_step), (state.memory_boundary, state.memory_running),
         tuple(to_chunks(a, memory_grid) for a in (q, k, v, eta, log_alpha))
         + (memory_grid.complete,))
     recorded = dict(eta=eta, alpha=jnp.exp(log_alpha), gradient_norm=jnp.concatenate(
-        [from_chunks(generated[4], grid), from_chunks(memory_norm, memory_grid)[:, None]], 1)
-        ) if record else None
+        [from_chunks(generated[4], grid), from_chunks(memory_norm, memory_grid)[:, None]], 1),
+        memory_key=k, memory_target=from_chunks(memory_target, memory_grid)) if record else None
     return from_chunks(o, memory_grid), dict(
         other_boundary=other_boundary, other_running=other_running,
         memory_boundary=memory_boundary, memory_running=memory_running,

@@ -56,7 +56,8 @@ def _inner_step(boundary, running, key, value, eta, alpha, max_grad_norm, rule):
 
 def _one_head(initial_other, initial_memory, eta_bias, alpha_bias, x, q, chunk_other,
               chunk_memory, max_grad_norm, rule, decay):
-  """x, q [seq, d] of one head -> (o [seq, d], {eta, alpha [seq], gradient_norm [seq, 5]})."""
+  """x, q [seq, d] of one head -> (o [seq, d], {eta, alpha [seq], gradient_norm [seq, 5],
+  memory_key, memory_target [seq, d]})."""
   def token(carry, inputs):
     other_b, other_r, memory_b, memory_r = carry
     t, x_t, q_t = inputs
@@ -72,7 +73,8 @@ def _one_head(initial_other, initial_memory, eta_bias, alpha_bias, x, q, chunk_o
     other_r, other_norms = jax.vmap(step)(other_b, other_r)
     memory_r, memory_norm = step(memory_b, memory_r)
     statistics = dict(eta=eta, alpha=jnp.asarray(alpha, jnp.float32),
-                      gradient_norm=jnp.append(other_norms, memory_norm))
+                      gradient_norm=jnp.append(other_norms, memory_norm),
+                      memory_key=k, memory_target=_mlp(memory_b, v))
     return (other_b, other_r, memory_b, memory_r), (_mlp(memory_b, q_t), statistics)
 
   init = (initial_other, initial_other, initial_memory, initial_memory)
@@ -103,7 +105,8 @@ def _reference(layer: SelfModifyingMemory, x: jax.Array) -> tuple:
   one_head = functools.partial(
       _one_head, chunk_other=layer.chunk_size_other, chunk_memory=layer.chunk_size_memory,
       max_grad_norm=layer.max_grad_norm, rule=layer.inner_rule, decay=layer.inner_decay)
-  per_head = jax.vmap(one_head, in_axes=(1, 0, 0, 0, 1, 1), out_axes=(1, -1))
+  heads_axis = dict(eta=-1, alpha=-1, gradient_norm=-1, memory_key=1, memory_target=1)
+  per_head = jax.vmap(one_head, in_axes=(1, 0, 0, 0, 1, 1), out_axes=(1, heads_axis))
   per_sequence = jax.vmap(per_head, in_axes=(None, None, None, None, 0, 0))
   o, statistics = per_sequence(other, memory, layer.eta_bias[...], layer.alpha_bias[...],
                                _unit(xm.reshape((batch, seq) + heads)), _unit(q))

@@ -8,20 +8,21 @@ beyond), the mean next-token loss over the first and the second reading of P, in
 pass; and, at the training distance, the loss at every position of the sequence. For the
 Titans arms whose memory reads the block's input (LMM, MAG, MAL) it also records the learned
 gates on those sequences (`memory_gates`): what a memory does with a passage depends on how
-fast it writes (theta) and how fast it forgets (alpha); whether the memory's state holds
-the passage when its second reading starts (`passage_memory`); and how often its
-inner-gradient clip binds (`inner_clips`). For HOPE (self-modifying memories) it records
-the same kind of read-out of its inner rule (`self_modifying_gates`).
+fast it writes (theta) and how fast it forgets (alpha); and how often its inner-gradient
+clip binds (`inner_clips`). For HOPE (self-modifying memories) it records the same kind of
+read-out of its inner rule (`self_modifying_gates`). For both, whether the memory's state
+holds the passage when its second reading starts (`passage_memory`).
 """
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from experiments.compare import runs
-from hope.self_modifying import SelfModifyingMemory
+from hope.self_modifying import SelfModifyingMemory, memory_apply
 from hope.titans import TitansMixer
 from runtime import repeat, training
 
@@ -64,32 +65,54 @@ def memory_gates(run: training.Run, params, tokens: np.ndarray, distance: int) -
 
 def passage_memory(run: training.Run, params, tokens: np.ndarray, passage: int,
                    distance: int) -> list | None:
-  """Per layer, what the Titans memory holds of the passage when its second reading starts,
-  on sequences `tokens` [batch, 2 * passage + distance] = P | F | P: the associative loss
+  """Per layer, what the memory holds of the passage when its second reading starts, on
+  sequences `tokens` [batch, 2 * passage + distance] = P | F | P: the associative loss
   ||M(k_t) - v_t||^2 on the second reading's keys and values (mean over tokens, heads and
-  sequences) through the state after P | F (`after_passage`), after P' | F with P' another
-  sequence's passage (`after_other`), and the learned initial state (`initial`). The keys and
-  values are the real sequence's in all three, so after_passage below after_other means the
-  state holds the passage's own key-value pairs. None as for `memory_gates`."""
+  sequences) through the memory's weights after P | F (`after_passage`), after P' | F with P'
+  another sequence's passage (`after_other`), and its learned initial weights (`initial`).
+  The keys and values are the real sequence's in all three, so after_passage below
+  after_other means the state holds the passage's own key-value pairs.
+
+  Titans (LMM, MAG, MAL): the memory's keys and values (`NeuralMemory.associative_loss`).
+  HOPE: M_memory's keys and targets M_memory(v_t) as the model writes them on the second
+  reading (`SelfModifyingMemory.inner_statistics`), through M_memory's running weights.
+  None for other models."""
   model = nnx.merge(run.graphdef, params)
   mixers = [b.mixer for b in model.blocks]
-  if not all(isinstance(m, TitansMixer) and m.variant != "mac" for m in mixers):
+  if all(isinstance(m, TitansMixer) and m.variant != "mac" for m in mixers):
+    losses, memories = _titans_losses, [m.memory for m in mixers]
+  elif all(isinstance(m, SelfModifyingMemory) for m in mixers):
+    losses, memories = _self_modifying_losses, mixers
+  else:
     return None
   prefix = passage + distance
   other = np.concatenate([np.roll(tokens[:, :passage], 1, axis=0), tokens[:, passage:]], 1)
   x, x_other, out = model.embed(tokens), model.embed(other), []
-  for block, mixer in zip(model.blocks, mixers):
+  for block, memory in zip(model.blocks, memories):
     h, h_other = block.mixer_norm(x), block.mixer_norm(x_other)
-    _, after_passage = mixer.memory(h[:, :prefix])
-    _, after_other = mixer.memory(h_other[:, :prefix])
-    conv = after_passage.conv    # the same keys and values in all three
-    states = dict(initial=mixer.memory.init_state(len(tokens)).replace(conv=conv),
-                  after_other=after_other.replace(conv=conv), after_passage=after_passage)
-    out.append({name: float(mixer.memory.associative_loss(h[:, prefix:], state).mean())
-                for name, state in states.items()})
+    _, after_passage = memory(h[:, :prefix])
+    _, after_other = memory(h_other[:, :prefix])
+    out.append(losses(memory, h[:, prefix:], after_passage, after_other))
     x, _ = block(x)
     x_other, _ = block(x_other)
   return out
+
+
+def _titans_losses(memory, second, after_passage, after_other) -> dict:
+  conv = after_passage.conv    # the same keys and values in all three
+  states = dict(initial=memory.init_state(len(second)).replace(conv=conv),
+                after_other=after_other.replace(conv=conv), after_passage=after_passage)
+  return {name: float(memory.associative_loss(second, state).mean())
+          for name, state in states.items()}
+
+
+def _self_modifying_losses(memory, second, after_passage, after_other) -> dict:
+  stats = memory.inner_statistics(second, after_passage)
+  pairs = stats["memory_key"], stats["memory_target"]
+  weights = dict(initial=memory.init_state(len(second)).memory_running,
+                 after_other=after_other.memory_running, after_passage=after_passage.memory_running)
+  loss = jax.vmap(lambda w, k, target: jnp.sum((memory_apply(w, k) - target) ** 2, -1))
+  return {name: float(loss(w, *pairs).mean()) for name, w in weights.items()}
 
 
 def inner_clips(run: training.Run, params, tokens: np.ndarray) -> list | None:

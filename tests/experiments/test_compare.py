@@ -255,7 +255,12 @@ def test_self_modifying_gates_of_hope_bind_every_clip_under_a_tiny_one_and_none_
 def test_passage_memory_is_lowest_after_the_passage_itself():
   tokens = np.random.default_rng(0).integers(0, 256, (4, 2 * 8 + 16), dtype=np.int32)
   tokens[:, -8:] = tokens[:, :8]                    # P | F | P
-  # max_lr 0.1: writes strong enough to show at initialisation
-  run, params = _untrained("titans_lmm", seq_len=32, max_lr=0.1)
-  [layer] = repeat_study.passage_memory(run, params, tokens, passage=8, distance=16)
-  assert layer["after_passage"] < layer["after_other"] < layer["initial"]
+  # Titans at max_lr 0.1: writes strong enough to show at initialisation
+  for arm, model in (("titans_lmm", dict(max_lr=0.1)), ("hope", {}), ("transformer", {})):
+    run, params = _untrained(arm, seq_len=32, **model)
+    found = repeat_study.passage_memory(run, params, tokens, passage=8, distance=16)
+    if arm == "transformer":
+      assert found is None
+      continue
+    [layer] = found
+    assert layer["after_passage"] < layer["after_other"] < layer["initial"], arm

@@ -119,8 +119,10 @@ def test_inner_statistics_match_the_per_token_reference_and_stream(layer):
   x = _x()
   statistics = jax.jit(lambda x: layer.inner_statistics(x))
   stats = statistics(x)
-  chex.assert_shape([stats["eta"], stats["alpha"], stats["gradient_norm"]],
-                    [(BATCH, SEQ, HEADS)] * 2 + [(BATCH, SEQ, 5, HEADS)])
+  chex.assert_shape([stats["eta"], stats["alpha"], stats["gradient_norm"], stats["memory_key"],
+                     stats["memory_target"]],
+                    [(BATCH, SEQ, HEADS)] * 2 + [(BATCH, SEQ, 5, HEADS)]
+                    + [(BATCH, SEQ, HEADS, layer.head_dim)] * 2)
   ref = jax.jit(lambda x: reference_inner_statistics(layer, x))(x)
   chex.assert_trees_all_close(stats, ref, rtol=1e-4, atol=1e-6)
   assert float(jnp.std(stats["gradient_norm"])) > 0 and float(jnp.std(stats["eta"])) > 0
