@@ -5,7 +5,9 @@ training corpus (`runtime.repeat`: passage P of repeat.passage bytes, filler F o
 repeat.distance bytes, longer than any arm's attention window). Each run is then scored on
 validation text: for every distance in repeat.eval_distances (the training distance and
 beyond), the mean next-token loss over the first and the second reading of P, in one forward
-pass; and, at the training distance, the loss at every position of the sequence. For the
+pass; and, at the training distance, the loss at every position of the sequence and the
+second reading's loss when another passage came first (`readback`: how much the model uses
+what it read of the passage). For the
 Titans arms whose memory reads the block's input (LMM, MAG, MAL) it also records the learned
 gates on those sequences (`memory_gates`): what a memory does with a passage depends on how
 fast it writes (theta) and how fast it forgets (alpha); and how often its inner-gradient
@@ -28,18 +30,39 @@ from runtime import repeat, training
 
 
 def position_losses(run: training.Run, params, tokens: np.ndarray, pc, distance: int,
-                    seed: int) -> np.ndarray:
+                    seed: int, other_passage: bool = False) -> np.ndarray:
   """Mean next-token loss at each position [2 * passage + distance] over
-  pc.eval_sequences sequences of validation `tokens`."""
+  pc.eval_sequences sequences of validation `tokens`; with `other_passage`, on P' | F | P
+  (`with_other_passage`) instead of P | F | P."""
   loss = runs.jitted(run, "position_loss", lambda p, t: optax.softmax_cross_entropy_with_integer_labels(
       run.apply(p, t[:, :-1]), t[:, 1:]).mean(0))
   total = None
   batches = repeat.dataset(tokens, seed=10_000 + seed, passage=pc.passage, distance=distance,
                            batch_size=pc.eval_batch_size, count=pc.eval_sequences)
   for b in batches:
+    b = with_other_passage(b, pc.passage) if other_passage else b
     value = np.asarray(loss(params, training.global_batch(run, b)), np.float64)
     total = value if total is None else total + value
   return total / (pc.eval_sequences // pc.eval_batch_size)
+
+
+def with_other_passage(tokens: np.ndarray, passage: int) -> np.ndarray:
+  """Sequences P | F | P [batch, T] with each first passage replaced by the previous
+  sequence's: P' | F | P."""
+  return np.concatenate([np.roll(tokens[:, :passage], 1, axis=0), tokens[:, passage:]], 1)
+
+
+def readback(run: training.Run, params, tokens: np.ndarray, pc) -> dict:
+  """Whether the model reads the passage back at the training distance: the second reading's
+  loss on P | F | P (`second`) and on P' | F | P (`second_after_other`), and `readback`, the
+  second minus the first. Everything a model sees after the first reading is the same in
+  both, so readback is 0 for one that cannot reach the first reading (a sliding window
+  shorter than the filler) and positive as far as it uses what it read there."""
+  second = {other: repeat.reading_losses(position_losses(
+      run, params, tokens, pc, pc.distance, run.config.seed, other_passage=other),
+      pc.passage, pc.distance)["second"] for other in (False, True)}
+  return dict(second=second[False], second_after_other=second[True],
+              readback=second[True] - second[False])
 
 
 def memory_gates(run: training.Run, params, tokens: np.ndarray, distance: int) -> list | None:
@@ -86,8 +109,7 @@ def passage_memory(run: training.Run, params, tokens: np.ndarray, passage: int,
   else:
     return None
   prefix = passage + distance
-  other = np.concatenate([np.roll(tokens[:, :passage], 1, axis=0), tokens[:, passage:]], 1)
-  x, x_other, out = model.embed(tokens), model.embed(other), []
+  x, x_other, out = model.embed(tokens), model.embed(with_other_passage(tokens, passage)), []
   for block, memory in zip(model.blocks, memories):
     h, h_other = block.mixer_norm(x), block.mixer_norm(x_other)
     _, after_passage = memory(h[:, :prefix])
@@ -173,7 +195,8 @@ def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
              passage_memory=passage_memory(run, params, gates_batch[:, :-1], pc.passage,
                                            pc.distance),
              clips=inner_clips(run, params, gates_batch[:, :-1]),
-             self_modifying=self_modifying_gates(run, params, gates_batch[:, :-1], pc.distance))
+             self_modifying=self_modifying_gates(run, params, gates_batch[:, :-1], pc.distance),
+             readback=readback(run, params, validation, pc))
   for distance in pc.eval_distances:
     by_position = position_losses(run, params, validation, pc, distance, run.config.seed)
     out[str(distance)] = repeat.reading_losses(by_position, pc.passage, distance)
@@ -210,6 +233,9 @@ def run(config, arms: list[str], workdir: Path) -> dict:
         passage_memory=[r.get("passage_memory") for r in scored],
         clips=[r.get("clips") for r in scored],
         self_modifying=[r.get("self_modifying") for r in scored],
+        readback={k: runs.mean_std([r["readback"][k] for r in scored])
+                  for k in ("second", "second_after_other", "readback")}
+        if all("readback" in r for r in scored) else None,   # runs scored before it existed
         **runs.costs(scored, scored))
   return dict(arms=out, distances=list(pc.eval_distances), passage=pc.passage,
               distance=pc.distance, steps=pc.steps)

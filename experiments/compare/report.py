@@ -57,6 +57,12 @@ def markdown(results: dict) -> str:
       lines.append(f"| {arm} | " + " | ".join(
           f"{_pm(s['readings'][d]['first'])} | {_pm(s['readings'][d]['second'])} | "
           f"{_pm(s['readings'][d]['gain'])}" for d in distances) + " |")
+    lines += ["", f"Readback at distance {r['distance']}: the second reading's loss after "
+                  f"another passage (P' | F | P) minus after the passage itself:", "",
+              "| arm | second | second after P' | readback |", "|---|---:|---:|---:|"]
+    lines += [f"| {arm} | {_pm(s['readback']['second'])} | "
+              f"{_pm(s['readback']['second_after_other'])} | {_pm(s['readback']['readback'])} |"
+              for arm, s in r["arms"].items() if s.get("readback")]
   if "ablation" in studies:
     r = studies["ablation"]
     lines += ["", f"Ablation: validation loss after {r['steps']} steps (nats/byte), and minus "

@@ -157,6 +157,9 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   assert reading["gain"]["mean"] == pytest.approx(
       reading["first"]["mean"] - reading["second"]["mean"])
   assert len(saved["studies"]["repeat"]["arms"]["transformer"]["by_position"]) == 2 * 8 + 40
+  window = saved["studies"]["repeat"]["arms"]["transformer_swa"]["readback"]["readback"]
+  np.testing.assert_allclose(window["values"], 0, atol=1e-6)   # it cannot see the first reading
+  assert "| second after P' | readback |" in printed
   variants = saved["studies"]["ablation"]["variants"]
   assert variants["transformer"]["paired"]["values"] == [0.0, 0.0]
   np.testing.assert_allclose(variants["transformer_swa"]["paired"]["values"], np.subtract(
@@ -250,6 +253,19 @@ def test_self_modifying_gates_of_hope_bind_every_clip_under_a_tiny_one_and_none_
   # at the initial biases eta is about 0.1 and alpha 0.001: a write keeps 0.999^40 of itself
   assert 0.05 < huge["eta"] < 0.2 and 0 < huge["alpha"] < 0.01
   assert huge["kept"] == pytest.approx((1 - huge["alpha"]) ** 40, rel=0.05)
+
+
+def test_readback_is_zero_for_a_window_short_of_the_first_reading_and_not_for_full_attention():
+  pc = _micro().repeat                          # passage 8, filler 40; the window is 32
+  tokens = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.int32)
+  found = {}
+  for arm in ("transformer_swa", "transformer"):
+    run, params = _untrained(arm, seq_len=2 * pc.passage + pc.distance)
+    found[arm] = repeat_study.readback(run, params, tokens, pc)
+  window, full = found["transformer_swa"], found["transformer"]
+  assert window["readback"] == pytest.approx(0, abs=1e-6)
+  assert abs(full["readback"]) > 1e-4
+  assert full["readback"] == full["second_after_other"] - full["second"]
 
 
 def test_passage_memory_is_lowest_after_the_passage_itself():
