@@ -5,9 +5,9 @@ training corpus (`runtime.repeat`: passage P of repeat.passage bytes, filler F o
 repeat.distance bytes, longer than any arm's attention window). Each run is then scored on
 validation text: for every distance in repeat.eval_distances (the training distance and
 beyond), the mean next-token loss over the first and the second reading of P, in one forward
-pass; and, at the training distance, the loss at every position of the sequence and the
-second reading's loss when another passage came first (`readback`: how much the model uses
-what it read of the passage). For the
+pass, and the second reading's loss when another passage came first (`readback`: how much
+the model uses what it read of the passage); and, at the training distance, the loss at
+every position of the sequence. For the
 Titans arms whose memory reads the block's input (LMM, MAG, MAL) it also records the learned
 gates on those sequences (`memory_gates`): what a memory does with a passage depends on how
 fast it writes (theta) and how fast it forgets (alpha); and how often its inner-gradient
@@ -52,15 +52,15 @@ def with_other_passage(tokens: np.ndarray, passage: int) -> np.ndarray:
   return np.concatenate([np.roll(tokens[:, :passage], 1, axis=0), tokens[:, passage:]], 1)
 
 
-def readback(run: training.Run, params, tokens: np.ndarray, pc) -> dict:
-  """Whether the model reads the passage back at the training distance: the second reading's
+def readback(run: training.Run, params, tokens: np.ndarray, pc, distance: int) -> dict:
+  """Whether the model reads the passage back `distance` tokens later: the second reading's
   loss on P | F | P (`second`) and on P' | F | P (`second_after_other`), and `readback`, the
   second minus the first. Everything a model sees after the first reading is the same in
   both, so readback is 0 for one that cannot reach the first reading (a sliding window
   shorter than the filler) and positive as far as it uses what it read there."""
   second = {other: repeat.reading_losses(position_losses(
-      run, params, tokens, pc, pc.distance, run.config.seed, other_passage=other),
-      pc.passage, pc.distance)["second"] for other in (False, True)}
+      run, params, tokens, pc, distance, run.config.seed, other_passage=other),
+      pc.passage, distance)["second"] for other in (False, True)}
   return dict(second=second[False], second_after_other=second[True],
               readback=second[True] - second[False])
 
@@ -196,7 +196,8 @@ def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
                                            pc.distance),
              clips=inner_clips(run, params, gates_batch[:, :-1]),
              self_modifying=self_modifying_gates(run, params, gates_batch[:, :-1], pc.distance),
-             readback=readback(run, params, validation, pc))
+             readback={str(d): readback(run, params, validation, pc, d)
+                       for d in pc.eval_distances})
   for distance in pc.eval_distances:
     by_position = position_losses(run, params, validation, pc, distance, run.config.seed)
     out[str(distance)] = repeat.reading_losses(by_position, pc.passage, distance)
@@ -233,8 +234,9 @@ def run(config, arms: list[str], workdir: Path) -> dict:
         passage_memory=[r.get("passage_memory") for r in scored],
         clips=[r.get("clips") for r in scored],
         self_modifying=[r.get("self_modifying") for r in scored],
-        readback={k: runs.mean_std([r["readback"][k] for r in scored])
-                  for k in ("second", "second_after_other", "readback")}
+        readback={d: {k: runs.mean_std([r["readback"][d][k] for r in scored])
+                      for k in ("second", "second_after_other", "readback")}
+                  for d in map(str, pc.eval_distances)}
         if all("readback" in r for r in scored) else None,   # runs scored before it existed
         **runs.costs(scored, scored))
   return dict(arms=out, distances=list(pc.eval_distances), passage=pc.passage,

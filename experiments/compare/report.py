@@ -57,12 +57,12 @@ def markdown(results: dict) -> str:
       lines.append(f"| {arm} | " + " | ".join(
           f"{_pm(s['readings'][d]['first'])} | {_pm(s['readings'][d]['second'])} | "
           f"{_pm(s['readings'][d]['gain'])}" for d in distances) + " |")
-    lines += ["", f"Readback at distance {r['distance']}: the second reading's loss after "
-                  f"another passage (P' | F | P) minus after the passage itself:", "",
-              "| arm | second | second after P' | readback |", "|---|---:|---:|---:|"]
-    lines += [f"| {arm} | {_pm(s['readback']['second'])} | "
-              f"{_pm(s['readback']['second_after_other'])} | {_pm(s['readback']['readback'])} |"
-              for arm, s in r["arms"].items() if s.get("readback")]
+    lines += ["", "Readback: the second reading's loss after another passage (P' | F | P) "
+                  "minus after the passage itself, by distance:", "",
+              "| arm | " + " | ".join(f"readback @{d}" for d in distances) + " |",
+              "|---|" + "---:|" * len(distances)]
+    lines += [f"| {arm} | " + " | ".join(_pm(s["readback"][d]["readback"]) for d in distances)
+              + " |" for arm, s in r["arms"].items() if s.get("readback")]
   if "ablation" in studies:
     r = studies["ablation"]
     lines += ["", f"Ablation: validation loss after {r['steps']} steps (nats/byte), and minus "

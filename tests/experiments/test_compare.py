@@ -157,9 +157,10 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   assert reading["gain"]["mean"] == pytest.approx(
       reading["first"]["mean"] - reading["second"]["mean"])
   assert len(saved["studies"]["repeat"]["arms"]["transformer"]["by_position"]) == 2 * 8 + 40
-  window = saved["studies"]["repeat"]["arms"]["transformer_swa"]["readback"]["readback"]
-  np.testing.assert_allclose(window["values"], 0, atol=1e-6)   # it cannot see the first reading
-  assert "| second after P' | readback |" in printed
+  window = saved["studies"]["repeat"]["arms"]["transformer_swa"]["readback"]
+  for distance in ("40", "80"):            # it cannot see the first reading
+    np.testing.assert_allclose(window[distance]["readback"]["values"], 0, atol=1e-6)
+  assert "| readback @40 | readback @80 |" in printed
   variants = saved["studies"]["ablation"]["variants"]
   assert variants["transformer"]["paired"]["values"] == [0.0, 0.0]
   np.testing.assert_allclose(variants["transformer_swa"]["paired"]["values"], np.subtract(
@@ -261,7 +262,7 @@ def test_readback_is_zero_for_a_window_short_of_the_first_reading_and_not_for_fu
   found = {}
   for arm in ("transformer_swa", "transformer"):
     run, params = _untrained(arm, seq_len=2 * pc.passage + pc.distance)
-    found[arm] = repeat_study.readback(run, params, tokens, pc)
+    found[arm] = repeat_study.readback(run, params, tokens, pc, pc.distance)
   window, full = found["transformer_swa"], found["transformer"]
   assert window["readback"] == pytest.approx(0, abs=1e-6)
   assert abs(full["readback"]) > 1e-4
