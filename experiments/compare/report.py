@@ -1,10 +1,10 @@
 """The tables and PNG plots of `experiments.compare` (matplotlib's object API, no pyplot).
 
 Every headline number is `mean ± std` over the seeds (population standard deviation).
-* `markdown`: parameters; recall accuracy by length; the repeated passage's readings; the
-  ablation's validation loss; seconds and training speed per arm and study;
-* `plot_all`: recall.png, repeat_gain.png, repeat_by_position.png, ablation.png (those
-  with data).
+* `markdown`: parameters; recall accuracy by length; the repeated passage's readings and
+  readback; the ablation's validation loss; seconds and training speed per arm and study;
+* `plot_all`: recall.png, repeat_gain.png, repeat_readback.png, repeat_by_position.png,
+  ablation.png (those with data).
 """
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -13,6 +13,29 @@ from matplotlib.figure import Figure
 
 def _pm(s: dict, digits: int = 3, scale: float = 1.0) -> str:
   return f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
+
+
+def _bars_by_distance(r: dict, names: list, value, ylabel: str, title: str, path: str,
+                      symlog: float | None = None) -> None:
+  """Bars of value(arm summary, distance) = {mean, std} per arm, one bar per distance of the
+  repeat study `r`, with a linear or (linear below `symlog`) symmetric log y axis."""
+  distances = [str(d) for d in r["distances"]]
+  fig = Figure(figsize=(1.5 + 1.1 * len(names), 3.4))
+  ax = fig.add_subplot()
+  width = 0.8 / len(distances)
+  for j, d in enumerate(distances):
+    values = [value(r["arms"][n], d) for n in names]
+    ax.bar(np.arange(len(names)) + (j - (len(distances) - 1) / 2) * width,
+           [v["mean"] for v in values], width, yerr=[v["std"] for v in values], capsize=2,
+           label=f"distance {d}")
+  ax.axhline(0, color="black", linewidth=0.6)
+  if symlog:
+    ax.set_yscale("symlog", linthresh=symlog)
+  ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  _save(fig, path)
 
 
 def markdown(results: dict) -> str:
@@ -112,21 +135,18 @@ def plot_all(results: dict, workdir) -> list[str]:
     written.append("recall.png")
   if "repeat" in studies:
     r = studies["repeat"]
-    names, distances = list(r["arms"]), [str(d) for d in r["distances"]]
-    fig = Figure(figsize=(1.5 + 1.1 * len(names), 3.4))
-    ax = fig.add_subplot()
-    width = 0.8 / len(distances)
-    for j, d in enumerate(distances):
-      gains = [r["arms"][n]["readings"][d]["gain"] for n in names]
-      ax.bar(np.arange(len(names)) + (j - (len(distances) - 1) / 2) * width,
-             [g["mean"] for g in gains], width, yerr=[g["std"] for g in gains], capsize=2,
-             label=f"distance {d}")
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylabel("first - second reading loss (nats/byte)")
-    ax.set_title("repeated passage: what the second reading gains", fontsize=9)
-    ax.legend(fontsize=7)
-    _save(fig, f"{workdir}/repeat_gain.png")
+    names = list(r["arms"])
+    _bars_by_distance(r, names, lambda s, d: s["readings"][d]["gain"],
+                      "first - second reading loss (nats/byte)",
+                      "repeated passage: what the second reading gains", f"{workdir}/repeat_gain.png")
+    written.append("repeat_gain.png")
+    with_readback = [n for n in names if r["arms"][n].get("readback")]
+    if with_readback:
+      _bars_by_distance(r, with_readback, lambda s, d: s["readback"][d]["readback"],
+                             "second reading loss after P' - after P (nats/byte)",
+                             "repeated passage: readback (symmetric log scale)",
+                             f"{workdir}/repeat_readback.png", symlog=0.01)
+      written.append("repeat_readback.png")
     fig = Figure(figsize=(6, 3.4))
     ax = fig.add_subplot()
     for n in names:
@@ -140,7 +160,7 @@ def plot_all(results: dict, workdir) -> list[str]:
     ax.set_title(f"loss by position at the training distance {r['distance']}", fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, f"{workdir}/repeat_by_position.png")
-    written += ["repeat_gain.png", "repeat_by_position.png"]
+    written.append("repeat_by_position.png")
   if "ablation" in studies:
     r = studies["ablation"]["variants"]
     names = list(r)

@@ -166,7 +166,8 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   np.testing.assert_allclose(variants["transformer_swa"]["paired"]["values"], np.subtract(
       variants["transformer_swa"]["loss"]["values"], variants["transformer"]["loss"]["values"]))
   assert "| transformer_swa | " in printed and "minus transformer |" in printed
-  for png in ("recall.png", "repeat_gain.png", "repeat_by_position.png", "ablation.png"):
+  for png in ("recall.png", "repeat_gain.png", "repeat_readback.png", "repeat_by_position.png",
+              "ablation.png"):
     assert (tmp_path / png).stat().st_size > 1000
   one = tmp_path / "repeat" / "transformer" / "seed1" / "repeat.json"
   first = one.stat().st_mtime_ns
