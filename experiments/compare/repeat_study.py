@@ -52,17 +52,19 @@ def with_other_passage(tokens: np.ndarray, passage: int) -> np.ndarray:
   return np.concatenate([np.roll(tokens[:, :passage], 1, axis=0), tokens[:, passage:]], 1)
 
 
-def readback(run: training.Run, params, tokens: np.ndarray, pc, distance: int) -> dict:
+def readback(run: training.Run, params, tokens: np.ndarray, pc, distance: int,
+             by_position: np.ndarray) -> dict:
   """Whether the model reads the passage back `distance` tokens later: the second reading's
-  loss on P | F | P (`second`) and on P' | F | P (`second_after_other`), and `readback`, the
-  second minus the first. Everything a model sees after the first reading is the same in
-  both, so readback is 0 for one that cannot reach the first reading (a sliding window
-  shorter than the filler) and positive as far as it uses what it read there."""
-  second = {other: repeat.reading_losses(position_losses(
-      run, params, tokens, pc, distance, run.config.seed, other_passage=other),
-      pc.passage, distance)["second"] for other in (False, True)}
-  return dict(second=second[False], second_after_other=second[True],
-              readback=second[True] - second[False])
+  loss on P | F | P (`second`, from `by_position`, that sequence's `position_losses`) and on
+  P' | F | P (`second_after_other`), and `readback`, the second minus the first. Everything
+  a model sees after the first reading is the same in both, so readback is 0 for one that
+  cannot reach the first reading (a sliding window shorter than the filler) and positive as
+  far as it uses what it read there."""
+  second, after_other = (repeat.reading_losses(losses, pc.passage, distance)["second"]
+                         for losses in (by_position, position_losses(
+                             run, params, tokens, pc, distance, run.config.seed,
+                             other_passage=True)))
+  return dict(second=second, second_after_other=after_other, readback=after_other - second)
 
 
 def memory_gates(run: training.Run, params, tokens: np.ndarray, distance: int) -> list | None:
@@ -196,11 +198,12 @@ def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
                                            pc.distance),
              clips=inner_clips(run, params, gates_batch[:, :-1]),
              self_modifying=self_modifying_gates(run, params, gates_batch[:, :-1], pc.distance),
-             readback={str(d): readback(run, params, validation, pc, d)
-                       for d in pc.eval_distances})
+             readback={})
   for distance in pc.eval_distances:
     by_position = position_losses(run, params, validation, pc, distance, run.config.seed)
     out[str(distance)] = repeat.reading_losses(by_position, pc.passage, distance)
+    out["readback"][str(distance)] = readback(run, params, validation, pc, distance,
+                                              by_position)
     if distance == pc.distance:
       out["by_position"] = by_position.tolist()
   return out

@@ -138,14 +138,15 @@ def plot_all(results: dict, workdir) -> list[str]:
     names = list(r["arms"])
     _bars_by_distance(r, names, lambda s, d: s["readings"][d]["gain"],
                       "first - second reading loss (nats/byte)",
-                      "repeated passage: what the second reading gains", f"{workdir}/repeat_gain.png")
+                      "repeated passage: what the second reading gains",
+                      f"{workdir}/repeat_gain.png")
     written.append("repeat_gain.png")
     with_readback = [n for n in names if r["arms"][n].get("readback")]
     if with_readback:
       _bars_by_distance(r, with_readback, lambda s, d: s["readback"][d]["readback"],
-                             "second reading loss after P' - after P (nats/byte)",
-                             "repeated passage: readback (symmetric log scale)",
-                             f"{workdir}/repeat_readback.png", symlog=0.01)
+                        "second reading loss after P' - after P (nats/byte)",
+                        "repeated passage: readback (symmetric log scale)",
+                        f"{workdir}/repeat_readback.png", symlog=0.01)
       written.append("repeat_readback.png")
     fig = Figure(figsize=(6, 3.4))
     ax = fig.add_subplot()
