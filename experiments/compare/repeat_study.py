@@ -52,18 +52,18 @@ def with_other_passage(tokens: np.ndarray, passage: int) -> np.ndarray:
   return np.concatenate([np.roll(tokens[:, :passage], 1, axis=0), tokens[:, passage:]], 1)
 
 
-def readback(run: training.Run, params, tokens: np.ndarray, pc, distance: int,
+def readback(run: training.Run, params, tokens: np.ndarray, pc, distance: int, seed: int,
              by_position: np.ndarray) -> dict:
   """Whether the model reads the passage back `distance` tokens later: the second reading's
-  loss on P | F | P (`second`, from `by_position`, that sequence's `position_losses`) and on
-  P' | F | P (`second_after_other`), and `readback`, the second minus the first. Everything
-  a model sees after the first reading is the same in both, so readback is 0 for one that
-  cannot reach the first reading (a sliding window shorter than the filler) and positive as
-  far as it uses what it read there."""
+  loss on P | F | P (`second`, from `by_position`, which must be
+  `position_losses(run, params, tokens, pc, distance, seed)`: the same sequences) and on
+  P' | F | P (`second_after_other`, computed here from those sequences), and `readback`,
+  the second minus the first. Everything a model sees after the first reading is the same in
+  both, so readback is 0 for one that cannot reach the first reading (a sliding window
+  shorter than the filler) and positive as far as it uses what it read there."""
   second, after_other = (repeat.reading_losses(losses, pc.passage, distance)["second"]
                          for losses in (by_position, position_losses(
-                             run, params, tokens, pc, distance, run.config.seed,
-                             other_passage=True)))
+                             run, params, tokens, pc, distance, seed, other_passage=True)))
   return dict(second=second, second_after_other=after_other, readback=after_other - second)
 
 
@@ -203,7 +203,7 @@ def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
     by_position = position_losses(run, params, validation, pc, distance, run.config.seed)
     out[str(distance)] = repeat.reading_losses(by_position, pc.passage, distance)
     out["readback"][str(distance)] = readback(run, params, validation, pc, distance,
-                                              by_position)
+                                              run.config.seed, by_position)
     if distance == pc.distance:
       out["by_position"] = by_position.tolist()
   return out

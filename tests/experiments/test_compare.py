@@ -264,7 +264,7 @@ def test_readback_is_zero_for_a_window_short_of_the_first_reading_and_not_for_fu
   for arm in ("transformer_swa", "transformer"):
     run, params = _untrained(arm, seq_len=2 * pc.passage + pc.distance)
     by_position = repeat_study.position_losses(run, params, tokens, pc, pc.distance, seed=0)
-    found[arm] = repeat_study.readback(run, params, tokens, pc, pc.distance, by_position)
+    found[arm] = repeat_study.readback(run, params, tokens, pc, pc.distance, 0, by_position)
   window, full = found["transformer_swa"], found["transformer"]
   assert window["readback"] == pytest.approx(0, abs=1e-6)
   assert abs(full["readback"]) > 1e-4
