@@ -13,8 +13,9 @@ wired together with `jax.custom_vjp`, so the backward pass saves only fn's input
 is one program over whole arrays; `jax.vmap` over the batch and heads (as the memory
 modules do) adds the kernel's grid axes. Inputs must be floating-point arrays (a pytree);
 static settings are bound into `fn` beforehand (functools.partial). The kernel body is the
-same Python function as the XLA path, so the two compute the same expression; the tests
-compare them in values and gradients.
+same Python function as the XLA path, so the two compute the same expression (with
+`hope.matmul`'s products traced as plain ops, `matmul.plain`); the tests compare them in
+values and gradients.
 
 On CPU the kernels run in Pallas' interpret mode (the body evaluated op by op: correct and
 slow, for tests); on GPU and TPU they are compiled. Choose them with a memory's
@@ -23,6 +24,8 @@ slow, for tests); on GPU and TPU they are compiled. Choose them with a memory's
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+
+from hope import matmul
 
 KERNELS = ("xla", "pallas")
 
@@ -49,7 +52,8 @@ def _pallas_apply(fn, args):
   def kernel(*refs):
     ins, outs = refs[:len(leaves)], refs[len(leaves):]
     values = [ref[...].reshape(leaf.shape) for ref, leaf in zip(ins, leaves)]
-    result = jax.tree.leaves(fn(*jax.tree.unflatten(tree, values)))
+    with matmul.plain():
+      result = jax.tree.leaves(fn(*jax.tree.unflatten(tree, values)))
     for ref, value in zip(outs, result):
       ref[...] = value.reshape(ref.shape).astype(ref.dtype)
 

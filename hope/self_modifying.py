@@ -91,6 +91,7 @@ from flax import nnx, struct
 
 from hope.fused_kernel import check_kernel, fused_kernel
 from hope.layers import Dense, first_nonfinite, l2_normalize, param, silu_grad
+from hope.matmul import matmul, transpose
 from hope.neural_memory import check_clip_norm, clip_scale
 from hope.short_conv import ShortConv
 from hope.stream_chunks import chunk_grid, compact, compaction, from_chunks, to_chunks, uncompact
@@ -125,19 +126,26 @@ class SelfModifyingState:
   conv_q: jax.Array
 
 
+def per_head(m: jax.Array, z: jax.Array) -> jax.Array:
+  """m[h] z[..., h, :] for every head h: m [heads, r, c], z [..., heads, c] -> [..., heads, r],
+  as one `matmul` batched over heads."""
+  heads, c = z.shape[-2:]
+  y = matmul(jnp.moveaxis(z, -2, 0).reshape(heads, -1, c), transpose(m))
+  return jnp.moveaxis(y.reshape((heads,) + z.shape[:-2] + (m.shape[1],)), 0, -2)
+
+
 def memory_apply(w: dict, z: jax.Array) -> jax.Array:
   """M(z) = z + W_1 silu(W_2 z) per head (eq. 89): w1, w2 [heads, d, d]; z [..., heads, d]."""
-  hidden = jax.nn.silu(jnp.einsum("hkd,...hd->...hk", w["w2"], z))
-  return z + jnp.einsum("hdk,...hk->...hd", w["w1"], hidden)
+  return z + per_head(w["w1"], jax.nn.silu(per_head(w["w2"], z)))
 
 
 def gradient_factors(w: dict, key: jax.Array, target: jax.Array) -> dict:
   """dl/dW = u x^T for l = 1/2 ||M(key) - target||^2 at weights w, as (u, x) per matrix:
   W_1: (e, silu(W_2 key)), W_2: (W_1^T e * silu'(W_2 key), key), e = M(key) - target."""
-  pre = jnp.einsum("hkd,...hd->...hk", w["w2"], key)
+  pre = per_head(w["w2"], key)
   hidden = jax.nn.silu(pre)
-  err = key + jnp.einsum("hdk,...hk->...hd", w["w1"], hidden) - target
-  delta = jnp.einsum("hdk,...hd->...hk", w["w1"], err) * silu_grad(pre)
+  err = key + per_head(w["w1"], hidden) - target
+  delta = per_head(transpose(w["w1"]), err) * silu_grad(pre)
   return {"w1": (err, hidden), "w2": (delta, key)}
 
 
@@ -171,11 +179,11 @@ def dgd_chunk(weight: jax.Array, u: jax.Array, x: jax.Array, eta: jax.Array,
   earlier = jnp.arange(n)[:, None] > jnp.arange(n)[None, :]
   ratio = jnp.where(earlier, jnp.exp(jnp.where(earlier, log_gamma_prev[:, None] - log_gamma, 0.0)),
                     0.0)
-  coupling = eta[:, None] * ratio * (keys @ keys.T)                 # strictly lower
-  rhs = b - (eta * jnp.exp(log_gamma_prev))[:, None] * (keys @ weight.T)
-  corrections = unit_lower_inverse(coupling) @ rhs
+  coupling = eta[:, None] * ratio * matmul(keys, transpose(keys))   # strictly lower
+  rhs = b - (eta * jnp.exp(log_gamma_prev))[:, None] * matmul(keys, transpose(weight))
+  corrections = matmul(unit_lower_inverse(coupling), rhs)
   tail = jnp.exp(log_gamma[-1] - log_gamma)
-  return jnp.exp(log_gamma[-1]) * weight + (corrections * tail[:, None]).T @ keys
+  return jnp.exp(log_gamma[-1]) * weight + matmul(transpose(corrections * tail[:, None]), keys)
 
 
 def gd_chunk(weight: jax.Array, u: jax.Array, x: jax.Array, eta: jax.Array,
@@ -186,7 +194,7 @@ def gd_chunk(weight: jax.Array, u: jax.Array, x: jax.Array, eta: jax.Array,
   """
   log_gamma = jnp.cumsum(log_alpha)
   tail = eta * jnp.exp(log_gamma[-1] - log_gamma)
-  return jnp.exp(log_gamma[-1]) * weight - (u * tail[:, None]).T @ x
+  return jnp.exp(log_gamma[-1]) * weight - matmul(transpose(u * tail[:, None]), x)
 
 
 def unit_lower_inverse(strict: jax.Array) -> jax.Array:
@@ -199,8 +207,8 @@ def unit_lower_inverse(strict: jax.Array) -> jax.Array:
   power = -strict
   inverse = jnp.eye(strict.shape[0]) + power
   for _ in range(1, max(1, (strict.shape[0] - 1).bit_length())):
-    power = power @ power
-    inverse = inverse + inverse @ power
+    power = matmul(power, power)
+    inverse = inverse + matmul(inverse, power)
   return inverse
 
 
