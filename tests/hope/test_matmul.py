@@ -55,8 +55,8 @@ def test_every_compiled_dot_contracts_the_left_operands_last_axis():
 
 def test_a_fused_kernel_body_traces_plain_ops():
   """Not every Pallas backend lowers optimisation barriers and custom derivative rules: the
-  kernels' forward and backward bodies hold plain products, while the same function outside a kernel
-  keeps both."""
+  kernels' forward and backward bodies hold plain products, while the same function outside
+  a kernel keeps both."""
   a, b = _operands()
   body = lambda a, b: mm.transpose(mm.matmul(a, b))
   grad = lambda f: jax.grad(lambda a, b: jnp.sum(f(a, b) ** 2), argnums=(0, 1))
