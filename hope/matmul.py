@@ -9,9 +9,9 @@ and in derivatives of any order, has the row-major left operand the fast path ta
 and gradients are those of a @ b and of swapping the axes. The gain is measured on CPU
 only; elsewhere the copies are extra element moves.
 
-Not every Pallas backend lowers optimisation barriers and custom derivative rules (Triton's
-lowering has rules for neither), so a kernel body traces under `plain()`, where the two are
-a @ b and jnp.swapaxes.
+Not every Pallas backend lowers optimisation barriers and `jax.custom_vjp` calls (Triton's
+lowering, in jax 0.10.2 and 0.12, has a rule for neither), so a kernel body traces under
+`plain()`, where the two are a @ b and jnp.swapaxes.
 """
 import contextlib
 
