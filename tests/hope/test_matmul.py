@@ -54,7 +54,7 @@ def test_every_compiled_dot_contracts_the_left_operands_last_axis():
 
 
 def test_a_fused_kernel_body_traces_plain_ops():
-  """Not every Pallas backend lowers optimisation barriers and custom derivative rules: the
+  """Not every Pallas backend lowers optimisation barriers and `jax.custom_vjp` calls: the
   kernels' forward and backward bodies hold plain products, while the same function outside
   a kernel keeps both."""
   a, b = _operands()
