@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import threading
 from pathlib import Path
 
 import jax
@@ -152,9 +153,18 @@ def worker_count(config) -> int:
 
 
 def _start_worker(core_groups, verbosity: int) -> None:
+  threading.Thread(target=_exit_with_parent, daemon=True).start()
   if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, core_groups.get())
   logs.quiet_logging(verbosity)
+
+
+def _exit_with_parent() -> None:
+  """Ends this worker as soon as the command that started it ends, however it ended: a
+  killed command's workers would otherwise train on, writing into run folders that a rerun
+  resumes at the same time."""
+  multiprocessing.parent_process().join()
+  os._exit(1)
 
 
 def _call(job):
@@ -169,8 +179,9 @@ def in_parallel(config, jobs: list[tuple]) -> list:
   in n spawned processes, each pinned (on Linux) to its own 1/n of the usable cores: the small
   models of the CPU studies keep about one core busy, so two runs side by side on two cores
   finish sooner than two in turn on both. Each fn must be a module-level function and its
-  arguments picklable; a worker keeps its compiled steps and corpora across its jobs. The
-  first job to fail cancels the jobs not yet started and raises here."""
+  arguments picklable; a worker keeps its compiled steps and corpora across its jobs, and
+  exits when this process does, even when it is killed. The first job to fail cancels the
+  jobs not yet started and raises here."""
   workers = min(worker_count(config), len(jobs))
   if workers <= 1:
     return [fn(config, *args) for fn, *args in jobs]

@@ -3,6 +3,11 @@ compile, and one small end-to-end run of every study."""
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import optax
@@ -12,7 +17,7 @@ from experiments.compare import repeat_study, runs, study
 from runtime import recall, repeat, training
 from runtime.errors import UsageError
 from experiments.configs import compare, compare_memory_write
-from tests.helpers import override
+from tests.helpers import ROOT, override
 
 
 def test_recall_answers_are_the_values_bound_to_the_queried_keys():
@@ -195,6 +200,48 @@ def test_workers_are_processes_pinned_to_their_own_cores_and_keep_the_order():
   assert set(pinned.values()) <= halves and len(set(pinned.values())) == len(pinned)
   # one worker: in this process
   assert runs.in_parallel(_micro(), [(_where_it_ran, "a")])[0][2] == os.getpid()
+
+
+def _report_and_wait(config, folder, name):
+  Path(folder, f"{name}.pid").write_text(str(os.getpid()))
+  time.sleep(600)
+
+
+def _running(pid: int) -> bool:
+  """Whether process `pid` exists and is not a zombie (from Linux's /proc)."""
+  try:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+def _wait_until(condition, seconds: float) -> bool:
+  deadline = time.monotonic() + seconds
+  while not condition() and time.monotonic() < deadline:
+    time.sleep(0.1)
+  return condition()
+
+
+@pytest.mark.skipif(len(runs.usable_cores()) < 2 or not Path("/proc/self/stat").exists(),
+                    reason="needs two CPU cores and Linux's /proc")
+def test_workers_end_when_the_command_that_started_them_is_killed(tmp_path):
+  command = subprocess.Popen([sys.executable, "-c", (
+      "from experiments.compare import runs; from tests.experiments import test_compare as t; "
+      f"runs.in_parallel(t._micro(workers=2), [(t._report_and_wait, {str(tmp_path)!r}, n) "
+      "for n in 'ab'])")], cwd=ROOT)
+  pid_files = [tmp_path / "a.pid", tmp_path / "b.pid"]
+  workers = []
+  try:
+    assert _wait_until(lambda: all(f.exists() and f.read_text() for f in pid_files), 120)
+    workers = [int(f.read_text()) for f in pid_files]
+    assert all(map(_running, workers))
+    command.kill()
+    command.wait()
+    assert _wait_until(lambda: not any(map(_running, workers)), 10)
+  finally:
+    command.kill()
+    for pid in filter(_running, workers):
+      os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.skipif(len(runs.usable_cores()) < 2, reason="needs two CPU cores")
