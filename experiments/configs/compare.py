@@ -50,7 +50,7 @@ _SKIP_NONFINITE = dict(on_nonfinite="skip", max_consecutive_skips=1_000_000)
 _CPU = dict(
     shape="tiny", window=32,
     model=dict(dim=64, num_layers=2, num_heads=4),
-    train=dict(batch_size=16, seq_len=128, learning_rate=3e-3, warmup_steps=50,
+    train=dict(batch_size=16, seq_len=128, learning_rate=3e-3, warmup_steps=50, weight_decay=0.1,
                checkpoint_every=500, log_every=100, **_SKIP_NONFINITE),
     recall=dict(lengths=(64, 128), pairs=(4, 8), steps=5000, batch_size=8,
                 learning_rates=(1e-3, 3e-3, 1e-2), multipliers=(1, 2, 4, 8, 16),
@@ -62,7 +62,7 @@ _CPU = dict(
 _ACCELERATOR = dict(
     window=512, model={},
     train=dict(batch_size=256, seq_len=2048, learning_rate=4e-4, warmup_steps=2000,
-               checkpoint_every=1000, log_every=100, **_SKIP_NONFINITE),
+               weight_decay=0.1, checkpoint_every=1000, log_every=100, **_SKIP_NONFINITE),
     recall=dict(lengths=(64, 128, 256), pairs=(4, 8, 16), steps=20_000, batch_size=256,
                 learning_rates=(3e-4, 1e-3, 3e-3), multipliers=(1, 2, 4, 8, 16),
                 eval_sequences=1024, eval_batch_size=256),

@@ -115,6 +115,7 @@ def _micro(**overrides):
     ({"recall.pairs": (2, 4, 4)}, "one entry per setting"),
     ({"recall.lengths": (4, 32)}, "cannot hold 2 pairs"),
     ({"recall.learning_rates": (1e-3, 0.0)}, "config.recall.learning_rates must be"),
+    ({"train.weight_decay": -0.1}, "config.train.weight_decay must be"),
     ({"arms": "transformer,titans_mac", "arm_models.titans_mac.model.mlp_dim": 512},
      "parameter counts differ"),
 ])
