@@ -15,6 +15,7 @@ import itertools
 import math
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 
 from experiments.compare import runs
@@ -34,12 +35,30 @@ def validation_loss(run: training.Run, params, tokens: np.ndarray, batches: int)
               tokens=len(values) * c.batch_size * c.seq_len)
 
 
+def run_config(config, name: str, seed: int):
+  ac = config.ablation
+  return runs.run_config(config, name, seq_len=config.train.seq_len, steps=ac.steps, seed=seed,
+                         batch_size=ac.batch_size)
+
+
+def folder(workdir: Path, name: str, seed: int) -> Path:
+  return workdir / name / f"seed{seed}"
+
+
+def planned(config, arms: list[str], workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
+  """(folder, run config) of every run of the study: every variant at every seed (`arms` is
+  not used)."""
+  del arms
+  return [(folder(workdir, name, seed), run_config(config, name, seed))
+          for name in config_schema.split_names(config.ablation.variants)
+          for seed in range(config.seeds)]
+
+
 def train_and_score(config, name: str, seed: int, directory: Path) -> tuple[dict, int]:
   """(scores, parameter count) of variant `name`'s run of `seed`."""
   ac = config.ablation
   corpus = runs.corpora(config, ["ablation"])["ablation"]
-  run = training.prepare(runs.run_config(config, name, seq_len=config.train.seq_len,
-                                         steps=ac.steps, seed=seed, batch_size=ac.batch_size))
+  run = training.prepare(run_config(config, name, seed))
   data = text_data.lm_dataset(corpus.train, seq_len=run.config.seq_len,
                               batch_size=run.config.batch_size, seed=seed, shuffle=True,
                               repeat=True)
@@ -56,7 +75,7 @@ def run(config, arms: list[str], workdir: Path) -> dict:
   ac = config.ablation
   names = config_schema.split_names(ac.variants)
   done = iter(runs.in_parallel(config, [
-      (train_and_score, name, seed, workdir / name / f"seed{seed}")
+      (train_and_score, name, seed, folder(workdir, name, seed))
       for name in names for seed in range(config.seeds)]))
   out = {}
   for name in names:

@@ -15,6 +15,7 @@ pass each: beyond L a sliding window cannot reach the keys, and only what a mode
 """
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 
 from experiments.compare import runs
@@ -39,11 +40,26 @@ def accuracy(run: training.Run, params, rc) -> dict:
   return out
 
 
+def run_config(config, arm: str, lr: float, seed: int):
+  rc = config.recall
+  return runs.run_config(config, arm, seq_len=max(rc.lengths), steps=rc.steps, seed=seed,
+                         batch_size=rc.batch_size, learning_rate=lr)
+
+
+def folder(workdir: Path, arm: str, lr: float, seed: int) -> Path:
+  return workdir / arm / f"lr{lr:g}" / f"seed{seed}"
+
+
+def planned(config, arms: list[str], workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
+  """(folder, run config) of every run the study may train: every arm at every rate and seed
+  (seeds after 0 train at the best rate only)."""
+  return [(folder(workdir, arm, lr, seed), run_config(config, arm, lr, seed))
+          for arm in arms for lr in config.recall.learning_rates for seed in range(config.seeds)]
+
+
 def train_and_score(config, arm: str, lr: float, seed: int, directory: Path) -> dict:
   rc = config.recall
-  run = training.prepare(runs.run_config(config, arm, seq_len=max(rc.lengths), steps=rc.steps,
-                                           seed=seed, batch_size=rc.batch_size,
-                                           learning_rate=lr))
+  run = training.prepare(run_config(config, arm, lr, seed))
   data = recall.mixture(seed=seed, settings=list(zip(rc.lengths, rc.pairs)),
                         batch_size=run.config.batch_size, answers_only=True)
   return runs.train_run(run, data, directory, lambda p: dict(accuracy=accuracy(run, p, rc)),
@@ -59,14 +75,13 @@ def run(config, arms: list[str], workdir: Path) -> dict:
   """{arms: {arm: summary}, settings, multipliers}; see the module docstring."""
   rc = config.recall
   settings = [f"{length}x{pairs}" for length, pairs in zip(rc.lengths, rc.pairs)]
-  folder = lambda arm, lr, seed: workdir / arm / f"lr{lr:g}" / f"seed{seed}"
-  swept = iter(runs.in_parallel(config, [(train_and_score, arm, lr, 0, folder(arm, lr, 0))
+  swept = iter(runs.in_parallel(config, [(train_and_score, arm, lr, 0, folder(workdir, arm, lr, 0))
                                          for arm in arms for lr in rc.learning_rates]))
   sweeps = {arm: {lr: next(swept) for lr in rc.learning_rates} for arm in arms}
   best = {arm: max(rc.learning_rates, key=lambda lr: at_training_length(sweeps[arm][lr]))
           for arm in arms}
   seeded = iter(runs.in_parallel(config, [
-      (train_and_score, arm, best[arm], seed, folder(arm, best[arm], seed))
+      (train_and_score, arm, best[arm], seed, folder(workdir, arm, best[arm], seed))
       for arm in arms for seed in range(1, config.seeds)]))
   out = {}
   for arm in arms:

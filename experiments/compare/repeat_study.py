@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -209,11 +210,26 @@ def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
   return out
 
 
+def run_config(config, arm: str, seed: int):
+  pc = config.repeat
+  return runs.run_config(config, arm, seq_len=2 * pc.passage + pc.distance, steps=pc.steps,
+                         seed=seed, batch_size=pc.batch_size)
+
+
+def folder(workdir: Path, arm: str, seed: int) -> Path:
+  return workdir / arm / f"seed{seed}"
+
+
+def planned(config, arms: list[str], workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
+  """(folder, run config) of every run of the study: every arm at every seed."""
+  return [(folder(workdir, arm, seed), run_config(config, arm, seed))
+          for arm in arms for seed in range(config.seeds)]
+
+
 def train_and_score(config, arm: str, seed: int, directory: Path) -> dict:
   pc = config.repeat
   corpus = runs.corpora(config, ["repeat"])["repeat"]
-  run = training.prepare(runs.run_config(config, arm, seq_len=2 * pc.passage + pc.distance,
-                                         steps=pc.steps, seed=seed, batch_size=pc.batch_size))
+  run = training.prepare(run_config(config, arm, seed))
   data = repeat.dataset(corpus.train, seed=seed, passage=pc.passage, distance=pc.distance,
                         batch_size=run.config.batch_size)
   return runs.train_run(run, data, directory, lambda p: scores(run, p, corpus.validation, pc),
@@ -224,7 +240,7 @@ def run(config, arms: list[str], workdir: Path) -> dict:
   """{arms: {arm: summary}, distances, passage, distance}; see the module docstring."""
   pc = config.repeat
   done = iter(runs.in_parallel(config, [
-      (train_and_score, arm, seed, workdir / arm / f"seed{seed}")
+      (train_and_score, arm, seed, folder(workdir, arm, seed))
       for arm in arms for seed in range(config.seeds)]))
   out = {}
   for arm in arms:

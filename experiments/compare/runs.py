@@ -106,16 +106,9 @@ def train_run(run: training.Run, data, directory: Path, evaluate, study: str,
   `evaluate(params)` into DIRECTORY/<study>.json, with the training speed in tokens per second
   after the first step, which compiles (from perf.jsonl's steps per second times
   `tokens_per_step`, default batch_size x seq_len) and the run's config. A run that has its
-  scores is not repeated; one whose saved config differs is a UsageError."""
-  done = directory / f"{study}.json"
-  settings = json.loads(json.dumps(run.config.to_dict(), default=str))
-  if done.exists():
-    saved = json.loads(done.read_text())
-    if saved.get("config") != settings:
-      changed = sorted(k for k in set(settings) | set(saved.get("config", {}))
-                       if settings.get(k) != saved.get("config", {}).get(k))
-      raise UsageError(f"{done} was trained with other settings ({', '.join(changed)}); use "
-                       f"another --workdir, or delete that run's folder")
+  scores is not repeated; one whose saved config differs is a UsageError (`finished`)."""
+  saved = finished(directory, study, run.config)
+  if saved is not None:
     return saved
   _, results = loop.train(run, [loop.Phase(study, data, run.config.steps)], directory,
                           trainer=trainer(run), evaluate=evaluate,
@@ -124,9 +117,29 @@ def train_run(run: training.Run, data, directory: Path, evaluate, study: str,
       directory / "perf.jsonl").exists() else []
   per_step = tokens_per_step or run.config.batch_size * run.config.seq_len
   out = dict(results[study], tokens_per_second=json.loads(perf[-1])["steps_per_sec"] * per_step
-             if perf else None, config=settings)
-  write_json(done, out)
+             if perf else None, config=_settings(run.config))
+  write_json(directory / f"{study}.json", out)
   return out
+
+
+def _settings(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def finished(directory: Path, study: str, config: ml_collections.ConfigDict) -> dict | None:
+  """The scores DIRECTORY/<study>.json of a finished run (None: not finished); a UsageError
+  naming the changed fields if that run was trained with other settings than `config`."""
+  done = directory / f"{study}.json"
+  if not done.exists():
+    return None
+  saved = json.loads(done.read_text())
+  settings, before = _settings(config), saved.get("config", {})
+  if before != settings:
+    changed = sorted(k for k in set(settings) | set(before) if settings.get(k) != before.get(k))
+    raise UsageError(f"{done} was trained with other settings ({', '.join(changed)}); use "
+                     f"another --workdir, or delete that run's folder")
+  return saved
+
 
 
 def usable_cores() -> list[int]:

@@ -10,7 +10,8 @@ first. `run` then trains and scores, study by study, arm by arm, seed by seed:
 
 Every training run is `runs.train_run` (`runtime.loop.train`) in its own folder,
 WORKDIR/<study>/<arm>/<setting>/seed<k>/, and leaves its scores in <study>.json there; a
-rerun skips the runs that have it and resumes the others from their checkpoints. Runs of one
+rerun skips the runs that have it and resumes the others from their checkpoints, and is
+refused before anything trains if a finished run's settings differ from the config's. Runs of one
 model and learning rate share one compiled train step, whatever their seeds. Independent runs
 train side by side in config.workers processes (`runs.in_parallel`). At the end,
 WORKDIR/results.json holds every number and WORKDIR/results.md the tables (means and
@@ -34,6 +35,7 @@ from runtime.errors import UsageError
 from runtime.workdir import check_workdir, write_json
 
 STUDIES = ("recall", "repeat", "ablation")
+_MODULES = dict(recall=recall_study, repeat=repeat_study, ablation=ablation_study)
 _POSITIVE_INTS = ("seeds", "recall.steps", "recall.batch_size", "recall.eval_sequences",
                   "recall.eval_batch_size", "repeat.passage", "repeat.distance", "repeat.steps",
                   "repeat.batch_size", "repeat.eval_sequences", "repeat.eval_batch_size",
@@ -163,11 +165,14 @@ def run(config, workdir: str, command: str) -> dict:
   arms = config_schema.split_names(config.arms)
   print(params_table(models), flush=True)
   workdir = check_workdir(workdir)
+  modules = {s: _MODULES[s] for s in studies}
+  for study, module in modules.items():  # finished runs with other settings: refused now
+    for directory, settings in module.planned(config, arms, workdir / study):
+      runs.finished(directory, study, settings)
   began = time.perf_counter()
   out = {}
-  for study in studies:
+  for study, module in modules.items():
     study_began = time.perf_counter()
-    module = dict(recall=recall_study, repeat=repeat_study, ablation=ablation_study)[study]
     out[study] = module.run(config, arms, workdir / study)
     out[study]["wall_seconds"] = time.perf_counter() - study_began
     logging.info("study %s done in %.0f s", study, out[study]["wall_seconds"])

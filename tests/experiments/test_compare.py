@@ -181,8 +181,11 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   assert one.stat().st_mtime_ns == first
   assert again["studies"]["repeat"] == {**results["studies"]["repeat"],
                                         "wall_seconds": again["studies"]["repeat"]["wall_seconds"]}
+  # refused before anything trains, though recall (first) would train a new rate
   with pytest.raises(UsageError, match=r"repeat.json was trained with other settings \(steps\)"):
-    study.run(_micro(**{"repeat.steps": 3}), str(tmp_path), "test")
+    study.run(_micro(**{"repeat.steps": 3, "recall.learning_rates": (1e-3, 1e-2, 3e-2)}),
+              str(tmp_path), "test")
+  assert not (folder / "lr0.03").exists()
 
 
 def _where_it_ran(config, label):
