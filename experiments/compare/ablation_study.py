@@ -35,7 +35,7 @@ def validation_loss(run: training.Run, params, tokens: np.ndarray, batches: int)
               tokens=len(values) * c.batch_size * c.seq_len)
 
 
-def run_config(config, name: str, seed: int):
+def run_config(config, name: str, seed: int) -> ml_collections.ConfigDict:
   ac = config.ablation
   return runs.run_config(config, name, seq_len=config.train.seq_len, steps=ac.steps, seed=seed,
                          batch_size=ac.batch_size)
@@ -45,7 +45,8 @@ def folder(workdir: Path, name: str, seed: int) -> Path:
   return workdir / name / f"seed{seed}"
 
 
-def planned(config, arms: list[str], workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
+def planned(config, arms: list[str],
+            workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
   """(folder, run config) of every run of the study: every variant at every seed (`arms` is
   not used)."""
   del arms

@@ -40,7 +40,7 @@ def accuracy(run: training.Run, params, rc) -> dict:
   return out
 
 
-def run_config(config, arm: str, lr: float, seed: int):
+def run_config(config, arm: str, lr: float, seed: int) -> ml_collections.ConfigDict:
   rc = config.recall
   return runs.run_config(config, arm, seq_len=max(rc.lengths), steps=rc.steps, seed=seed,
                          batch_size=rc.batch_size, learning_rate=lr)
@@ -50,7 +50,8 @@ def folder(workdir: Path, arm: str, lr: float, seed: int) -> Path:
   return workdir / arm / f"lr{lr:g}" / f"seed{seed}"
 
 
-def planned(config, arms: list[str], workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
+def planned(config, arms: list[str],
+            workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
   """(folder, run config) of every run the study may train: every arm at every rate and seed
   (seeds after 0 train at the best rate only)."""
   return [(folder(workdir, arm, lr, seed), run_config(config, arm, lr, seed))
@@ -75,8 +76,9 @@ def run(config, arms: list[str], workdir: Path) -> dict:
   """{arms: {arm: summary}, settings, multipliers}; see the module docstring."""
   rc = config.recall
   settings = [f"{length}x{pairs}" for length, pairs in zip(rc.lengths, rc.pairs)]
-  swept = iter(runs.in_parallel(config, [(train_and_score, arm, lr, 0, folder(workdir, arm, lr, 0))
-                                         for arm in arms for lr in rc.learning_rates]))
+  swept = iter(runs.in_parallel(config, [
+      (train_and_score, arm, lr, 0, folder(workdir, arm, lr, 0))
+      for arm in arms for lr in rc.learning_rates]))
   sweeps = {arm: {lr: next(swept) for lr in rc.learning_rates} for arm in arms}
   best = {arm: max(rc.learning_rates, key=lambda lr: at_training_length(sweeps[arm][lr]))
           for arm in arms}

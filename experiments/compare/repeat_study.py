@@ -210,7 +210,7 @@ def scores(run: training.Run, params, validation: np.ndarray, pc) -> dict:
   return out
 
 
-def run_config(config, arm: str, seed: int):
+def run_config(config, arm: str, seed: int) -> ml_collections.ConfigDict:
   pc = config.repeat
   return runs.run_config(config, arm, seq_len=2 * pc.passage + pc.distance, steps=pc.steps,
                          seed=seed, batch_size=pc.batch_size)
@@ -220,7 +220,8 @@ def folder(workdir: Path, arm: str, seed: int) -> Path:
   return workdir / arm / f"seed{seed}"
 
 
-def planned(config, arms: list[str], workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
+def planned(config, arms: list[str],
+            workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
   """(folder, run config) of every run of the study: every arm at every seed."""
   return [(folder(workdir, arm, seed), run_config(config, arm, seed))
           for arm in arms for seed in range(config.seeds)]

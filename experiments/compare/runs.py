@@ -141,7 +141,6 @@ def finished(directory: Path, study: str, config: ml_collections.ConfigDict) -> 
   return saved
 
 
-
 def usable_cores() -> list[int]:
   """The CPU cores this process may run on."""
   if hasattr(os, "sched_getaffinity"):
