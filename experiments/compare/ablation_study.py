@@ -45,6 +45,11 @@ def folder(workdir: Path, name: str, seed: int) -> Path:
   return workdir / name / f"seed{seed}"
 
 
+def study_config(config) -> dict:
+  """`runs.study_settings` of config.ablation; the variants choose runs."""
+  return runs.study_settings(config.ablation, "variants")
+
+
 def planned(config, arms: list[str],
             workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
   """(folder, run config) of every run of the study: every variant at every seed (`arms` is
@@ -65,7 +70,8 @@ def train_and_score(config, name: str, seed: int, directory: Path) -> tuple[dict
                               repeat=True)
   scores = runs.train_run(
       run, data, directory,
-      lambda p: validation_loss(run, p, corpus.validation, ac.eval_batches), "ablation")
+      lambda p: validation_loss(run, p, corpus.validation, ac.eval_batches), "ablation",
+      study_config(config))
   return scores, run.num_params
 
 

@@ -50,6 +50,11 @@ def folder(workdir: Path, arm: str, lr: float, seed: int) -> Path:
   return workdir / arm / f"lr{lr:g}" / f"seed{seed}"
 
 
+def study_config(config) -> dict:
+  """`runs.study_settings` of config.recall; the sweep's rates choose runs."""
+  return runs.study_settings(config.recall, "learning_rates")
+
+
 def planned(config, arms: list[str],
             workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
   """(folder, run config) of every run the study may train: every arm at every rate and seed
@@ -64,7 +69,7 @@ def train_and_score(config, arm: str, lr: float, seed: int, directory: Path) -> 
   data = recall.mixture(seed=seed, settings=list(zip(rc.lengths, rc.pairs)),
                         batch_size=run.config.batch_size, answers_only=True)
   return runs.train_run(run, data, directory, lambda p: dict(accuracy=accuracy(run, p, rc)),
-                          "recall", rc.batch_size * float(np.mean(rc.lengths)))
+                        "recall", study_config(config), rc.batch_size * float(np.mean(rc.lengths)))
 
 
 def at_training_length(result: dict) -> float:

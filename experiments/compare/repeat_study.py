@@ -220,6 +220,11 @@ def folder(workdir: Path, arm: str, seed: int) -> Path:
   return workdir / arm / f"seed{seed}"
 
 
+def study_config(config) -> dict:
+  """`runs.study_settings` of config.repeat."""
+  return runs.study_settings(config.repeat)
+
+
 def planned(config, arms: list[str],
             workdir: Path) -> list[tuple[Path, ml_collections.ConfigDict]]:
   """(folder, run config) of every run of the study: every arm at every seed."""
@@ -234,7 +239,7 @@ def train_and_score(config, arm: str, seed: int, directory: Path) -> dict:
   data = repeat.dataset(corpus.train, seed=seed, passage=pc.passage, distance=pc.distance,
                         batch_size=run.config.batch_size)
   return runs.train_run(run, data, directory, lambda p: scores(run, p, corpus.validation, pc),
-                        "repeat")
+                        "repeat", study_config(config))
 
 
 def run(config, arms: list[str], workdir: Path) -> dict:

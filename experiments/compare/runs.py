@@ -101,13 +101,14 @@ def jitted(run: training.Run, what: str, fn):
 
 
 def train_run(run: training.Run, data, directory: Path, evaluate, study: str,
-              tokens_per_step: float | None = None) -> dict:
+              study_config: dict, tokens_per_step: float | None = None) -> dict:
   """One training run of run.config.steps steps on `data` in DIRECTORY, scored by
   `evaluate(params)` into DIRECTORY/<study>.json, with the training speed in tokens per second
   after the first step, which compiles (from perf.jsonl's steps per second times
-  `tokens_per_step`, default batch_size x seq_len) and the run's config. A run that has its
-  scores is not repeated; one whose saved config differs is a UsageError (`finished`)."""
-  saved = finished(directory, study, run.config)
+  `tokens_per_step`, default batch_size x seq_len), the run's config and `study_config` (the
+  study's settings that its data and scores depend on). A run that has its scores is not
+  repeated; one whose saved settings differ is a UsageError (`finished`)."""
+  saved = finished(directory, study, run.config, study_config)
   if saved is not None:
     return saved
   _, results = loop.train(run, [loop.Phase(study, data, run.config.steps)], directory,
@@ -117,25 +118,44 @@ def train_run(run: training.Run, data, directory: Path, evaluate, study: str,
       directory / "perf.jsonl").exists() else []
   per_step = tokens_per_step or run.config.batch_size * run.config.seq_len
   out = dict(results[study], tokens_per_second=json.loads(perf[-1])["steps_per_sec"] * per_step
-             if perf else None, config=_settings(run.config))
+             if perf else None, config=_settings(run.config),
+             study_config=_settings(study_config))
   write_json(directory / f"{study}.json", out)
   return out
 
 
-def _settings(config: ml_collections.ConfigDict) -> dict:
-  return json.loads(json.dumps(config.to_dict(), default=str))
+def _settings(config) -> dict:
+  """A ConfigDict or dict as JSON would store it (tuples as lists)."""
+  plain = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+  return json.loads(json.dumps(plain, default=str))
 
 
-def finished(directory: Path, study: str, config: ml_collections.ConfigDict) -> dict | None:
+def study_settings(section: ml_collections.ConfigDict, *choosing: str) -> dict:
+  """A study's config section as its runs' data and scores depend on it: less `steps` and
+  `batch_size`, which each run's config records, and the fields `choosing` that pick runs
+  (a sweep's rates, the variants)."""
+  return {k: v for k, v in section.to_dict().items()
+          if k not in ("steps", "batch_size", *choosing)}
+
+
+def _changed(now: dict, before: dict, prefix: str = "") -> list[str]:
+  return sorted(prefix + k for k in set(now) | set(before) if now.get(k) != before.get(k))
+
+
+def finished(directory: Path, study: str, config: ml_collections.ConfigDict,
+             study_config: dict) -> dict | None:
   """The scores DIRECTORY/<study>.json of a finished run (None: not finished); a UsageError
-  naming the changed fields if that run was trained with other settings than `config`."""
+  naming the changed fields if that run was trained with another run config than `config`,
+  or trained or scored with other study settings than `study_config` (runs saved before
+  their study settings were recorded are checked on their run config only)."""
   done = directory / f"{study}.json"
   if not done.exists():
     return None
   saved = json.loads(done.read_text())
-  settings, before = _settings(config), saved.get("config", {})
-  if before != settings:
-    changed = sorted(k for k in set(settings) | set(before) if settings.get(k) != before.get(k))
+  changed = _changed(_settings(config), saved.get("config", {}))
+  if "study_config" in saved:
+    changed += _changed(_settings(study_config), saved["study_config"], f"{study}.")
+  if changed:
     raise UsageError(f"{done} was trained with other settings ({', '.join(changed)}); use "
                      f"another --workdir, or delete that run's folder")
   return saved

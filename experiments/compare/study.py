@@ -168,7 +168,7 @@ def run(config, workdir: str, command: str) -> dict:
   modules = {s: _MODULES[s] for s in studies}
   for study, module in modules.items():  # finished runs with other settings: refused now
     for directory, planned_config in module.planned(config, arms, workdir / study):
-      runs.finished(directory, study, planned_config)
+      runs.finished(directory, study, planned_config, module.study_config(config))
   began = time.perf_counter()
   out = {}
   for study, module in modules.items():

@@ -186,6 +186,11 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
     study.run(_micro(**{"repeat.steps": 3, "recall.learning_rates": (1e-3, 1e-2, 3e-2)}),
               str(tmp_path), "test")
   assert not (folder / "lr0.03").exists()
+  # so is one whose data or scoring changed, which the run configs do not record
+  for changed, field in (({"recall.pairs": (2, 3)}, "recall.pairs"),
+                         ({"ablation.source": "c_headers"}, "ablation.source")):
+    with pytest.raises(UsageError, match=rf"with other settings \({field}\)"):
+      study.run(_micro(**changed), str(tmp_path), "test")
 
 
 def _where_it_ran(config, label):
