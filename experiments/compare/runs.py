@@ -144,14 +144,15 @@ def _changed(now: dict, before: dict, prefix: str = "") -> list[str]:
 
 def finished(directory: Path, study: str, config: ml_collections.ConfigDict,
              study_config: dict) -> dict | None:
-  """The scores DIRECTORY/<study>.json of a finished run (None: not finished); a UsageError
-  naming the changed fields if that run was trained with another run config than `config`,
-  or trained or scored with other study settings than `study_config` (runs saved before
-  their study settings were recorded are checked on their run config only)."""
+  """The scores DIRECTORY/<study>.json of a finished run (None: not finished, or scored by
+  the training loop but not yet recorded with its settings, which `train_run` completes); a
+  UsageError naming the changed fields if that run was trained with another run config than
+  `config`, or trained or scored with other study settings than `study_config` (runs saved
+  before their study settings were recorded are checked on their run config only)."""
   done = directory / f"{study}.json"
-  if not done.exists():
+  saved = json.loads(done.read_text()) if done.exists() else {}
+  if "config" not in saved:
     return None
-  saved = json.loads(done.read_text())
   changed = _changed(_settings(config), saved.get("config", {}))
   if "study_config" in saved:
     changed += _changed(_settings(study_config), saved["study_config"], f"{study}.")

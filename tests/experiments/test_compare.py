@@ -181,6 +181,12 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   assert one.stat().st_mtime_ns == first
   assert again["studies"]["repeat"] == {**results["studies"]["repeat"],
                                         "wall_seconds": again["studies"]["repeat"]["wall_seconds"]}
+  # a crash after the loop scored a run but before its settings were recorded: completed
+  scored = json.loads(one.read_text())
+  one.write_text(json.dumps({k: v for k, v in scored.items()
+                             if k not in ("config", "study_config")}))
+  study.run(_micro(studies="repeat"), str(tmp_path), "test")
+  assert json.loads(one.read_text()) == scored
   # refused before anything trains, though recall (first) would train a new rate
   with pytest.raises(UsageError, match=r"repeat.json was trained with other settings \(steps\)"):
     study.run(_micro(**{"repeat.steps": 3, "recall.learning_rates": (1e-3, 1e-2, 3e-2)}),
