@@ -153,7 +153,7 @@ def finished(directory: Path, study: str, config: ml_collections.ConfigDict,
   saved = json.loads(done.read_text()) if done.exists() else {}
   if "config" not in saved:
     return None
-  changed = _changed(_settings(config), saved.get("config", {}))
+  changed = _changed(_settings(config), saved["config"])
   if "study_config" in saved:
     changed += _changed(_settings(study_config), saved["study_config"], f"{study}.")
   if changed:

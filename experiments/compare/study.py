@@ -167,8 +167,9 @@ def run(config, workdir: str, command: str) -> dict:
   workdir = check_workdir(workdir)
   modules = {s: _MODULES[s] for s in studies}
   for study, module in modules.items():  # finished runs with other settings: refused now
+    study_config = module.study_config(config)
     for directory, planned_config in module.planned(config, arms, workdir / study):
-      runs.finished(directory, study, planned_config, module.study_config(config))
+      runs.finished(directory, study, planned_config, study_config)
   began = time.perf_counter()
   out = {}
   for study, module in modules.items():
