@@ -6,6 +6,8 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import queue
+import signal
 import threading
 from pathlib import Path
 
@@ -185,7 +187,8 @@ def worker_count(config) -> int:
   return config.workers
 
 
-def _start_worker(core_groups, verbosity: int) -> None:
+def _start_worker(core_groups, pids, verbosity: int) -> None:
+  pids.put(os.getpid())
   threading.Thread(target=_exit_with_parent, daemon=True).start()
   if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, core_groups.get())
@@ -213,22 +216,43 @@ def in_parallel(config, jobs: list[tuple]) -> list:
   models of the CPU studies keep about one core busy, so two runs side by side on two cores
   finish sooner than two in turn on both. Each fn must be a module-level function and its
   arguments picklable; a worker keeps its compiled steps and corpora across its jobs, and
-  exits when this process does, even when it is killed. The first job to fail cancels the
-  jobs not yet started and raises here."""
+  exits when this process does, even when it is killed. The first job to fail ends every
+  worker at once (the runs they were training resume from their last checkpoint on a rerun),
+  cancels the jobs not yet started, and raises its error here."""
   workers = min(worker_count(config), len(jobs))
   if workers <= 1:
     return [fn(config, *args) for fn, *args in jobs]
   context = multiprocessing.get_context("spawn")
-  core_groups = context.Queue()
+  core_groups, pids = context.Queue(), context.Queue()
   for group in np.array_split(usable_cores(), workers):
     core_groups.put([int(c) for c in group])
   pool = concurrent.futures.ProcessPoolExecutor(
       workers, mp_context=context, initializer=_start_worker,
-      initargs=(core_groups, logging.get_verbosity()))
+      initargs=(core_groups, pids, logging.get_verbosity()))
   try:
-    return list(pool.map(_call, [(fn, config, tuple(args)) for fn, *args in jobs]))
+    futures = [pool.submit(_call, (fn, config, tuple(args))) for fn, *args in jobs]
+    concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+    failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+    if failed is not None:
+      _kill_workers(pids)
+      raise failed.exception()
+    return [f.result() for f in futures]
   finally:
     pool.shutdown(cancel_futures=True)
+
+
+def _kill_workers(pids) -> None:
+  """SIGKILL every worker that reported its pid to `pids` (the pool then fails its other
+  jobs and ends the rest)."""
+  while True:
+    try:
+      pid = pids.get(timeout=1)
+    except queue.Empty:
+      return
+    try:
+      os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
 
 
 def costs(every_run: list[dict], timed: list[dict]) -> dict:

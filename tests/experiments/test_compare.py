@@ -259,6 +259,26 @@ def test_workers_end_when_the_command_that_started_them_is_killed(tmp_path):
       os.kill(pid, signal.SIGKILL)
 
 
+def _fail_after_report(config, folder, name):
+  Path(folder, f"{name}.pid").write_text(str(os.getpid()))
+  raise ValueError(f"job {name} failed")
+
+
+@pytest.mark.skipif(len(runs.usable_cores()) < 2 or not Path("/proc/self/stat").exists(),
+                    reason="needs two CPU cores and Linux's /proc")
+def test_the_first_failing_job_ends_the_others_at_once_and_raises_its_error(tmp_path):
+  started = time.monotonic()
+  jobs = [(_report_and_wait, str(tmp_path), "a"), (_fail_after_report, str(tmp_path), "b"),
+          (_report_and_wait, str(tmp_path), "c")]
+  with pytest.raises(ValueError, match="job b failed"):
+    runs.in_parallel(_micro(workers=2), jobs)
+  assert time.monotonic() - started < 120   # not the 600 s that job a sleeps
+  # job a's worker is gone, and so is job c's if b's worker took c before it was killed
+  for name in "ac":
+    pid_file = tmp_path / f"{name}.pid"
+    assert not (pid_file.exists() and _running(int(pid_file.read_text())))
+
+
 @pytest.mark.skipif(len(runs.usable_cores()) < 2, reason="needs two CPU cores")
 def test_a_study_trained_by_two_workers_scores_what_one_process_does(tmp_path):
   def first_readings(workers):
