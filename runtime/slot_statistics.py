@@ -19,6 +19,7 @@ from absl import logging
 from flax import nnx
 
 from runtime.errors import UsageError
+from runtime import evaluation
 from runtime import text_data
 from runtime import facts
 from runtime import training
@@ -62,14 +63,6 @@ def document_frequency(run: training.Run, params, batches, num_batches: int) -> 
   return np.asarray(df, np.int32)
 
 
-def restore_params(run: training.Run, ckpt: Checkpoints, step: int) -> dict:
-  """The checkpoint's parameters as host arrays (the finetuning steps run on one device)."""
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        run.abstract_params, run.param_shardings)
-  with jax.set_mesh(run.mesh):
-    return jax.device_get(ckpt.restore_params(step, target))
-
-
 def save(workdir: Path, df: np.ndarray, num_batches: int, step: int) -> None:
   """Writes the orbax item workdir/background_stats (atomically; replaces an older one)."""
   checkpointer = ocp.StandardCheckpointer()
@@ -109,7 +102,8 @@ def compute(workdir: str, num_batches: int | None = None) -> dict:
     raise UsageError(f"--batches must be a positive integer, got {num_batches}")
   run = training.prepare(config, mesh_sizes={"data": -1})
   memory_slots(run)
-  params = restore_params(run, ckpt, step)
+  with jax.set_mesh(run.mesh):  # host arrays: the finetuning steps run on one device
+    params = jax.device_get(evaluation.restore_params(ckpt, step, run))
   batches = pretraining_batches(config, config.seed + 1, batch_size)
   df = document_frequency(run, params, iter(batches), num_batches)
   save(workdir, df, num_batches, step)
