@@ -217,8 +217,16 @@ def test_workers_are_processes_pinned_to_their_own_cores_and_keep_the_order():
   assert runs.in_parallel(_micro(), [(_where_it_ran, "a")])[0][2] == os.getpid()
 
 
+def _report_pid(folder, name):
+  """Writes this process's id to `folder/name.pid` atomically: a worker killed mid-write
+  leaves no file rather than an empty one."""
+  partial = Path(folder, f"{name}.pid.partial")
+  partial.write_text(str(os.getpid()))
+  os.replace(partial, Path(folder, f"{name}.pid"))
+
+
 def _report_and_wait(config, folder, name):
-  Path(folder, f"{name}.pid").write_text(str(os.getpid()))
+  _report_pid(folder, name)
   time.sleep(600)
 
 
@@ -247,7 +255,7 @@ def test_workers_end_when_the_command_that_started_them_is_killed(tmp_path):
   pid_files = [tmp_path / "a.pid", tmp_path / "b.pid"]
   workers = []
   try:
-    assert _wait_until(lambda: all(f.exists() and f.read_text() for f in pid_files), 120)
+    assert _wait_until(lambda: all(f.exists() for f in pid_files), 120)
     workers = [int(f.read_text()) for f in pid_files]
     assert all(map(_running, workers))
     command.kill()
@@ -260,7 +268,7 @@ def test_workers_end_when_the_command_that_started_them_is_killed(tmp_path):
 
 
 def _fail_after_report(config, folder, name):
-  Path(folder, f"{name}.pid").write_text(str(os.getpid()))
+  _report_pid(folder, name)
   raise ValueError(f"job {name} failed")
 
 
