@@ -10,12 +10,8 @@ the CPU time with the same results to test tolerance (tests/experiments/test_con
 The suite runs on 2 pytest-xdist workers (pyproject.toml: `-n 2 --dist loadgroup`). Each
 module's tests stay on one worker, so a module-scoped fixture (a trained run, a compiled
 model) is built once; a module that sets `SPREAD_OVER_WORKERS = True` has its tests spread.
-The workers and the commands the tests start share one persistent compilation cache, new
-for each run of the suite (`pytest_configure`), so a program is compiled once per run.
 """
 import os
-import shutil
-import tempfile
 
 from tests.xla_test_flags import xla_flags
 
@@ -24,24 +20,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-
-
-def pytest_configure(config):
-  """One persistent compilation cache for the whole run, empty at its start: the test
-  processes and the commands they start load a program another of them compiled instead of
-  compiling it again. Set here, in the process that starts the xdist workers, so that they
-  and their subprocesses inherit it. An unreadable entry (a process killed while writing it)
-  only makes jax warn and compile."""
-  if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
-    return
-  config.jax_cache_dir = tempfile.mkdtemp(prefix="jax-test-cache-")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = config.jax_cache_dir
-  jax.config.update("jax_compilation_cache_dir", config.jax_cache_dir)
-
-
-def pytest_unconfigure(config):
-  if hasattr(config, "jax_cache_dir"):
-    shutil.rmtree(config.jax_cache_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
