@@ -13,6 +13,7 @@ from absl import flags
 
 from experiments import cli
 from experiments.benchmarks import accelerator
+from runtime.workdir import write_json
 
 OUT = flags.DEFINE_string("out", None, "Write the results here (JSON).")
 SIZE = flags.DEFINE_enum("size", "accelerator", list(accelerator.SIZES),
@@ -20,14 +21,6 @@ SIZE = flags.DEFINE_enum("size", "accelerator", list(accelerator.SIZES),
                          "'tiny' (a CPU smoke run).")
 SECTIONS = flags.DEFINE_list("sections", list(accelerator.SECTIONS),
                              f"Which sections to run, of {list(accelerator.SECTIONS)}.")
-
-
-def write(path: str, result: dict) -> None:
-  """Atomically replaces `path` with `result` as JSON."""
-  partial = path + ".partial"
-  with open(partial, "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(partial, path)
 
 
 def main(argv):
@@ -51,7 +44,7 @@ def main(argv):
     result["section_seconds"][name] = time.perf_counter() - section_start
     result["met"] = accelerator.verdicts(result["sections"])
     result["seconds"] = time.perf_counter() - start
-    write(OUT.value, result)
+    write_json(OUT.value, result)
     print(f"{name}: {result['section_seconds'][name]:.0f} s", flush=True)
   print(json.dumps(dict(met=result["met"], seconds=round(result["seconds"])), indent=1))
 

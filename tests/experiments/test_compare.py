@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from experiments.compare import repeat_study, runs, study
-from runtime import recall, repeat, training
+from runtime import recall, repeat, training, workdir
 from runtime.errors import UsageError
 from experiments.configs import compare, compare_memory_write
 from tests.helpers import ROOT, override
@@ -220,9 +220,7 @@ def test_workers_are_processes_pinned_to_their_own_cores_and_keep_the_order():
 def _report_pid(folder, name):
   """Writes this process's id to `folder/name.pid` atomically: a worker killed mid-write
   leaves no file rather than an empty one."""
-  partial = Path(folder, f"{name}.pid.partial")
-  partial.write_text(str(os.getpid()))
-  os.replace(partial, Path(folder, f"{name}.pid"))
+  workdir.write_json(Path(folder, f"{name}.pid"), os.getpid())
 
 
 def _report_and_wait(config, folder, name):
