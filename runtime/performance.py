@@ -6,6 +6,8 @@ times the number of chips. Model FLOPs are analytic (`model.flops_per_token`), x
 training step (forward plus two backward matmuls), attention counted causally.
 """
 import functools
+import os
+import platform
 import time
 from typing import Callable
 
@@ -19,6 +21,21 @@ PEAK_FLOPS = {
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
     "TPU v6 lite": 918e12, "TPU v6e": 918e12,
 }
+
+
+def machine() -> str:
+  """What a timing ran on: the CPU's model (from /proc/cpuinfo where there is one), the
+  number of cores, and the first device's platform and kind, e.g. "AMD EPYC 9B14, 2 cores;
+  cpu: cpu, 1 device(s)"."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  device = jax.local_devices()[0]
+  return (f"{cpu}, {os.cpu_count()} cores; {device.platform}: {device.device_kind}, "
+          f"{jax.device_count()} device(s)")
 
 
 def dense_matmul(dtype=jnp.float32, n: int = 1024) -> tuple[Callable[[], jax.Array], float]:

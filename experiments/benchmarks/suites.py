@@ -30,6 +30,7 @@ from experiments import configs
 from experiments.benchmarks import (continual_grid, decoding, loader, product_key,
                                     sharded_step, smf, titans_memory, train_step)
 from experiments.benchmarks.timing import load_average
+from runtime import performance
 from runtime.errors import UsageError
 
 SUITES = {"lm": train_step, "memory": titans_memory, "pkm": product_key,
@@ -126,25 +127,14 @@ def _checked_models(models: list[str]) -> list[str]:
   return models
 
 
-def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  device = jax.local_devices()[0]
-  return (f"{cpu}, {os.cpu_count()} cores; {device.platform}: {device.device_kind}, "
-          f"{jax.device_count()} device(s)")
-
-
 def run_suites(calls: list, out: str | None, command: str) -> dict:
   """Runs `suite_calls`' calls in order, printing each table; the results (with the date,
   machine and load) go to `out` as JSON after every suite, so a long run keeps what it
   measured."""
   results = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-                 jax=jax.__version__, python=platform.python_version(), machine=machine(),
-                 command=command, load_at_start=load_average(), suites={})
+                 jax=jax.__version__, python=platform.python_version(),
+                 machine=performance.machine(), command=command, load_at_start=load_average(),
+                 suites={})
   for name, call in calls:
     results["suites"][name] = call()
     print(f"\n[{name}]\n{SUITES[name].table(results['suites'][name])}", flush=True)

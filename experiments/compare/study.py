@@ -18,8 +18,6 @@ WORKDIR/results.json holds every number and WORKDIR/results.md the tables (means
 standard deviations over seeds), beside the plots.
 """
 import dataclasses
-import os
-import platform
 import time
 
 import jax
@@ -29,7 +27,7 @@ from absl import logging
 from experiments import configs
 from experiments.compare import ablation_study, recall_study, repeat_study, report, runs
 from experiments.compare.runs import corpora, model_spec, run_config
-from runtime import config_schema, recall, repeat, training
+from runtime import config_schema, performance, recall, repeat, training
 from runtime.config_schema import Field, Relation, positive_int
 from runtime.errors import UsageError
 from runtime.workdir import check_workdir, write_json
@@ -178,8 +176,7 @@ def run(config, workdir: str, command: str) -> dict:
     out[study]["wall_seconds"] = time.perf_counter() - study_began
     logging.info("study %s done in %.0f s", study, out[study]["wall_seconds"])
   results = dict(command=command, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                 machine=f"{platform.machine()} {os.cpu_count()}-core, jax {jax.__version__}, "
-                         f"{jax.devices()[0].platform}",
+                 machine=f"{performance.machine()}, jax {jax.__version__}",
                  wall_seconds=time.perf_counter() - began, seeds=config.seeds,
                  params={n: m.params for n, m in models.items()}, studies=out,
                  config=config.to_dict())

@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import optax
 import pytest
 
 from experiments.compare import repeat_study, runs, study
-from runtime import recall, repeat, training, workdir
+from runtime import performance, recall, repeat, training, workdir
 from runtime.errors import UsageError
 from experiments.configs import compare, compare_memory_write
 from tests.helpers import ROOT, override
@@ -152,6 +153,7 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   printed = capsys.readouterr().out
   assert "| transformer | transformer |" in printed and "Recall accuracy" in printed
   saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["machine"] == f"{performance.machine()}, jax {jax.__version__}"
   rec = saved["studies"]["recall"]["arms"]["transformer"]
   assert set(rec["sweep"]) == {"0.001", "0.01"} and set(rec["sweep"]["0.01"]) == {"16x2", "32x2"}
   assert len(rec["accuracy"]["32x2"]["2"]["values"]) == 2 and set(rec["accuracy"]["16x2"]) == {"1", "2"}
