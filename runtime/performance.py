@@ -1,4 +1,5 @@
-"""Throughput accounting: model FLOPs utilisation against a reference rate.
+"""Throughput accounting: model FLOPs utilisation against a reference rate, and what a timing
+ran on (`machine`).
 
 On CPU the reference is a dense matmul timed in the same process (the machine's practical
 peak for the compute dtype); on GPUs and TPUs of a known kind it is the chip's bf16 peak
