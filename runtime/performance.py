@@ -26,8 +26,8 @@ PEAK_FLOPS = {
 
 def machine() -> str:
   """What a timing ran on: the CPU's model (from /proc/cpuinfo where there is one), the
-  number of cores, and the first device's platform and kind, e.g. "AMD EPYC 9B14, 2 cores;
-  cpu: cpu, 1 device(s)"."""
+  number of cores, and the first device's platform and kind, e.g. "Intel(R) Xeon(R)
+  Processor, 2 cores; cpu: cpu, 1 device(s)"."""
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
