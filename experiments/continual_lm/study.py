@@ -144,19 +144,23 @@ def validate(config) -> tuple[list, dict]:
   if config.curve_sequences > config.validation_sequences:
     raise UsageError(f"config.curve_sequences ({config.curve_sequences}) must be at most "
                      f"config.validation_sequences ({config.validation_sequences})")
+  for name in domains:
+    if name not in text_data.BUILTIN_CORPORA and not Path(name).expanduser().exists():
+      raise UsageError(f"config.domains: unknown domain {name!r}; give built-in corpora "
+                       f"({', '.join(text_data.BUILTIN_CORPORA)}) or text files or folders")
   grid = cells(config)
   for method in dict.fromkeys(m for _, m, _ in grid):
     continual.check_method(method)
+  runs = {}
   for architecture, method in dict.fromkeys((a, m) for a, m, _ in grid):
-    built = build_method(config, training.prepare(cell_config(config, architecture, 0)), method, 0)
+    if architecture not in runs:
+      runs[architecture] = training.prepare(cell_config(config, architecture, 0))
+    built = build_method(config, runs[architecture], method, 0)
     if config.stream == "task_free" and built.needs_boundaries and not built.interleaved:
       raise UsageError(f"method {method} cannot run on a task-free stream: "
                        f"{built.needs_boundaries}")
   corpora = {}
   for name in domains:
-    if name not in text_data.BUILTIN_CORPORA and not Path(name).expanduser().exists():
-      raise UsageError(f"config.domains: unknown domain {name!r}; give built-in corpora "
-                       f"({', '.join(text_data.BUILTIN_CORPORA)}) or text files or folders")
     corpus = text_data.load_corpus(name, config.validation_percent, "config.domains")
     have = text_data.num_windows(corpus.validation, config.seq_len)
     if have < config.validation_sequences:
