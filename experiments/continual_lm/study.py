@@ -151,10 +151,9 @@ def validate(config) -> tuple[list, dict]:
   grid = cells(config)
   for method in dict.fromkeys(m for _, m, _ in grid):
     continual.check_method(method)
-  runs = {}
+  architectures = dict.fromkeys(a for a, _, _ in grid)
+  runs = {a: training.prepare(cell_config(config, a, 0)) for a in architectures}
   for architecture, method in dict.fromkeys((a, m) for a, m, _ in grid):
-    if architecture not in runs:
-      runs[architecture] = training.prepare(cell_config(config, architecture, 0))
     built = build_method(config, runs[architecture], method, 0)
     if config.stream == "task_free" and built.needs_boundaries and not built.interleaved:
       raise UsageError(f"method {method} cannot run on a task-free stream: "
