@@ -1,8 +1,9 @@
 """The tables and PNG plots of `experiments.compare` (matplotlib's object API, no pyplot).
 
 Every headline number is `mean ± std` over the seeds (population standard deviation).
-* `markdown`: parameters; recall accuracy by length; the repeated passage's readings and
-  readback; the ablation's validation loss; seconds and training speed per arm and study;
+* `markdown`: parameters; recall accuracy by length, and the arms whose best rate is an end
+  of the sweep (`sweep_edges`); the repeated passage's readings and readback; the ablation's
+  validation loss; seconds and training speed per arm and study;
 * `plot_all`: recall.png, repeat_gain.png, repeat_readback.png, repeat_by_position.png,
   ablation.png (those with data).
 """
@@ -38,6 +39,19 @@ def _bars_by_distance(r: dict, names: list, value, ylabel: str, title: str, path
   _save(fig, path)
 
 
+def sweep_edges(arms: dict) -> dict[str, str]:
+  """{arm: "lowest" or "highest"} for each recall arm (`results["studies"]["recall"]["arms"]`)
+  whose best learning rate is an end of a sweep of three or more rates: a rate beyond it,
+  not swept, may do better."""
+  edges = {}
+  for arm, s in arms.items():
+    rates = sorted(s["sweep"], key=float)              # the rates as `f"{lr:g}"` keys
+    best = f"{s['learning_rate']:g}"
+    if len(rates) >= 3 and best in (rates[0], rates[-1]):
+      edges[arm] = "lowest" if best == rates[0] else "highest"
+  return edges
+
+
 def markdown(results: dict) -> str:
   """Markdown tables of a results.json dict."""
   studies = results["studies"]
@@ -67,6 +81,9 @@ def markdown(results: dict) -> str:
       lines.append(f"| {arm} | " + " | ".join(
           ", ".join(f"{k} {100 * v:.0f}" for k, v in accs.items())
           for accs in s["sweep"].values()) + " |")
+    if edges := sweep_edges(r["arms"]):
+      lines += ["", "Best rate at an end of the sweep (a rate beyond it may do better): " +
+                ", ".join(f"{arm} ({end})" for arm, end in edges.items()) + "."]
   if "repeat" in studies:
     r = studies["repeat"]
     distances = [str(d) for d in r["distances"]]

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.compare import repeat_study, runs, study
+from experiments.compare import repeat_study, report, runs, study
 from runtime import performance, recall, repeat, training, workdir
 from runtime.errors import UsageError
 from experiments.configs import compare, compare_memory_write
@@ -152,6 +152,7 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   results = study.run(config, str(tmp_path), "test")
   printed = capsys.readouterr().out
   assert "| transformer | transformer |" in printed and "Recall accuracy" in printed
+  assert "an end of the sweep" not in printed        # two rates: both are ends
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["machine"] == f"{performance.machine()}, jax {jax.__version__}"
   rec = saved["studies"]["recall"]["arms"]["transformer"]
@@ -199,6 +200,15 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
                          ({"ablation.source": "c_headers"}, "ablation.source")):
     with pytest.raises(UsageError, match=rf"with other settings \({field}\)"):
       study.run(_micro(**changed), str(tmp_path), "test")
+
+
+def test_sweep_edges_are_the_arms_whose_best_rate_ends_a_sweep_of_three_or_more():
+  sweep = {"0.0003": {}, "0.001": {}, "0.01": {}}
+  arms = dict(low=dict(learning_rate=3e-4, sweep=sweep),
+              mid=dict(learning_rate=1e-3, sweep=sweep),
+              high=dict(learning_rate=1e-2, sweep=sweep),
+              two=dict(learning_rate=1e-3, sweep={"0.001": {}, "0.01": {}}))
+  assert report.sweep_edges(arms) == {"low": "lowest", "high": "highest"}
 
 
 def _where_it_ran(config, label):
