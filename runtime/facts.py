@@ -15,6 +15,8 @@ import dataclasses
 import grain
 import numpy as np
 
+from runtime.text_data import READ_OPTIONS
+
 FIRST_NAMES = (
     "Ada", "Boris", "Clara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ingrid", "Jonas",
     "Keiko", "Lars", "Mira", "Nils", "Olga", "Pablo", "Quinn", "Rosa", "Stefan", "Tara",
@@ -171,5 +173,4 @@ def mixture_dataset(world: World, text: np.ndarray, *, seq_len: int, batch_size:
     return np.concatenate(out)[:seq_len + 1]
 
   ds = grain.MapDataset.range(2 ** 40).map(row)
-  read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
-  return ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
+  return ds.to_iter_dataset(READ_OPTIONS).batch(batch_size, drop_remainder=True)

@@ -15,6 +15,7 @@ import grain
 import numpy as np
 
 from runtime.errors import UsageError
+from runtime.text_data import READ_OPTIONS
 
 KEYS = range(1, 65)
 VALUES = range(65, 129)
@@ -58,7 +59,7 @@ def dataset(*, seed: int, context: int, num_pairs: int, batch_size: int,
   if answers_only:
     weights = sequence(seed, 0, context, num_pairs)[1].astype(np.float32)  # same every index
     ds = ds.map(lambda tokens: (tokens, weights))
-  return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+  return ds.to_iter_dataset(READ_OPTIONS).batch(batch_size, drop_remainder=True)
 
 
 def mixture(*, seed: int, settings, batch_size: int,

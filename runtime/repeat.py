@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from runtime.errors import UsageError
+from runtime.text_data import READ_OPTIONS
 
 
 def check(tokens: np.ndarray, passage: int, distance: int, field: str) -> None:
@@ -49,7 +50,7 @@ def dataset(tokens: np.ndarray, *, seed: int, passage: int, distance: int, batch
   is None)."""
   ds = grain.MapDataset.range(0, count if count else 2 ** 62)
   ds = ds.map(lambda i: sequence(tokens, seed, int(i), passage, distance))
-  return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+  return ds.to_iter_dataset(READ_OPTIONS).batch(batch_size, drop_remainder=True)
 
 
 def reading_losses(position_loss: np.ndarray, passage: int, distance: int) -> dict:

@@ -30,6 +30,11 @@ from runtime import token_shards
 from runtime import tokenizers
 from runtime.errors import UsageError
 
+# How the project's datasets, all generated from arrays in memory, are read: one thread and a
+# short buffer. grain's defaults (16 threads, 500 elements) suit slow storage; on a CPU with a
+# core per training process their threads compete with the train step for that core.
+READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
+
 VOCAB_SIZE = 256
 SEPARATOR = 0
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
@@ -201,7 +206,7 @@ def lm_dataset(tokens, *, seq_len: int, batch_size: int, seed: int,
   ds = ds[process_index::process_count]
   ds = ds.map(lambda i: tokens[i * seq_len:(i + 1) * seq_len + 1].astype(np.int32))
   ds = ds.batch(batch_size // process_count, drop_remainder=True)
-  batches = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
+  batches = ds.to_iter_dataset(READ_OPTIONS)
   if workers:  # worker w makes batches w, w + workers, ...; they are read back in order
     if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags (their defaults)
       flags.FLAGS.mark_as_parsed()
@@ -231,8 +236,7 @@ def mixture_dataset(domains: list[np.ndarray], *, seq_len: int, batch_size: int,
     return domains[k][w * seq_len:(w + 1) * seq_len + 1].astype(np.int32)
 
   ds = grain.MapDataset.range(np.iinfo(np.int64).max // 2).map(row)
-  read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
-  return ds.to_iter_dataset(read).batch(local, drop_remainder=True)
+  return ds.to_iter_dataset(READ_OPTIONS).batch(local, drop_remainder=True)
 
 
 def stdlib_package(path: Path, root: Path) -> str:

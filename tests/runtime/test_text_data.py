@@ -1,4 +1,6 @@
 """Byte-level corpora: the stdlib default, local paths, the by-file split, the windows."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -100,3 +102,24 @@ def test_mixture_follows_its_weights_and_resumes_exactly():
   resumed = iter(ds)
   resumed.set_state(state)
   np.testing.assert_array_equal(np.stack([next(resumed) for _ in range(3)]), np.stack(expected))
+
+
+def test_generated_datasets_read_in_one_thread_each():
+  # grain's default ReadOptions start 16 reader threads per iterator; on a training
+  # process with one CPU core they take that core from the train step.
+  from runtime import facts, recall, repeat
+  tokens = np.arange(2000, dtype=np.uint8)
+  datasets = [
+      text_data.lm_dataset(tokens, seq_len=8, batch_size=2, seed=0, shuffle=True, repeat=True),
+      text_data.mixture_dataset([tokens], seq_len=8, batch_size=2, seed=0,
+                                domain_weights=lambda n: np.ones(1)),
+      recall.mixture(seed=0, settings=[(16, 2), (32, 4)], batch_size=2),
+      repeat.dataset(tokens, seed=0, passage=8, distance=40, batch_size=2),
+      facts.mixture_dataset(facts.make_world(0, 4, 2), tokens, seq_len=16, batch_size=2,
+                            text_fraction=0.5, seed=0),
+  ]
+  before = threading.active_count()
+  iterators = [iter(ds) for ds in datasets]
+  for it in iterators:
+    next(it)
+  assert threading.active_count() - before <= len(datasets)
