@@ -30,9 +30,10 @@ from runtime import token_shards
 from runtime import tokenizers
 from runtime.errors import UsageError
 
-# How the project's datasets, all generated from arrays in memory, are read: one thread and a
-# short buffer. grain's defaults (16 threads, 500 elements) suit slow storage; on a CPU with a
-# core per training process their threads compete with the train step for that core.
+# How the project's datasets, all sliced or generated from arrays in memory or memory-mapped
+# token files, are read: one thread and a short buffer. grain's defaults (16 threads, 500
+# elements) suit slow storage; on a CPU with a core per training process their threads compete
+# with the train step for that core.
 READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
 
 VOCAB_SIZE = 256
