@@ -24,15 +24,42 @@ PEAK_FLOPS = {
 }
 
 
+# x86 vector extensions among which compilers and math libraries choose their code paths;
+# `cpu_description` names those the CPU has.
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
+def cpu_description(cpuinfo: str) -> str | None:
+  """The first processor of a /proc/cpuinfo text: its model name, then, where given, its
+  family, model, stepping and cache size and which of VECTOR_FLAGS it has, e.g. "Intel(R)
+  Xeon(R) Processor (family 6, model 207, stepping 2, cache 307200 KB; avx2 avx512f
+  avx512_bf16 amx_tile)"; None without a model name. A model name alone does not tell two
+  CPUs apart (cloud machines often report a generic one)."""
+  fields = {}
+  for line in cpuinfo.splitlines():
+    if not line.strip():
+      break
+    key, _, value = line.partition(":")
+    fields.setdefault(key.strip(), value.strip())
+  if "model name" not in fields:
+    return None
+  ids = ", ".join(f"{key.removeprefix('cpu ').removesuffix(' size')} {fields[key]}"
+                  for key in ("cpu family", "model", "stepping", "cache size") if key in fields)
+  flags = " ".join(f for f in VECTOR_FLAGS if f in fields.get("flags", "").split())
+  details = "; ".join(part for part in (ids, flags) if part)
+  return fields["model name"] + (f" ({details})" if details else "")
+
+
 def machine() -> str:
-  """What a timing ran on: the CPU's model (from /proc/cpuinfo where there is one), the
-  number of cores, and the first device's platform and kind, e.g. "Intel(R) Xeon(R)
-  Processor, 2 cores; cpu: cpu, 1 device(s)"."""
+  """What a timing ran on: the CPU (`cpu_description` of /proc/cpuinfo where there is one,
+  else the processor or architecture name), the number of cores, and the first device's
+  platform and kind, e.g. "Intel(R) Xeon(R) Processor (family 6, model 207, stepping 2,
+  cache 307200 KB; avx2 avx512f avx512_bf16 amx_tile), 2 cores; cpu: cpu, 1 device(s)"."""
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
+      cpu = cpu_description(f.read()) or cpu
+  except OSError:
     pass
   device = jax.local_devices()[0]
   return (f"{cpu}, {os.cpu_count()} cores; {device.platform}: {device.device_kind}, "
