@@ -75,18 +75,24 @@ def train_and_score(config, name: str, seed: int, directory: Path) -> tuple[dict
   return scores, run.num_params
 
 
-def run(config, arms: list[str], workdir: Path) -> dict:
-  """{variants: {name: summary}}; see the module docstring. `arms` is not used: the
-  variants are config.ablation.variants."""
+def submit(config, arms: list[str], workdir: Path, workers: runs.Workers):
+  """Queues every variant's run of every seed on `workers`; returns the summary to call once
+  they have run: {variants: {name: summary}}; see the module docstring. `arms` is not used:
+  the variants are config.ablation.variants."""
   del arms
+  jobs = {name: [workers.submit(train_and_score, name, seed, folder(workdir, name, seed),
+                                cost=workers.cost(name, run_config(config, name, seed)))
+                 for seed in range(config.seeds)]
+          for name in config_schema.split_names(config.ablation.variants)}
+  return lambda: summary(config, {name: [j.result for j in js] for name, js in jobs.items()})
+
+
+def summary(config, scores: dict) -> dict:
+  """The study's results from each variant's (scores, parameter count), one per seed."""
   ac = config.ablation
-  names = config_schema.split_names(ac.variants)
-  done = iter(runs.in_parallel(config, [
-      (train_and_score, name, seed, folder(workdir, name, seed))
-      for name in names for seed in range(config.seeds)]))
   out = {}
-  for name in names:
-    scored, params = zip(*[next(done) for _ in range(config.seeds)])
+  for name, results in scores.items():
+    scored, params = zip(*results)
     out[name] = dict(
         loss=runs.mean_std([r["loss"] for r in scored]),
         bits_per_byte=runs.mean_std([r["bits_per_byte"] for r in scored]),

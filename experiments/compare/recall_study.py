@@ -6,12 +6,11 @@ batches that cycle through the (length L, pairs N) settings of recall.lengths / 
 (`runtime.recall.mixture`, recall.batch_size sequences a batch), and the next-token loss
 scores the queried values only (the other targets are random draws: keys, values, filler).
 Seed 0 trains at every learning rate of recall.learning_rates; the rate with the best mean
-accuracy over the settings at their training lengths trains seeds 1 .. seeds - 1 (every
-arm's sweep first, then every arm's other seeds, each batch side by side with
-`runs.in_parallel`). Each run is scored (argmax accuracy on the queried values) on fresh
-sequences of m x L tokens for every setting and every m in recall.multipliers, one forward
-pass each: beyond L a sliding window cannot reach the keys, and only what a model carries
-(attention over the whole context, or a memory's state) can.
+accuracy over the settings at their training lengths trains seeds 1 .. seeds - 1 (queued as
+soon as that arm's sweep has run, `runs.Workers`). Each run is scored (argmax accuracy on
+the queried values) on fresh sequences of m x L tokens for every setting and every m in
+recall.multipliers, one forward pass each: beyond L a sliding window cannot reach the keys,
+and only what a model carries (attention over the whole context, or a memory's state) can.
 """
 from pathlib import Path
 
@@ -77,25 +76,47 @@ def at_training_length(result: dict) -> float:
   return float(np.mean([scores[s.split("x")[0]] for s, scores in result["accuracy"].items()]))
 
 
-def run(config, arms: list[str], workdir: Path) -> dict:
-  """{arms: {arm: summary}, settings, multipliers}; see the module docstring."""
+def best_rate(sweep: dict) -> float:
+  """The learning rate of a sweep's scores {lr: scores} with the best `at_training_length`
+  (the first of equals)."""
+  return max(sweep, key=lambda lr: at_training_length(sweep[lr]))
+
+
+def submit(config, arms: list[str], workdir: Path, workers: runs.Workers):
+  """Queues the study's runs on `workers`: every arm's sweep, and each arm's other seeds as
+  soon as its sweep has run. Returns the summary to call once they have all run:
+  {arms: {arm: summary}, settings, multipliers}; see the module docstring."""
+  rc = config.recall
+
+  def queue(arm, lr, seed, then=None):
+    return workers.submit(train_and_score, arm, lr, seed, folder(workdir, arm, lr, seed),
+                          cost=workers.cost(arm, run_config(config, arm, lr, seed)), then=then)
+
+  sweeps, seeded = {}, {}
+
+  def swept(arm):
+    if all(job.done for job in sweeps[arm].values()):
+      best = best_rate({lr: job.result for lr, job in sweeps[arm].items()})
+      seeded[arm] = [queue(arm, best, seed) for seed in range(1, config.seeds)]
+
+  for arm in arms:
+    sweeps[arm] = {lr: queue(arm, lr, 0, then=lambda _, arm=arm: swept(arm))
+                   for lr in rc.learning_rates}
+  return lambda: summary(config, {arm: {lr: j.result for lr, j in s.items()}
+                                  for arm, s in sweeps.items()},
+                         {arm: [j.result for j in jobs] for arm, jobs in seeded.items()})
+
+
+def summary(config, sweeps: dict, seeded: dict) -> dict:
+  """The study's results from each arm's sweep {lr: scores} and its other seeds' scores."""
   rc = config.recall
   settings = [f"{length}x{pairs}" for length, pairs in zip(rc.lengths, rc.pairs)]
-  swept = iter(runs.in_parallel(config, [
-      (train_and_score, arm, lr, 0, folder(workdir, arm, lr, 0))
-      for arm in arms for lr in rc.learning_rates]))
-  sweeps = {arm: {lr: next(swept) for lr in rc.learning_rates} for arm in arms}
-  best = {arm: max(rc.learning_rates, key=lambda lr: at_training_length(sweeps[arm][lr]))
-          for arm in arms}
-  seeded = iter(runs.in_parallel(config, [
-      (train_and_score, arm, best[arm], seed, folder(workdir, arm, best[arm], seed))
-      for arm in arms for seed in range(1, config.seeds)]))
   out = {}
-  for arm in arms:
-    sweep = sweeps[arm]
-    scored = [sweep[best[arm]]] + [next(seeded) for _ in range(1, config.seeds)]
+  for arm, sweep in sweeps.items():
+    best = best_rate(sweep)
+    scored = [sweep[best]] + seeded[arm]
     out[arm] = dict(
-        learning_rate=best[arm], steps=rc.steps,
+        learning_rate=best, steps=rc.steps,
         sweep={f"{lr:g}": {s: sweep[lr]["accuracy"][s][s.split("x")[0]] for s in settings}
                for lr in rc.learning_rates},
         accuracy={s: {m: runs.mean_std([r["accuracy"][s][str(int(m) * int(s.split("x")[0]))]

@@ -242,15 +242,20 @@ def train_and_score(config, arm: str, seed: int, directory: Path) -> dict:
                         "repeat", study_config(config))
 
 
-def run(config, arms: list[str], workdir: Path) -> dict:
-  """{arms: {arm: summary}, distances, passage, distance}; see the module docstring."""
+def submit(config, arms: list[str], workdir: Path, workers: runs.Workers):
+  """Queues every arm's run of every seed on `workers`; returns the summary to call once they
+  have run: {arms: {arm: summary}, distances, passage, distance}; see the module docstring."""
+  jobs = {arm: [workers.submit(train_and_score, arm, seed, folder(workdir, arm, seed),
+                               cost=workers.cost(arm, run_config(config, arm, seed)))
+                for seed in range(config.seeds)] for arm in arms}
+  return lambda: summary(config, {arm: [j.result for j in js] for arm, js in jobs.items()})
+
+
+def summary(config, scores: dict) -> dict:
+  """The study's results from each arm's scores, one per seed."""
   pc = config.repeat
-  done = iter(runs.in_parallel(config, [
-      (train_and_score, arm, seed, folder(workdir, arm, seed))
-      for arm in arms for seed in range(config.seeds)]))
   out = {}
-  for arm in arms:
-    scored = [next(done) for _ in range(config.seeds)]
+  for arm, scored in scores.items():
     out[arm] = dict(
         readings={d: {k: runs.mean_std([r[d][k] for r in scored])
                       for k in ("first", "second", "gain")} for d in map(str, pc.eval_distances)},

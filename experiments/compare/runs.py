@@ -1,8 +1,12 @@
 """The pieces every compare study shares: an arm's or variant's pretraining config, one
 training run in its own folder (scored, skipped when finished, refused when its settings
-changed), runs side by side in worker processes, the compiled functions shared across seeds,
-the corpora, and mean ± std."""
+changed), the command's runs side by side in worker processes (`Workers`), the compiled
+functions shared across seeds, the corpora, and mean ± std."""
 import concurrent.futures
+import dataclasses
+import gc
+import heapq
+import itertools
 import json
 import multiprocessing
 import os
@@ -10,6 +14,7 @@ import queue
 import signal
 import threading
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -17,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from experiments import configs
-from runtime import logs, loop, text_data, training
+from runtime import compile_cache, logs, loop, text_data, training
 from runtime.errors import UsageError
 from runtime.workdir import write_json
 
@@ -187,12 +192,14 @@ def worker_count(config) -> int:
   return config.workers
 
 
-def _start_worker(core_groups, pids, verbosity: int) -> None:
+def _start_worker(core_groups, pids, verbosity: int, cache: Path | None) -> None:
   pids.put(os.getpid())
   threading.Thread(target=_exit_with_parent, daemon=True).start()
   if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, core_groups.get())
   logs.quiet_logging(verbosity)
+  if cache is not None:
+    compile_cache.use(cache)
 
 
 def _exit_with_parent() -> None:
@@ -204,41 +211,120 @@ def _exit_with_parent() -> None:
 
 
 def _call(job):
+  """fn(config, *args), then `release_compiled_near_map_limit`."""
   fn, config, args = job
-  return fn(config, *args)
-
-
-def in_parallel(config, jobs: list[tuple]) -> list:
-  """[fn(config, *args) for fn, *args in jobs], in order.
-
-  With one worker (`worker_count`) the jobs run here, one after another. With n > 1 they run
-  in n spawned processes, each pinned (on Linux) to its own 1/n of the usable cores: the small
-  models of the CPU studies keep about one core busy, so two runs side by side on two cores
-  finish sooner than two in turn on both. Each fn must be a module-level function and its
-  arguments picklable; a worker keeps its compiled steps and corpora across its jobs, and
-  exits when this process does, even when it is killed. The first job to fail ends every
-  worker at once (the runs they were training resume from their last checkpoint on a rerun),
-  cancels the jobs not yet started, and raises its error here."""
-  workers = min(worker_count(config), len(jobs))
-  if workers <= 1:
-    return [fn(config, *args) for fn, *args in jobs]
-  context = multiprocessing.get_context("spawn")
-  core_groups, pids = context.Queue(), context.Queue()
-  for group in np.array_split(usable_cores(), workers):
-    core_groups.put([int(c) for c in group])
-  pool = concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=context, initializer=_start_worker,
-      initargs=(core_groups, pids, logging.get_verbosity()))
   try:
-    futures = [pool.submit(_call, (fn, config, tuple(args))) for fn, *args in jobs]
-    concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-    failed = next((f for f in futures if f.done() and f.exception() is not None), None)
-    if failed is not None:
-      _kill_workers(pids)
-      raise failed.exception()
-    return [f.result() for f in futures]
+    return fn(config, *args)
   finally:
-    pool.shutdown(cancel_futures=True)
+    release_compiled_near_map_limit()
+
+
+def memory_maps() -> tuple[int, int] | None:
+  """(memory mappings of this process, the most the kernel allows one) from Linux's /proc;
+  None elsewhere."""
+  try:
+    limit = int(Path("/proc/sys/vm/max_map_count").read_text())
+    with open("/proc/self/maps") as maps:
+      return sum(1 for _ in maps), limit
+  except (OSError, ValueError):
+    return None
+
+
+def release_compiled_near_map_limit() -> None:
+  """Drops this process's compiled programs once they hold half the memory mappings Linux
+  allows a process (vm.max_map_count, 65,530 by default): each compiled XLA CPU program holds
+  its own (a HOPE recall run about 7,500), and a process at the limit cannot compile. They
+  load from the compile cache when needed again."""
+  maps = memory_maps()
+  if maps is not None and maps[0] > maps[1] // 2:
+    _TRAINERS.clear()
+    _JITTED.clear()
+    jax.clear_caches()
+    gc.collect()
+
+
+@dataclasses.dataclass
+class Job:
+  """fn(config, *args), queued by `Workers.submit`; `result` is set when it has run."""
+  fn: Callable
+  args: tuple
+  cost: float
+  then: Callable[["Job"], None] | None
+  result: Any = None
+  done: bool = False
+
+
+class Workers:
+  """The training runs of a command, side by side.
+
+  `submit` queues a job fn(config, *args) with its cost; `run` runs every queued job, the
+  costliest first, and calls each job's `then(job)` here as soon as it has run, which may
+  queue more (a study's next runs that depend on it). With one worker (`worker_count`) the
+  jobs run in this process, one after another. With n > 1 they run in n spawned processes,
+  each pinned (on Linux) to its own 1/n of the usable cores: the small models of the CPU
+  studies keep about one core busy, so two runs side by side on two cores finish sooner than
+  two in turn on both. Each fn must be a module-level function and its arguments picklable;
+  a worker keeps its compiled steps (`release_compiled_near_map_limit`: while there is room)
+  and corpora across its jobs, loads and saves compiled programs in `cache`
+  (`runtime.compile_cache`; None: no cache), and exits when this process does, even when it
+  is killed. The first job to fail ends every worker at once (the runs they were training
+  resume from their last checkpoint on a rerun), drops the jobs not yet started, and raises
+  its error here."""
+
+  def __init__(self, config, flops_per_token: dict[str, float] | None = None,
+               cache: Path | None = None):
+    self.config, self.cache = config, cache
+    self.flops_per_token = flops_per_token or {}
+    self._queue, self._order = [], itertools.count()
+
+  def cost(self, name: str, run_config) -> float:
+    """The forward model FLOPs of the training tokens of a run of arm or variant `name` with
+    pretraining config `run_config`, by which the queue orders runs (1 a token for a name
+    without FLOPs)."""
+    c = run_config
+    return self.flops_per_token.get(name, 1.0) * c.steps * c.batch_size * c.seq_len
+
+  def submit(self, fn: Callable, *args, cost: float = 0.0,
+             then: Callable[[Job], None] | None = None) -> Job:
+    job = Job(fn, args, cost, then)
+    heapq.heappush(self._queue, (-cost, next(self._order), job))
+    return job
+
+  def _finish(self, job: Job, result) -> None:
+    job.result, job.done = result, True
+    if job.then is not None:
+      job.then(job)
+
+  def run(self) -> None:
+    workers = worker_count(self.config)
+    if workers <= 1:
+      while self._queue:
+        job = heapq.heappop(self._queue)[-1]
+        self._finish(job, _call((job.fn, self.config, job.args)))
+      return
+    context = multiprocessing.get_context("spawn")
+    core_groups, pids = context.Queue(), context.Queue()
+    for group in np.array_split(usable_cores(), workers):
+      core_groups.put([int(c) for c in group])
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker,
+        initargs=(core_groups, pids, logging.get_verbosity(), self.cache))
+    running = {}
+    try:
+      while self._queue or running:
+        while self._queue and len(running) < workers:
+          job = heapq.heappop(self._queue)[-1]
+          running[pool.submit(_call, (job.fn, self.config, job.args))] = job
+        done, _ = concurrent.futures.wait(
+            running, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+          self._finish(running.pop(future), future.result())
+    except BaseException:
+      _kill_workers(pids)
+      self._queue.clear()
+      raise
+    finally:
+      pool.shutdown(cancel_futures=True)
 
 
 def _kill_workers(pids) -> None:

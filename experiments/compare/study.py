@@ -2,7 +2,7 @@
 
 `validate` checks the whole config and builds every model abstractly (no compile), so bad
 input, and arms whose parameter counts differ by more than `param_tolerance`, are refused
-first. `run` then trains and scores, study by study, arm by arm, seed by seed:
+first. `run` then trains and scores every run of every study:
 
   recall    `recall_study`: multi-query associative recall, a learning-rate sweep on seed 0;
   repeat    `repeat_study`: the repeated-passage probe;
@@ -11,9 +11,13 @@ first. `run` then trains and scores, study by study, arm by arm, seed by seed:
 Every training run is `runs.train_run` (`runtime.loop.train`) in its own folder,
 WORKDIR/<study>/<arm>/<setting>/seed<k>/, and leaves its scores in <study>.json there; a
 rerun skips the runs that have it and resumes the others from their checkpoints, and is
-refused before anything trains if a finished run's settings differ from the config's. Runs of one
-model and learning rate share one compiled train step, whatever their seeds. Independent runs
-train side by side in config.workers processes (`runs.in_parallel`). At the end,
+refused before anything trains if a finished run's settings differ from the config's. The
+runs of all the studies train side by side in config.workers processes (`runs.Workers`), the
+costliest first (model FLOPs of its training); a run that depends on others (a recall seed
+on its arm's sweep) is queued as soon as they have run. Runs of one model and learning rate
+share one compiled train step, whatever their seeds, and the compiled programs are saved in
+WORKDIR/compile_cache (`runtime.compile_cache`), so a worker, or a rerun, that needs one
+again loads it instead of compiling it. At the end,
 WORKDIR/results.json holds every number and WORKDIR/results.md the tables (means and
 standard deviations over seeds), beside the plots.
 """
@@ -22,12 +26,11 @@ import time
 
 import jax
 import ml_collections
-from absl import logging
 
 from experiments import configs
 from experiments.compare import ablation_study, recall_study, repeat_study, report, runs
 from experiments.compare.runs import corpora, model_spec, run_config
-from runtime import config_schema, performance, recall, repeat, training
+from runtime import compile_cache, config_schema, performance, recall, repeat, training
 from runtime.config_schema import Field, Relation, positive_int
 from runtime.errors import UsageError
 from runtime.workdir import check_workdir, write_json
@@ -169,12 +172,13 @@ def run(config, workdir: str, command: str) -> dict:
     for directory, planned_config in module.planned(config, arms, workdir / study):
       runs.finished(directory, study, planned_config, study_config)
   began = time.perf_counter()
-  out = {}
-  for study, module in modules.items():
-    study_began = time.perf_counter()
-    out[study] = module.run(config, arms, workdir / study)
-    out[study]["wall_seconds"] = time.perf_counter() - study_began
-    logging.info("study %s done in %.0f s", study, out[study]["wall_seconds"])
+  cache = workdir / "compile_cache"
+  workers = runs.Workers(config, {n: m.run.flops_per_token for n, m in models.items()}, cache)
+  with compile_cache.using(cache):
+    summaries = {study: module.submit(config, arms, workdir / study, workers)
+                 for study, module in modules.items()}
+    workers.run()
+  out = {study: summary() for study, summary in summaries.items()}
   results = dict(command=command, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  machine=f"{performance.machine()}, jax {jax.__version__}",
                  wall_seconds=time.perf_counter() - began, seeds=config.seeds,

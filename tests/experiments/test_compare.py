@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -182,8 +183,7 @@ def test_end_to_end_writes_results_and_a_rerun_skips_finished_runs(tmp_path, cap
   first = one.stat().st_mtime_ns
   again = study.run(config, str(tmp_path), "test")
   assert one.stat().st_mtime_ns == first
-  assert again["studies"]["repeat"] == {**results["studies"]["repeat"],
-                                        "wall_seconds": again["studies"]["repeat"]["wall_seconds"]}
+  assert again["studies"]["repeat"] == results["studies"]["repeat"]
   # a crash after the loop scored a run but before its settings were recorded: completed
   scored = json.loads(one.read_text())
   one.write_text(json.dumps({k: v for k, v in scored.items()
@@ -212,21 +212,65 @@ def test_sweep_edges_are_the_arms_whose_best_rate_ends_a_sweep_of_three_or_more(
 
 
 def _where_it_ran(config, label):
-  return label, config.workers, os.getpid(), sorted(os.sched_getaffinity(0))
+  return (label, config.workers, os.getpid(), sorted(os.sched_getaffinity(0)),
+          jax.config.jax_compilation_cache_dir)
+
+
+def _run_all(config, jobs: list[tuple], costs=None, cache=None) -> list:
+  """[fn(config, *args) for fn, *args in jobs] by `runs.Workers`, with the given costs."""
+  workers = runs.Workers(config, cache=cache)
+  queued = [workers.submit(fn, *args, cost=cost)
+            for (fn, *args), cost in zip(jobs, costs or [0.0] * len(jobs))]
+  workers.run()
+  return [job.result for job in queued]
 
 
 @pytest.mark.skipif(len(runs.usable_cores()) < 2, reason="needs two CPU cores")
-def test_workers_are_processes_pinned_to_their_own_cores_and_keep_the_order():
+def test_workers_are_processes_pinned_to_their_own_cores_with_the_compile_cache(tmp_path):
   config = _micro(workers=2)
-  done = runs.in_parallel(config, [(_where_it_ran, name) for name in "abcd"])
+  done = _run_all(config, [(_where_it_ran, name) for name in "abcd"], cache=tmp_path)
   assert [d[:2] for d in done] == [(name, 2) for name in "abcd"]
-  pinned = {pid: tuple(cores) for _, _, pid, cores in done}
+  assert {d[4] for d in done} == {str(tmp_path)}
+  pinned = {pid: tuple(cores) for _, _, pid, cores, _ in done}
   assert os.getpid() not in pinned
   # each worker has its own half of the cores (one worker may have taken every job)
   halves = {tuple(int(c) for c in h) for h in np.array_split(runs.usable_cores(), 2)}
   assert set(pinned.values()) <= halves and len(set(pinned.values())) == len(pinned)
   # one worker: in this process
-  assert runs.in_parallel(_micro(), [(_where_it_ran, "a")])[0][2] == os.getpid()
+  assert _run_all(_micro(), [(_where_it_ran, "a")])[0][2] == os.getpid()
+
+
+def _label(config, label):
+  return label
+
+
+def test_workers_run_the_costliest_job_first_and_queue_what_a_finished_job_asks_for():
+  workers, order = runs.Workers(_micro()), []
+
+  def ran(job):
+    order.append(job.result)
+    if job.result == "b":  # queued after a, which costs more, but runs before it
+      workers.submit(_label, "after b", cost=5.0, then=ran)
+
+  for label, cost in (("a", 1.0), ("b", 3.0), ("c", 2.0), ("d", 2.0)):
+    workers.submit(_label, label, cost=cost, then=ran)
+  workers.run()
+  assert order == ["b", "after b", "c", "d", "a"]
+  assert workers.cost("hope", ml_collections.ConfigDict(dict(
+      steps=10, batch_size=2, seq_len=8))) == 160.0   # no FLOPs given: one per token
+  assert runs.Workers(_micro(), {"hope": 3.0}).cost("hope", ml_collections.ConfigDict(dict(
+      steps=10, batch_size=2, seq_len=8))) == 480.0
+
+
+def test_a_job_drops_the_compiled_programs_once_they_hold_half_the_memory_maps(monkeypatch):
+  used_limit = runs.memory_maps()
+  if Path("/proc/self/maps").exists():
+    assert 0 < used_limit[0] < used_limit[1]
+  for used, kept in ((100, True), (40_000, False)):
+    runs._JITTED["probe"] = jax.jit(lambda x: x + 1)
+    monkeypatch.setattr(runs, "memory_maps", lambda used=used: (used, 65_530))
+    assert runs._call((_label, _micro(), ("a",))) == "a"
+    assert ("probe" in runs._JITTED) == kept
 
 
 def _report_pid(folder, name):
@@ -260,7 +304,7 @@ def _wait_until(condition, seconds: float) -> bool:
 def test_workers_end_when_the_command_that_started_them_is_killed(tmp_path):
   command = subprocess.Popen([sys.executable, "-c", (
       "from experiments.compare import runs; from tests.experiments import test_compare as t; "
-      f"runs.in_parallel(t._micro(workers=2), [(t._report_and_wait, {str(tmp_path)!r}, n) "
+      f"t._run_all(t._micro(workers=2), [(t._report_and_wait, {str(tmp_path)!r}, n) "
       "for n in 'ab'])")], cwd=ROOT)
   pid_files = [tmp_path / "a.pid", tmp_path / "b.pid"]
   workers = []
@@ -289,7 +333,7 @@ def test_the_first_failing_job_ends_the_others_at_once_and_raises_its_error(tmp_
   jobs = [(_report_and_wait, str(tmp_path), "a"), (_fail_after_report, str(tmp_path), "b"),
           (_report_and_wait, str(tmp_path), "c")]
   with pytest.raises(ValueError, match="job b failed"):
-    runs.in_parallel(_micro(workers=2), jobs)
+    _run_all(_micro(workers=2), jobs, costs=[3.0, 2.0, 1.0])
   assert time.monotonic() - started < 120   # not the 600 s that job a sleeps
   # job a's worker is gone, and so is job c's if b's worker took c before it was killed
   for name in "ac":
