@@ -248,7 +248,6 @@ class Job:
   """fn(config, *args), queued by `Workers.submit`; `result` is set when it has run."""
   fn: Callable
   args: tuple
-  cost: float
   then: Callable[["Job"], None] | None
   result: Any = None
   done: bool = False
@@ -286,7 +285,7 @@ class Workers:
 
   def submit(self, fn: Callable, *args, cost: float = 0.0,
              then: Callable[[Job], None] | None = None) -> Job:
-    job = Job(fn, args, cost, then)
+    job = Job(fn, args, then)
     heapq.heappush(self._queue, (-cost, next(self._order), job))
     return job
 
