@@ -1,4 +1,7 @@
 """Shared test helpers: tiny configs and running the CLIs as a user would."""
+import atexit
+import functools
+import json
 import os
 import subprocess
 import sys
@@ -32,13 +35,30 @@ def override(config, overrides: dict):
   return config
 
 
-def run_cli(module: str, *args: str, devices: int = 8, timeout: float = 240,
-            env: dict | None = None) -> subprocess.CompletedProcess:
-  """Runs `python -m module args` in a fresh process with `devices` fake CPU devices."""
-  full_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
-  full_env.update(env or {})
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
-                        capture_output=True, text=True, timeout=timeout)
+def run_cli(module: str, *args: str, devices: int = 8,
+            timeout: float = 240) -> subprocess.CompletedProcess:
+  """Runs `python -m module args` in a fresh process with `devices` fake CPU devices: a child
+  of this test process's `tests.cli_server`, which has the libraries imported already."""
+  request = dict(module=module, args=list(args), cwd=str(ROOT), timeout=timeout,
+                 env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices)))
+  server = _cli_server()
+  server.stdin.write(json.dumps(request) + "\n")
+  server.stdin.flush()
+  answer = json.loads(server.stdout.readline())
+  if answer["timeout"]:
+    raise subprocess.TimeoutExpired([module, *args], timeout, answer["stdout"], answer["stderr"])
+  return subprocess.CompletedProcess([module, *args], answer["returncode"], answer["stdout"],
+                                     answer["stderr"])
+
+
+@functools.cache
+def _cli_server() -> subprocess.Popen:
+  """This process's `tests.cli_server`, started on first use, ended with this process."""
+  server = subprocess.Popen([sys.executable, "-m", "tests.cli_server"], cwd=ROOT, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+  atexit.register(server.kill)
+  return server
 
 
 TINY_FLAGS = ("--config=experiments/configs/transformer.py:tiny", "--config.steps=12",

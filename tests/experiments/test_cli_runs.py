@@ -27,7 +27,7 @@ def test_two_processes_train_get_killed_and_resume(tmp_path):
 
   def start(port):
     return [subprocess.Popen(
-        [sys.executable, "-m", "experiments.pretrain", *TINY_FLAGS, "--config.steps=60",
+        [sys.executable, "-m", "experiments.pretrain", *TINY_FLAGS, "--config.steps=30",
          "--config.checkpoint_every=3", "--config.log_every=3", "--config.mesh.tensor=2",
          f"--config.data.source={corpus}",
          f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
@@ -45,7 +45,7 @@ def test_two_processes_train_get_killed_and_resume(tmp_path):
   assert all(p.returncode == -signal.SIGKILL for p in procs), outputs[0][-3000:]
   assert "'data': 4, 'fsdp': 1, 'tensor': 2" in outputs[0]  # one mesh over both processes
   assert "(sentencepiece:tokenizer.model, vocabulary 400)" in outputs[0]
-  assert not (workdir / "checkpoints" / "60").exists(), "the run ended before it was killed"
+  assert not (workdir / "checkpoints" / "30").exists(), "the run ended before it was killed"
 
   procs = start(portpicker.pick_unused_port())
   outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -53,8 +53,8 @@ def test_two_processes_train_get_killed_and_resume(tmp_path):
     assert p.returncode == 0, out[-3000:]
   assert all("resumed from" in out for out in outputs)
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == list(range(3, 61, 3))
-  assert (workdir / "checkpoints" / "60" / "params").is_dir()
+  assert [r["step"] for r in rows] == list(range(3, 31, 3))
+  assert (workdir / "checkpoints" / "30" / "params").is_dir()
 
 
 # metrics.jsonl of `pretrain` on transformer.py:tiny with SMALL_RUN's flags (8 fake devices,
