@@ -8,6 +8,9 @@ its compile options, the devices and the jax version, so an entry is only loaded
 same program; programs that compile in under a second are not saved. An entry that cannot be
 read (cut short by a crash, or being written by another process) is compiled again, with a
 warning. The folder is trusted: whoever can write to it can change what runs.
+
+Single-process use only: on jax 0.12.1 (CPU), a two-process `jax.distributed` run resumed
+with a cache that its first start had filled hung. The studies' workers are single-process.
 """
 import contextlib
 from pathlib import Path
