@@ -8,6 +8,9 @@ A run that has to stop midway (`RunStopped`) is reported the same way with exit 
 Multi-host: `--coordinator_address`, `--num_processes`, `--process_id`; every process runs
 the same command, and `initialize_distributed()` joins them with `jax.distributed.initialize`
 before any device is touched. Without `--coordinator_address` the run is single-process.
+A multi-process run on CPU compiles every program itself: it ignores a persistent
+compilation cache (`JAX_COMPILATION_CACHE_DIR`), since on jax 0.12.1 a program with
+cross-process collectives loaded from that cache hangs (jax 0.10.2, 0.11.2 and 0.12.0 run it).
 """
 import errno
 import importlib.util
@@ -17,8 +20,9 @@ import sys
 import jax
 from absl import app
 from absl import flags
+from absl import logging
 
-from runtime import logs
+from runtime import compile_cache, logs
 from runtime.errors import RunStopped, UsageError
 
 
@@ -40,6 +44,11 @@ def initialize_distributed() -> None:
   if i is None or not 0 <= i < n:
     raise UsageError(f"--process_id must be in [0, {n}), got {i}")
   jax.distributed.initialize(coordinator_address=COORDINATOR.value, num_processes=n, process_id=i)
+  if jax.default_backend() == "cpu" and jax.config.jax_compilation_cache_dir:
+    logging.warning("not using the compilation cache %s: a multi-process CPU run compiles its "
+                    "programs (on jax 0.12.1 one loaded from the cache hangs)",
+                    jax.config.jax_compilation_cache_dir)
+    compile_cache.use(None)
 
 
 def parse_mesh(text: str, flag: str) -> dict:

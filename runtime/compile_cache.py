@@ -9,8 +9,10 @@ same program; programs that compile in under a second are not saved. An entry th
 read (cut short by a crash, or being written by another process) is compiled again, with a
 warning. The folder is trusted: whoever can write to it can change what runs.
 
-Single-process use only: on jax 0.12.1 (CPU), a two-process `jax.distributed` run resumed
-with a cache that its first start had filled hung. The studies' workers are single-process.
+Not for multi-process CPU runs: on jax 0.12.1 (CPU, gloo collectives) a program with
+cross-process collectives loaded from the cache hangs (compiled, it runs; jax 0.10.2, 0.11.2
+and 0.12.0 run both), so `experiments.cli.initialize_distributed` turns the cache off there.
+The studies' workers are single-process.
 """
 import contextlib
 from pathlib import Path

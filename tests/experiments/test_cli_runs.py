@@ -18,10 +18,10 @@ def test_two_processes_train_get_killed_and_resume(tmp_path):
   train on SentencePiece shards (each reading its half of every batch) and checkpoint; both
   are SIGKILLed; the same two commands resume and finish."""
   workdir, corpus = tmp_path / "multi", tmp_path / "corpus"
-  # Without the suite's compilation cache: on jax 0.12.1 the resumed pair, loading its
-  # programs from it, hung (600 s; 29 s without it).
-  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(4))
+  # With the suite's compilation cache, which a multi-process CPU run must ignore: on jax
+  # 0.12.1 the resumed pair, loading its programs from it, hung.
+  assert os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(4))
   files = sorted((text_data.stdlib_root() / "json").glob("*.py"))
   docs = [f.read_bytes() for f in files] * 4
   tokenizer = tokenizers.SentencePieceTokenizer(tokenizers.train_sentencepiece(docs, 400))
@@ -55,6 +55,7 @@ def test_two_processes_train_get_killed_and_resume(tmp_path):
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
   assert all("resumed from" in out for out in outputs)
+  assert all("not using the compilation cache" in out for out in outputs)
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == list(range(3, 31, 3))
   assert (workdir / "checkpoints" / "30" / "params").is_dir()
