@@ -12,12 +12,15 @@ and the sum cleared.
 
 The weights in force and the sums are held here, in Python lists, and written into the CMS
 states before each piece, so neither `DecoderLM`'s scan over pieces nor `ContinuumMemory.teach`
-and its clocks play a part. Only for models built with `cms_signal='teach'`
-(`hope.hope_lm`), from the learned initial state. For tests only.
+and its clocks play a part. Every product is a plain `a @ b` (`hope.matmul.plain`), so the
+fast path's custom products, and their second derivatives, are checked against jax's own.
+Only for models built with `cms_signal='teach'` (`hope.hope_lm`), from the learned initial
+state. For tests only.
 """
 import jax
 import jax.numpy as jnp
 
+from hope import matmul
 from hope.lm import DecoderLM
 from hope.neural_memory import clip_scale
 
@@ -42,6 +45,11 @@ def _read(model: DecoderLM, tokens: jax.Array, state: tuple) -> tuple[jax.Array,
 
 def reference_teach(model: DecoderLM, tokens: jax.Array) -> jax.Array:
   """tokens [batch, seq] (seq a multiple of P) -> logits [batch, seq, vocab]."""
+  with matmul.plain():
+    return _reference_teach(model, tokens)
+
+
+def _reference_teach(model: DecoderLM, tokens: jax.Array) -> jax.Array:
   batch, seq = tokens.shape
   piece = model.teach_piece
   state = model.init_state(batch)
