@@ -8,6 +8,12 @@ One step's checkpoint is a folder `checkpoints/<step>/` with four orbax items:
 Saves are asynchronous and atomic (orbax writes to a temporary folder and renames it when
 complete), the last `keep` are kept, and restore places arrays onto any target mesh.
 
+Replicated arrays. Off GPU, orbax saves an array replicated over R devices "replica-parallel":
+each replica writes 1/R of it, cut off with one dispatched slice op per replica and shard,
+which for a small array costs more than the writing it shares out. Here an array is written
+that way only where each replica's part is at least MIN_REPLICA_SLICE_BYTES; a smaller one is
+written whole by its first replica. Either way it restores to the same array.
+
 Integrity: as a save is finalized, process 0 writes `<step>/sha256sums.json`, the SHA-256
 of every file of the step's items, inside orbax's temporary folder before its rename. `problem(step)` re-hashes the files and names the first one that
 is missing or changed (orbax itself restores flipped bytes without complaint). A step with
@@ -29,17 +35,36 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.metadata import array_metadata_store  # the default handler's store
 from absl import logging
 
 from hope.optimizers.tree_paths import named_leaves
 
 MANIFEST = "sha256sums.json"
+MIN_REPLICA_SLICE_BYTES = 1 << 20
 # What a restore of damaged files raises (tensorstore: ValueError; a missing file: OSError).
 RESTORE_ERRORS = (ValueError, OSError)
 
+def _array_tree_handler() -> ocp.PyTreeCheckpointHandler:
+  """orbax's handler of array trees, with jax.Array saved as the module docstring says."""
+  registry = ocp.type_handlers.create_type_handler_registry(
+      *((t, ocp.type_handlers.get_type_handler(t)) for t in (int, float, bytes, np.number,
+                                                              np.ndarray, str)),
+      (jax.Array, ocp.type_handlers.ArrayHandler(
+          min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES,
+          array_metadata_store=array_metadata_store.Store())))
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
 def _handlers():
-  return dict(params=ocp.StandardCheckpointHandler(), train_state=ocp.StandardCheckpointHandler(),
+  return dict(params=_array_tree_handler(), train_state=_array_tree_handler(),
               data=grain.checkpoint.CheckpointHandler(), config=ocp.JsonCheckpointHandler())
+
+
+def _restore_args(target):
+  """PyTreeRestore onto `target`, a tree of ShapeDtypeStructs with shardings."""
+  return ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(
+      target))
 
 
 class Checkpoints:
@@ -67,22 +92,22 @@ class Checkpoints:
     self.manager.wait_until_finished()  # the previous save's manifest is written first
     self._saving = step
     self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params),
-        train_state=ocp.args.StandardSave(train_state),
+        params=ocp.args.PyTreeSave(params),
+        train_state=ocp.args.PyTreeSave(train_state),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(config)))
 
   def restore(self, step: int, *, params, train_state, data_iterator):
     """Restores onto abstract targets (ShapeDtypeStructs with shardings); sets the iterator."""
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(params),
-        train_state=ocp.args.StandardRestore(train_state),
+        params=_restore_args(params),
+        train_state=_restore_args(train_state),
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
     return restored.params, restored.train_state
 
   def restore_params(self, step: int, params):
     return self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(params))).params
+        params=_restore_args(params))).params
 
   def config(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(
