@@ -64,7 +64,7 @@ def test_two_processes_train_get_killed_and_resume(tmp_path):
 # metrics.jsonl of `pretrain` on transformer.py:tiny with SMALL_RUN's flags (8 fake devices,
 # XLA level 0), one file per Python version: the default corpus is the running Python's own
 # standard library. Python 3.11's was recorded with the code before the training runtime was
-# restructured, 3.12's (jax 0.12.0.1) after.
+# restructured, 3.12's (jax 0.12.0.1) after, 3.13's (jax 0.12.1) later still.
 PYTHON = f"py{sys.version_info.major}.{sys.version_info.minor}"
 GOLDEN_METRICS = ROOT / "tests" / "experiments" / "golden" / f"transformer_tiny_4_steps.{PYTHON}.metrics.jsonl"
 SMALL_RUN = (*TINY_FLAGS, "--config.steps=4", "--config.log_every=1")
