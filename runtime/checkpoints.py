@@ -41,9 +41,10 @@ from absl import logging
 from hope.optimizers.tree_paths import named_leaves
 
 MANIFEST = "sha256sums.json"
-MIN_REPLICA_SLICE_BYTES = 1 << 20
+MIN_REPLICA_SLICE_BYTES = 1 << 20  # see "Replicated arrays" above
 # What a restore of damaged files raises (tensorstore: ValueError; a missing file: OSError).
 RESTORE_ERRORS = (ValueError, OSError)
+
 
 def _array_tree_handler() -> ocp.PyTreeCheckpointHandler:
   """orbax's handler of array trees, with jax.Array saved as the module docstring says."""
