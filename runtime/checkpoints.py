@@ -8,11 +8,12 @@ One step's checkpoint is a folder `checkpoints/<step>/` with four orbax items:
 Saves are asynchronous and atomic (orbax writes to a temporary folder and renames it when
 complete), the last `keep` are kept, and restore places arrays onto any target mesh.
 
-Replicated arrays. Off GPU, orbax saves an array replicated over R devices "replica-parallel":
-each replica writes 1/R of it, cut off with one dispatched slice op per replica and shard,
-which for a small array costs more than the writing it shares out. Here an array is written
-that way only where each replica's part is at least MIN_REPLICA_SLICE_BYTES; a smaller one is
-written whole by its first replica. Either way it restores to the same array.
+Replicated arrays. Unless JAX_PLATFORMS names a GPU, orbax saves an array replicated over R
+devices "replica-parallel": each replica writes 1/R of it, cut off with one dispatched slice
+op per replica and shard, which for a small array costs more than the writing it shares out.
+Here an array is written that way only where each replica's part is at least
+MIN_REPLICA_SLICE_BYTES; a smaller one is written whole by its first replica. Either way it
+restores to the same array.
 
 Integrity: as a save is finalized, process 0 writes `<step>/sha256sums.json`, the SHA-256
 of every file of the step's items, inside orbax's temporary folder before its rename. `problem(step)` re-hashes the files and names the first one that
